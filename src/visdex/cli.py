@@ -1,0 +1,264 @@
+"""The command line: a thin adapter over the library. The only module that prints for the
+terminal; library errors become one-line messages and exit codes here.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from . import __version__
+from .errors import VisdexError
+
+app = typer.Typer(
+    name="visdex",
+    help="Semantic image search: index a folder, then search it by text or by example image.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console()
+err = Console(stderr=True)
+
+_state = {"index": None, "traceback": False}
+
+IndexOpt = typer.Option(None, "--index", "-i", help="Index directory [env: VISDEX_INDEX].", envvar="VISDEX_INDEX")
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"visdex {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    index: Path | None = IndexOpt,
+    traceback: bool = typer.Option(False, "--traceback", help="Show the full traceback on errors."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version."),
+) -> None:
+    _state["index"] = index
+    _state["traceback"] = traceback
+
+
+def _open(index: Path | None, model: str | None = None, create: bool = False, device: str | None = None):
+    from .api import open_index
+
+    return open_index(index or _state["index"], model=model, device=device, create=create)
+
+
+class _BarProgress:
+    """Draws ingest progress as a Rich bar with img/s and ETA; prints skipped files above it."""
+
+    MAX_SKIP_LINES = 20
+
+    def __init__(self, quiet: bool):
+        self.quiet = quiet
+        self.skipped = 0
+        self.bar = Progress(
+            TextColumn("[bold]indexing"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]} img/s"), TimeRemainingColumn(), console=err, disable=quiet,
+        )  # fmt: skip
+        self.task = None
+        self.t0 = time.perf_counter()
+
+    def start(self, total: int) -> None:
+        self.t0 = time.perf_counter()
+        self.bar.start()
+        self.task = self.bar.add_task("index", total=total, rate="-")
+
+    def advance(self, n: int = 1) -> None:
+        done = self.bar.tasks[0].completed + n
+        rate = done / max(time.perf_counter() - self.t0, 1e-9)
+        self.bar.update(self.task, advance=n, rate=f"{rate:.1f}")
+
+    def failed(self, path: str, reason: str) -> None:
+        self.skipped += 1
+        if not self.quiet and self.skipped <= self.MAX_SKIP_LINES:
+            self.bar.console.print(f"[yellow]skipping[/] {path}: {reason}", highlight=False)
+
+    def stop(self) -> None:
+        self.bar.stop()
+
+
+@app.command()
+def index(
+    paths: list[Path] = typer.Argument(None, help="Folders or image files. None: re-scan the index's folders."),
+    index: Path | None = IndexOpt,
+    model: str | None = typer.Option(None, "--model", "-m", help="Model for a new index (see `visdex models`)."),
+    include: list[str] = typer.Option([], "--include", help="Only files matching this glob (repeatable)."),
+    exclude: list[str] = typer.Option([], "--exclude", help="Skip files matching this glob (repeatable)."),
+    batch_size: int | None = typer.Option(None, "--batch-size", help="Images per model batch."),
+    workers: int | None = typer.Option(None, "--workers", help="Decode processes (default: one per core)."),
+    device: str | None = typer.Option(None, "--device", help="auto, cpu, cuda, mps."),
+    rebuild: bool = typer.Option(False, "--rebuild", help="Drop all vectors and re-embed every file with --model."),
+    no_prune: bool = typer.Option(False, "--no-prune", help="Keep entries of files that no longer exist."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """Index images: new and changed files are embedded, moved files keep their vectors, deleted ones leave."""
+    ix = _open(index, None if rebuild else model, create=True, device=device)
+    if rebuild:
+        from . import config
+
+        ix.rebuild(model or ix.model_name or config.get("model"))
+    targets = list(paths or []) or [Path(r) for r in ix.db.roots()]
+    if not targets:
+        raise typer.BadParameter("give at least one folder or image to index", param_hint="PATHS")
+    bar = _BarProgress(quiet or as_json)
+    try:
+        report = ix.add(targets, include=include, exclude=exclude, progress=bar, batch_size=batch_size,
+                        workers=workers, prune=not no_prune)
+    finally:
+        bar.stop()
+        ix.close()
+    if as_json:
+        out.print_json(json.dumps(report.as_dict()))
+        return
+    rate = report.embedded / report.seconds if report.seconds else 0.0
+    out.print(
+        f"[green]done[/] in {report.seconds:.1f}s: {report.new} new, {report.updated} updated, {report.moved} moved, "
+        f"{report.removed} removed, {report.failed} failed, {report.unchanged} unchanged ({rate:.1f} img/s)"
+    )
+    if report.failed:
+        out.print(f"{report.failed} file(s) could not be read; `visdex status` lists them with reasons.")
+
+
+def _print_hits(hits, as_json: bool) -> None:
+    if as_json:
+        for h in hits:
+            sys.stdout.write(json.dumps({"path": h.path, "score": round(h.score, 6), "id": h.id}) + "\n")
+        return
+    if not hits:
+        out.print("no results")
+        return
+    if not out.is_terminal:  # piped: whole paths on one line each, easy to grep and cut
+        for rank, h in enumerate(hits, 1):
+            sys.stdout.write(f"{rank:>3}  {h.score:.3f}  {h.path}\n")
+        return
+    table = Table(show_edge=False, box=None, pad_edge=False)
+    table.add_column("#", justify="right", style="dim")
+    table.add_column("score", justify="right")
+    table.add_column("path", overflow="fold")
+    for rank, h in enumerate(hits, 1):
+        table.add_row(str(rank), f"{h.score:.3f}", h.path)
+    out.print(table, highlight=False)
+
+
+@app.command()
+def search(
+    query: list[str] = typer.Argument(..., help="A text, or the path of an example image."),
+    index: Path | None = IndexOpt,
+    k: int = typer.Option(10, "-n", "--top", "-k", min=1, help="How many results."),
+    model: str | None = typer.Option(None, "--model", "-m", help="Must match the index's model if given."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per line: path, score, id."),
+) -> None:
+    """Search by text ("dog on a beach") or by an example image (photo.jpg)."""
+    with _open(index, model) as ix:
+        _print_hits(ix.search(" ".join(query), k=k), as_json)
+
+
+@app.command()
+def similar(
+    image: str = typer.Argument(..., help="An image file (indexed or not) or an indexed item id."),
+    index: Path | None = IndexOpt,
+    k: int = typer.Option(10, "-n", "--top", "-k", min=1, help="How many results."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per line: path, score, id."),
+) -> None:
+    """Images that look like IMAGE (itself left out)."""
+    with _open(index) as ix:
+        item = int(image) if image.isdigit() and not Path(image).exists() else Path(image)
+        _print_hits(ix.similar(item, k=k), as_json)
+
+
+@app.command()
+def status(
+    index: Path | None = IndexOpt,
+    as_json: bool = typer.Option(False, "--json", help="Print as JSON."),
+    failures: int = typer.Option(50, "--failures", help="How many failed files to list."),
+) -> None:
+    """Where the index is, its model, counts, and the files that failed with their reasons."""
+    with _open(index) as ix:
+        st = ix.status(max_failures=failures)
+    if as_json:
+        out.print_json(json.dumps(st.to_dict()))
+        return
+    out.print(f"index     {st.path}")
+    out.print(f"model     {st.fingerprint.short() if st.fingerprint else '(none yet)'}")
+    out.print(f"schema    v{st.schema_version}")
+    out.print(f"files     {st.files_ok} indexed, {st.files_failed} failed; {st.vectors} vectors")
+    for r in st.roots:
+        out.print(f"root      {r}", highlight=False)
+    if st.failures:
+        out.print("[bold]failed files[/]")
+        for p, reason in st.failures:
+            out.print(f"  {p}: {reason}", highlight=False)
+
+
+@app.command()
+def models(as_json: bool = typer.Option(False, "--json", help="Print as JSON.")) -> None:
+    """The models visdex knows (any hf:<repo-id> of these families or a local directory works too)."""
+    from .models import DEFAULT_MODEL, list_models
+
+    specs = list_models()
+    if as_json:
+        rows = [{"name": s.name, "source": s.source, "dim": s.dim, "modalities": list(s.modalities),
+                 "license": s.license, "notes": s.notes} for s in specs]
+        out.print_json(json.dumps(rows))
+        return
+    table = Table(box=None)
+    for col in ("name", "dim", "queries", "source", "notes"):
+        table.add_column(col)
+    for s in specs:
+        name = s.name + (" (default)" if s.name == DEFAULT_MODEL else "")
+        queries = "text+image" if "text" in s.modalities else "image"
+        table.add_row(name, str(s.dim), queries, s.source, s.notes)
+    out.print(table)
+
+
+def _load_command_modules() -> None:
+    import importlib
+    import pkgutil
+
+    from . import commands
+
+    for mod in sorted(m.name for m in pkgutil.iter_modules(commands.__path__)):
+        importlib.import_module(f"{commands.__name__}.{mod}")
+
+
+def main() -> None:
+    """Console entry point: runs the app and turns library errors into messages and exit codes."""
+    _load_command_modules()
+    try:
+        app(standalone_mode=False)
+    except VisdexError as e:
+        if _state["traceback"]:
+            raise
+        err.print(f"[red]error:[/] {e}", highlight=False)
+        sys.exit(e.exit_code)
+    except FileNotFoundError as e:
+        if _state["traceback"]:
+            raise
+        err.print(f"[red]error:[/] {e}", highlight=False)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err.print("interrupted; everything committed so far is kept — run the same command again to resume")
+        sys.exit(130)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except typer.Abort:
+        sys.exit(1)
+    except Exception as e:  # click usage errors come here in non-standalone mode
+        import click
+
+        if isinstance(e, click.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        raise

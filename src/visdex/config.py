@@ -1,0 +1,63 @@
+"""All settings in one table: name, default, help. Each can be set by an environment
+variable ``VISDEX_<NAME>`` (upper case); CLI flags override the environment.
+
+A test checks that every setting here is documented in the README.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    default: Any
+    help: str
+    parse: Callable[[str], Any] = str
+
+    @property
+    def env(self) -> str:
+        return f"VISDEX_{self.name.upper()}"
+
+
+def _default_index_dir() -> str:
+    from platformdirs import user_data_dir
+
+    return str(Path(user_data_dir("visdex", appauthor=False)) / "index")
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("index", None, "Index directory (default: the platform data dir, e.g. ~/.local/share/visdex/index)."),
+    Setting("cache_dir", None, "Derived caches: weight hashes, class embeddings (default: the user cache dir)."),
+    Setting("model", "clip-vit-b-32", "Model used when a new index is created (an existing index keeps its own)."),
+    Setting("device", "auto", "Where the model runs: auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps."),
+    Setting("batch_size", 32, "Images per model batch when indexing.", int),
+    Setting("workers", 0, "Decode worker processes (0 = one per CPU core, at most 8; 1 = decode in-process).", int),
+    Setting("max_pixels", 178_956_970, "Largest image (width x height) decoded; larger ones are skipped.", int),
+)
+
+_BY_NAME = {s.name: s for s in SETTINGS}
+
+
+def get(name: str) -> Any:
+    """The value of a setting: ``VISDEX_<NAME>`` if set, else the default.
+
+    >>> get("batch_size")
+    32
+    """
+    s = _BY_NAME[name]
+    raw = os.environ.get(s.env)
+    if raw not in (None, ""):
+        return s.parse(raw)
+    if name == "index":
+        return _default_index_dir()
+    if name == "cache_dir":
+        from platformdirs import user_cache_dir
+
+        return user_cache_dir("visdex", appauthor=False)
+    return s.default

@@ -1,0 +1,104 @@
+"""Typed errors. Library code raises these; only the CLI and HTTP layer turn them into
+messages, exit codes and statuses.
+
+Every error carries a one-line, user-facing message (``str(err)``) and an ``exit_code``
+the CLI uses; ``http_status`` is what the HTTP layer answers with.
+"""
+
+from __future__ import annotations
+
+
+class VisdexError(Exception):
+    """Base class of every error visdex raises on purpose."""
+
+    exit_code = 1
+    http_status = 500
+
+
+class UnknownModel(VisdexError):
+    """A model name that is neither in the catalog, nor ``hf:<repo>``, nor a local directory."""
+
+    exit_code = 2
+    http_status = 400
+
+    def __init__(self, name: str, known: list[str]):
+        self.name = name
+        self.known = list(known)
+        known_list = ", ".join(self.known)
+        super().__init__(f"unknown model {name!r}; known models: {known_list} (or hf:<repo-id>, or a local directory)")
+
+
+class ModelLoadError(VisdexError):
+    """The model could not be loaded (hub unreachable, broken files)."""
+
+    exit_code = 3
+    http_status = 503
+
+
+class ModelMismatch(VisdexError):
+    """The index was built with another model than the one asked for."""
+
+    exit_code = 3
+    http_status = 409
+
+
+class UnsupportedModality(VisdexError):
+    """A text query against an image-only model, and the like."""
+
+    exit_code = 2
+    http_status = 400
+
+
+class MissingDependency(VisdexError):
+    """An optional dependency is not installed; the message names the pip extra."""
+
+    exit_code = 4
+    http_status = 501
+
+    def __init__(self, package: str, extra: str | None = None, purpose: str = ""):
+        self.package = package
+        self.extra = extra
+        what = f" (needed for {purpose})" if purpose else ""
+        fix = f"pip install 'visdex[{extra}]'" if extra else f"pip install {package}"
+        super().__init__(f"{package} is not installed{what}; install it with: {fix}")
+
+
+class BadImage(VisdexError):
+    """An image that cannot be decoded: corrupt, truncated, empty, too large, unsupported."""
+
+    exit_code = 2
+    http_status = 400
+
+
+class ImageTooLarge(BadImage):
+    """More pixels than the configured limit (decompression-bomb guard)."""
+
+    http_status = 413
+
+
+class BadQuery(VisdexError):
+    """A query that cannot be parsed or run."""
+
+    exit_code = 2
+    http_status = 400
+
+
+class IndexNotFound(VisdexError):
+    """No index at the given location (and creation was not asked for)."""
+
+    exit_code = 2
+    http_status = 404
+
+
+class StoreError(VisdexError):
+    """The index is unreadable or of a newer schema than this visdex understands."""
+
+    exit_code = 5
+    http_status = 500
+
+
+class NotFound(VisdexError):
+    """An item id or path that is not in the index."""
+
+    exit_code = 2
+    http_status = 404

@@ -1,0 +1,114 @@
+"""Model registry: list the catalog, look a name up, load an embedder.
+
+A model is named by its catalog name (``clip-vit-b-32``), by ``hf:<repo-id>`` for any CLIP,
+SigLIP / SigLIP 2 or DINOv2 repo on the Hugging Face hub, or by the path of a local directory
+written by ``save_pretrained``. Importing this package is cheap: torch and transformers are
+imported only when a model is loaded.
+
+>>> [spec.name for spec in list_models()][:2]
+['clip-vit-b-32', 'clip-vit-b-16']
+>>> emb = load_embedder("lite0-minilm")                    # doctest: +SKIP
+>>> emb.embed_texts(["a kitten"]).shape                    # doctest: +SKIP
+(1, 384)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import ModelLoadError, UnknownModel
+from .base import Embedder, Fingerprint, Preprocess
+from .catalog import CATALOG, ModelSpec
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "Embedder",
+    "Fingerprint",
+    "ModelSpec",
+    "Preprocess",
+    "get_spec",
+    "list_models",
+    "load_embedder",
+    "resolve_device",
+]
+
+DEFAULT_MODEL = "clip-vit-b-32"
+_BY_NAME = {spec.name: spec for spec in CATALOG}
+
+
+def list_models() -> list[ModelSpec]:
+    """Every catalog entry, the default first.
+
+    >>> "lite0-minilm" in [s.name for s in list_models()]
+    True
+    """
+    return list(CATALOG)
+
+
+def get_spec(name: str) -> ModelSpec:
+    """The catalog entry called ``name``; :class:`~visdex.errors.UnknownModel` (listing the known names) if none.
+
+    >>> get_spec("dinov2-small").modalities
+    ('image',)
+    """
+    try:
+        return _BY_NAME[name]
+    except KeyError:
+        raise UnknownModel(name, list(_BY_NAME)) from None
+
+
+def resolve_device(device: str = "auto") -> str:
+    """``"auto"`` -> ``"cuda"`` if a CUDA GPU is usable, else ``"mps"`` (Apple), else ``"cpu"``.
+
+    An explicit device is checked, so asking for a GPU that is not there fails here, clearly.
+
+    >>> resolve_device("cpu")
+    'cpu'
+    """
+    import torch
+
+    if device == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        mps = getattr(torch.backends, "mps", None)
+        return "mps" if mps is not None and mps.is_available() else "cpu"
+    kind = device.split(":")[0]
+    available = {
+        "cpu": True,
+        "cuda": torch.cuda.is_available(),
+        "mps": getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available(),
+    }
+    if not available.get(kind, False):
+        raise ModelLoadError(f"device {device!r} is not available here; use 'auto' or 'cpu'")
+    return device
+
+
+def load_embedder(name: str = DEFAULT_MODEL, device: str = "auto", batch_size: int | None = None) -> Embedder:
+    """Load a model by catalog name, ``hf:<repo-id>`` or local directory, ready to embed.
+
+    Raises :class:`~visdex.errors.UnknownModel` for a name that is none of these (or a model type
+    visdex cannot run) and :class:`~visdex.errors.ModelLoadError` when the weights cannot be had.
+
+    >>> load_embedder("effnet-lite0", device="cpu").dim     # doctest: +SKIP
+    1280
+    """
+    if name in _BY_NAME:
+        spec = _BY_NAME[name]
+        if spec.offline:
+            from .offline import load_offline
+
+            return load_offline(name, device=resolve_device(device), batch_size=batch_size)
+        from .hf import load_hf
+
+        return load_hf(spec.source, name=name, spec=spec, device=resolve_device(device), batch_size=batch_size)
+    if name.startswith("hf:") and len(name) > 3:
+        from .hf import load_hf
+
+        return load_hf(name[3:], name=name, device=resolve_device(device), batch_size=batch_size)
+    path = Path(name).expanduser()
+    if path.is_dir():
+        from .hf import load_hf, local_model_type
+
+        local_model_type(path)  # fail fast, before importing torch, on a folder that is not a supported model
+        return load_hf(str(path), device=resolve_device(device), batch_size=batch_size)
+    raise UnknownModel(name, list(_BY_NAME))

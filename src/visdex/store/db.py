@@ -1,0 +1,254 @@
+"""The SQLite file that is the truth of an index: files and their metadata, failures,
+the model fingerprint, and (for the embedded store) the vectors themselves.
+
+WAL mode, one connection per ``IndexDB``, explicit transactions. Schema changes are
+numbered migrations applied in order on open; an index from a newer visdex is refused
+rather than misread.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import StoreError
+from ..models.base import Fingerprint
+
+DB_NAME = "index.db"
+
+# Each entry upgrades the schema by one version. Never edit a released entry: append.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE roots (path TEXT PRIMARY KEY, added_at REAL NOT NULL);
+    CREATE TABLE files (
+        id INTEGER PRIMARY KEY,
+        path TEXT NOT NULL UNIQUE,
+        root TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        mtime REAL NOT NULL,
+        hash TEXT,
+        width INTEGER,
+        height INTEGER,
+        format TEXT,
+        taken_at TEXT,
+        camera TEXT,
+        status TEXT NOT NULL CHECK (status IN ('ok', 'failed')),
+        error TEXT,
+        indexed_at REAL NOT NULL
+    );
+    CREATE INDEX files_hash ON files(hash);
+    CREATE INDEX files_root ON files(root);
+    CREATE INDEX files_status ON files(status);
+    CREATE TABLE vectors (id INTEGER PRIMARY KEY, vec BLOB NOT NULL);
+    """,
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+FILE_COLUMNS = (
+    "id", "path", "root", "size", "mtime", "hash", "width", "height", "format", "taken_at", "camera",
+    "status", "error", "indexed_at",
+)  # fmt: skip
+
+
+@dataclass
+class FileRow:
+    """One row of the ``files`` table."""
+
+    id: int
+    path: str
+    root: str
+    size: int
+    mtime: float
+    hash: str | None
+    width: int | None
+    height: int | None
+    format: str | None
+    taken_at: str | None
+    camera: str | None
+    status: str
+    error: str | None
+    indexed_at: float
+
+
+class IndexDB:
+    """The SQLite file of one index. Use :meth:`transaction` for every write."""
+
+    def __init__(self, directory: str | Path, *, create: bool = True):
+        self.dir = Path(directory)
+        self.path = self.dir / DB_NAME
+        if not self.path.exists() and not create:
+            from ..errors import IndexNotFound
+
+            raise IndexNotFound(f"no index at {self.dir} (create one with: visdex index PATH --index {self.dir})")
+        self.dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.conn = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            self.conn.execute("PRAGMA synchronous=NORMAL")
+            self.conn.execute("PRAGMA foreign_keys=ON")
+            self._migrate()
+        except sqlite3.DatabaseError as e:
+            raise StoreError(f"cannot open the index database {self.path}: {e}") from e
+        self._on_commit: list[Callable[[], None]] = []
+        self._depth = 0
+
+    # -- schema ---------------------------------------------------------------------------
+    def _migrate(self) -> None:
+        version = self.conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"index {self.dir} has schema version {version}, newer than this visdex understands "
+                f"({SCHEMA_VERSION}); upgrade visdex"
+            )
+        for v in range(version, SCHEMA_VERSION):
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                for stmt in _split_sql(MIGRATIONS[v]):
+                    self.conn.execute(stmt)
+                self.conn.execute(f"PRAGMA user_version = {v + 1}")
+                if v == 0:
+                    self.conn.execute("INSERT INTO meta VALUES ('created_at', ?)", (str(time.time()),))
+                self.conn.execute("COMMIT")
+            except BaseException:
+                self.conn.execute("ROLLBACK")
+                raise
+
+    @property
+    def schema_version(self) -> int:
+        return self.conn.execute("PRAGMA user_version").fetchone()[0]
+
+    # -- transactions ---------------------------------------------------------------------
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction; nested calls join the outer one. Callbacks registered with
+        :meth:`after_commit` run only once the outermost transaction has committed."""
+        if self._depth == 0:
+            self.conn.execute("BEGIN IMMEDIATE")
+        self._depth += 1
+        try:
+            yield self.conn
+        except BaseException:
+            self._depth -= 1
+            if self._depth == 0:
+                self.conn.execute("ROLLBACK")
+                self._on_commit.clear()
+            raise
+        self._depth -= 1
+        if self._depth == 0:
+            self.conn.execute("COMMIT")
+            callbacks, self._on_commit = self._on_commit, []
+            for cb in callbacks:
+                cb()
+
+    def after_commit(self, callback: Callable[[], None]) -> None:
+        if self._depth == 0:
+            callback()
+        else:
+            self._on_commit.append(callback)
+
+    # -- meta -----------------------------------------------------------------------------
+    def get_meta(self, key: str) -> str | None:
+        row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self.transaction() as c:
+            c.execute(
+                "INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value)
+            )
+
+    @property
+    def fingerprint(self) -> Fingerprint | None:
+        raw = self.get_meta("fingerprint")
+        return Fingerprint.from_json(raw) if raw else None
+
+    def set_fingerprint(self, fp: Fingerprint) -> None:
+        self.set_meta("fingerprint", fp.to_json())
+
+    def bump_generation(self) -> int:
+        """Count of vector changes; the derived ANN file records the one it was built from."""
+        with self.transaction() as c:
+            c.execute(
+                "INSERT INTO meta VALUES ('generation', '1') "
+                "ON CONFLICT(key) DO UPDATE SET value = CAST(value AS INTEGER) + 1"
+            )
+            return int(c.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()[0])
+
+    @property
+    def generation(self) -> int:
+        return int(self.get_meta("generation") or 0)
+
+    # -- roots ----------------------------------------------------------------------------
+    def add_roots(self, roots: Iterable[str]) -> None:
+        with self.transaction() as c:
+            c.executemany("INSERT OR IGNORE INTO roots VALUES (?, ?)", [(r, time.time()) for r in roots])
+
+    def roots(self) -> list[str]:
+        return [r[0] for r in self.conn.execute("SELECT path FROM roots ORDER BY path")]
+
+    # -- files ----------------------------------------------------------------------------
+    def _rows(self, sql: str, params: Sequence = ()) -> list[FileRow]:
+        cols = ", ".join(FILE_COLUMNS)
+        return [FileRow(*r) for r in self.conn.execute(f"SELECT {cols} FROM files {sql}", params)]
+
+    def files_under(self, roots: Sequence[str]) -> list[FileRow]:
+        """Rows whose root is one of ``roots`` or whose path lies below one of them."""
+        out: dict[int, FileRow] = {}
+        for r in roots:
+            prefix = r.rstrip("/") + "/"
+            for row in self._rows("WHERE root = ? OR path = ? OR substr(path, 1, ?) = ?", (r, r, len(prefix), prefix)):
+                out[row.id] = row
+        return list(out.values())
+
+    def file_by_path(self, path: str) -> FileRow | None:
+        rows = self._rows("WHERE path = ?", (path,))
+        return rows[0] if rows else None
+
+    def files_by_ids(self, ids: Sequence[int]) -> dict[int, FileRow]:
+        out: dict[int, FileRow] = {}
+        ids = [int(i) for i in ids]
+        for start in range(0, len(ids), 900):  # SQLite's host-parameter limit
+            chunk = ids[start : start + 900]
+            marks = ",".join("?" * len(chunk))
+            out.update((r.id, r) for r in self._rows(f"WHERE id IN ({marks})", chunk))
+        return out
+
+    def failed_files(self, limit: int | None = None) -> list[FileRow]:
+        return self._rows("WHERE status = 'failed' ORDER BY path" + (f" LIMIT {int(limit)}" if limit else ""))
+
+    def counts(self) -> dict[str, int]:
+        got = dict(self.conn.execute("SELECT status, COUNT(*) FROM files GROUP BY status").fetchall())
+        return {"ok": got.get("ok", 0), "failed": got.get("failed", 0)}
+
+    def upsert_file(self, rec: dict) -> int:
+        """Insert or update by path; returns the row id (kept across updates)."""
+        cols = [c for c in FILE_COLUMNS if c != "id"]
+        values = [rec.get(c) for c in cols]
+        sets = ", ".join(f"{c} = excluded.{c}" for c in cols if c != "path")
+        with self.transaction() as c:
+            return c.execute(
+                f"INSERT INTO files ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))}) "
+                f"ON CONFLICT(path) DO UPDATE SET {sets} RETURNING id",
+                values,
+            ).fetchone()[0]
+
+    def move_file(self, file_id: int, path: str, root: str, mtime: float) -> None:
+        with self.transaction() as c:
+            c.execute("UPDATE files SET path = ?, root = ?, mtime = ? WHERE id = ?", (path, root, mtime, file_id))
+
+    def delete_files(self, ids: Sequence[int]) -> None:
+        with self.transaction() as c:
+            c.executemany("DELETE FROM files WHERE id = ?", [(int(i),) for i in ids])
+
+    def close(self) -> None:
+        with suppress(sqlite3.Error):
+            self.conn.close()
+
+
+def _split_sql(script: str) -> list[str]:
+    return [s.strip() for s in script.split(";") if s.strip()]

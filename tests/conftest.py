@@ -1,0 +1,65 @@
+"""Shared fixtures. Every test gets its own data dir (index, caches) through an autouse
+fixture, and nothing ever reaches the Hugging Face hub."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_cache_dir(request, tmp_path_factory):
+    """One derived-data cache (class embeddings, weight hashes) for the run, never the user's; kept in
+    pytest's cache dir so only the first run pays for it."""
+    old = os.environ.get("VISDEX_CACHE_DIR")
+    pytest_cache = getattr(request.config, "cache", None)  # None under -p no:cacheprovider
+    path = pytest_cache.mkdir("visdex-model-cache") if pytest_cache else tmp_path_factory.mktemp("visdex-cache")
+    os.environ["VISDEX_CACHE_DIR"] = str(path)
+    yield
+    if old is None:
+        os.environ.pop("VISDEX_CACHE_DIR", None)
+    else:
+        os.environ["VISDEX_CACHE_DIR"] = old
+
+
+@pytest.fixture(autouse=True)
+def _isolated_data_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("VISDEX_INDEX", str(tmp_path / "default-index"))
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg-data"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
+    monkeypatch.setenv("VISDEX_WORKERS", "1")
+
+
+@pytest.fixture(scope="session")
+def photos(tmp_path_factory) -> dict[str, Path]:
+    """scikit-image's bundled real photos written as JPEGs, name -> path."""
+    from imagefactory import real_photos, write_photo
+
+    d = tmp_path_factory.mktemp("photos")
+    return {name: write_photo(d, name, arr) for name, arr in real_photos().items()}
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory) -> Path:
+    from tinymodels import make_tiny_clip
+
+    return make_tiny_clip(tmp_path_factory.mktemp("tiny-clip"))
+
+
+@pytest.fixture(scope="session")
+def tiny_dinov2(tmp_path_factory) -> Path:
+    from tinymodels import make_tiny_dinov2
+
+    return make_tiny_dinov2(tmp_path_factory.mktemp("tiny-dinov2"))
+
+
+@pytest.fixture(scope="session")
+def tiny_siglip(tmp_path_factory) -> Path:
+    from tinymodels import make_tiny_siglip
+
+    return make_tiny_siglip(tmp_path_factory.mktemp("tiny-siglip"))
