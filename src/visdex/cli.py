@@ -11,6 +11,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -24,8 +25,9 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-out = Console()
-err = Console(stderr=True)
+# soft_wrap: long paths and messages stay on one line when piped (grep, cut), not wrapped at 80 columns
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 
 _state = {"index": None, "traceback": False}
 
@@ -82,7 +84,7 @@ class _BarProgress:
     def failed(self, path: str, reason: str) -> None:
         self.skipped += 1
         if not self.quiet and self.skipped <= self.MAX_SKIP_LINES:
-            self.bar.console.print(f"[yellow]skipping[/] {path}: {reason}", highlight=False)
+            self.bar.console.print(f"[yellow]skipping[/] {escape(path)}: {escape(reason)}", highlight=False)
 
     def stop(self) -> None:
         self.bar.stop()
@@ -195,11 +197,11 @@ def status(
     out.print(f"schema    v{st.schema_version}")
     out.print(f"files     {st.files_ok} indexed, {st.files_failed} failed; {st.vectors} vectors")
     for r in st.roots:
-        out.print(f"root      {r}", highlight=False)
+        out.print(f"root      {escape(r)}", highlight=False)
     if st.failures:
         out.print("[bold]failed files[/]")
         for p, reason in st.failures:
-            out.print(f"  {p}: {reason}", highlight=False)
+            out.print(f"  {escape(p)}: {escape(reason)}", highlight=False)
 
 
 @app.command()
@@ -241,12 +243,12 @@ def main() -> None:
     except VisdexError as e:
         if _state["traceback"]:
             raise
-        err.print(f"[red]error:[/] {e}", highlight=False)
+        err.print(f"[red]error:[/] {escape(str(e))}", highlight=False)
         sys.exit(e.exit_code)
     except FileNotFoundError as e:
         if _state["traceback"]:
             raise
-        err.print(f"[red]error:[/] {e}", highlight=False)
+        err.print(f"[red]error:[/] {escape(str(e))}", highlight=False)
         sys.exit(2)
     except KeyboardInterrupt:
         err.print("interrupted; everything committed so far is kept — run the same command again to resume")

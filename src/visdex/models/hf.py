@@ -99,6 +99,7 @@ def short_reason(exc: BaseException, limit: int = 200) -> str:
     """First line of an exception, trimmed: enough for a one-line error message."""
     text = str(exc).strip()
     text = text.splitlines()[0] if text else type(exc).__name__
+    text = text.rstrip(".")  # the caller's sentence adds its own full stop
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
