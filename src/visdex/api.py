@@ -59,6 +59,9 @@ class IndexStatus:
     roots: list[str]
     failures: list[tuple[str, str]] = field(default_factory=list)
     store: dict = field(default_factory=dict)
+    kind: str = "files"
+    items_ok: int = 0
+    items_failed: int = 0
 
     def to_dict(self) -> dict:
         d = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "fingerprint"}
@@ -125,13 +128,43 @@ class Index:
             progress: Progress | None = None, batch_size: int | None = None, workers: int | None = None,
             prune: bool = True) -> IngestReport:
         """Index (or bring up to date) the images under ``paths``. Bad files are recorded, never fatal."""
+        self.ensure_kind("files")
         emb = self.embedder
-        if self.db.fingerprint is None:
-            fp = emb.fingerprint()
-            self.db.set_fingerprint(Fingerprint(loadable_name(self.model_name), fp.source, fp.revision, fp.dim,
-                                                fp.preprocessing, fp.modalities))
+        self.ensure_fingerprint()
         return ingest(self.db, self.store, emb, [str(p) for p in paths], include=include, exclude=exclude,
                       batch_size=batch_size, workers=workers, progress=progress, prune=prune)
+
+    def add_catalog(self, path: str | os.PathLike, *, text_weight: float = 0.0, id_column: str | None = None,
+                    image_column: str | None = None, title_column: str | None = None,
+                    progress: Progress | None = None, workers: int | None = None, prune: bool = True):
+        """Index (or update) a CSV / JSONL product catalog: one pooled vector per item; see :mod:`visdex.catalog`.
+
+        >>> ix.add_catalog("items.csv", text_weight=0.2).new                  # doctest: +SKIP
+        1200
+        """
+        from .catalog import ingest_catalog
+
+        return ingest_catalog(self, path, text_weight=text_weight, id_column=id_column, image_column=image_column,
+                              title_column=title_column, progress=progress, workers=workers, prune=prune)
+
+    def ensure_kind(self, kind: str) -> None:
+        """An index holds either a folder's files or a catalog's items, never both (their ids share one space)."""
+        current = self.db.get_meta("kind")
+        if current is None:
+            self.db.set_meta("kind", kind)
+        elif current != kind:
+            what = {"catalog": "a catalog (items)", "files": "folders of images"}
+            raise BadQuery(
+                f"the index at {self.path} holds {what[current]}; it cannot also hold {what[kind]}. "
+                "Use another --index for it."
+            )
+
+    def ensure_fingerprint(self) -> None:
+        """Record the model's fingerprint when the index gets its first vectors."""
+        if self.db.fingerprint is None:
+            fp = self.embedder.fingerprint()
+            self.db.set_fingerprint(Fingerprint(loadable_name(self.model_name), fp.source, fp.revision, fp.dim,
+                                                fp.preprocessing, fp.modalities))
 
     def update(self, **kwargs) -> IngestReport:
         """Re-scan every root this index has seen."""
@@ -189,14 +222,16 @@ class Index:
         return self.search(Path(item), k)
 
     def status(self, max_failures: int = 50) -> IndexStatus:
-        counts = self.db.counts()
+        counts, items = self.db.counts(), self.db.item_counts()
         fp = self.db.fingerprint
         store_info = self.store.info() if fp is not None else {}
+        failures = [(r.path, r.error or "") for r in self.db.failed_files(max_failures)]
+        failures += self.db.failed_items(max_failures)
         return IndexStatus(
             path=str(self.path), model=fp.name if fp else None, fingerprint=fp, schema_version=self.db.schema_version,
             files_ok=counts["ok"], files_failed=counts["failed"], vectors=store_info.get("count", 0),
-            roots=self.db.roots(), failures=[(r.path, r.error or "") for r in self.db.failed_files(max_failures)],
-            store=store_info,
+            roots=self.db.roots(), failures=failures, store=store_info, kind=self.db.kind,
+            items_ok=items["ok"], items_failed=items["failed"],
         )
 
     def __len__(self) -> int:

@@ -104,20 +104,31 @@ def index(
     no_prune: bool = typer.Option(False, "--no-prune", help="Keep entries of files that no longer exist."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    catalog: Path | None = typer.Option(None, "--catalog", help="A CSV / JSONL catalog: one vector per item."),
+    text_weight: float = typer.Option(0.0, "--text-weight", help="Catalog: blend of the title text (0..1)."),
+    id_column: str | None = typer.Option(None, "--id-column", help="Catalog: the item id column."),
+    image_column: str | None = typer.Option(None, "--image-column", help="Catalog: the image(s) column."),
+    title_column: str | None = typer.Option(None, "--title-column", help="Catalog: the title column."),
 ) -> None:
-    """Index images: new and changed files are embedded, moved files keep their vectors, deleted ones leave."""
+    """Index images: new and changed files are embedded, moved files keep their vectors, deleted ones leave.
+
+    With --catalog, index a product catalog instead: one pooled vector per item; results are items."""
     ix = _open(index, None if rebuild else model, create=True, device=device)
     if rebuild:
         from . import config
 
         ix.rebuild(model or ix.model_name or config.get("model"))
-    targets = list(paths or []) or [Path(r) for r in ix.db.roots()]
-    if not targets:
+    targets = list(paths or []) or ([] if catalog else [Path(r) for r in ix.db.roots()])
+    if not targets and not catalog:
         raise typer.BadParameter("give at least one folder or image to index", param_hint="PATHS")
     bar = _BarProgress(quiet or as_json)
     try:
-        report = ix.add(targets, include=include, exclude=exclude, progress=bar, batch_size=batch_size,
-                        workers=workers, prune=not no_prune)
+        if catalog:
+            report = ix.add_catalog(catalog, text_weight=text_weight, id_column=id_column, image_column=image_column,
+                                    title_column=title_column, progress=bar, workers=workers, prune=not no_prune)
+        else:
+            report = ix.add(targets, include=include, exclude=exclude, progress=bar, batch_size=batch_size,
+                            workers=workers, prune=not no_prune)
     finally:
         bar.stop()
         ix.close()
@@ -125,32 +136,41 @@ def index(
         out.print_json(json.dumps(report.as_dict()))
         return
     rate = report.embedded / report.seconds if report.seconds else 0.0
+    moved = f"{report.moved} moved, " if hasattr(report, "moved") else ""
     out.print(
-        f"[green]done[/] in {report.seconds:.1f}s: {report.new} new, {report.updated} updated, {report.moved} moved, "
+        f"[green]done[/] in {report.seconds:.1f}s: {report.new} new, {report.updated} updated, {moved}"
         f"{report.removed} removed, {report.failed} failed, {report.unchanged} unchanged ({rate:.1f} img/s)"
     )
     if report.failed:
         out.print(f"{report.failed} file(s) could not be read; `visdex status` lists them with reasons.")
 
 
+def _label(hit) -> str:
+    """A file hit shows its path; a catalog item its id and title."""
+    return hit.path if hit.key is None else f"{hit.key}  {hit.title or ''}".rstrip()
+
+
 def _print_hits(hits, as_json: bool) -> None:
     if as_json:
         for h in hits:
-            sys.stdout.write(json.dumps({"path": h.path, "score": round(h.score, 6), "id": h.id}) + "\n")
+            row = {"path": h.path, "score": round(h.score, 6), "id": h.id}
+            if h.key is not None:
+                row.update(key=h.key, title=h.title, attrs=h.attrs, images=h.images)
+            sys.stdout.write(json.dumps(row) + "\n")
         return
     if not hits:
         out.print("no results")
         return
     if not out.is_terminal:  # piped: whole paths on one line each, easy to grep and cut
         for rank, h in enumerate(hits, 1):
-            sys.stdout.write(f"{rank:>3}  {h.score:.3f}  {h.path}\n")
+            sys.stdout.write(f"{rank:>3}  {h.score:.3f}  {_label(h)}\n")
         return
     table = Table(show_edge=False, box=None, pad_edge=False)
     table.add_column("#", justify="right", style="dim")
     table.add_column("score", justify="right")
     table.add_column("path", overflow="fold")
     for rank, h in enumerate(hits, 1):
-        table.add_row(str(rank), f"{h.score:.3f}", h.path)
+        table.add_row(str(rank), f"{h.score:.3f}", escape(_label(h)))
     out.print(table, highlight=False)
 
 
@@ -195,11 +215,14 @@ def status(
     out.print(f"index     {st.path}")
     out.print(f"model     {st.fingerprint.short() if st.fingerprint else '(none yet)'}")
     out.print(f"schema    v{st.schema_version}")
-    out.print(f"files     {st.files_ok} indexed, {st.files_failed} failed; {st.vectors} vectors")
+    if st.kind == "catalog":
+        out.print(f"items     {st.items_ok} indexed, {st.items_failed} failed; {st.vectors} vectors (a catalog)")
+    else:
+        out.print(f"files     {st.files_ok} indexed, {st.files_failed} failed; {st.vectors} vectors")
     for r in st.roots:
         out.print(f"root      {escape(r)}", highlight=False)
     if st.failures:
-        out.print("[bold]failed files[/]")
+        out.print("[bold]failed[/]")
         for p, reason in st.failures:
             out.print(f"  {escape(p)}: {escape(reason)}", highlight=False)
 

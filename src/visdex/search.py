@@ -25,9 +25,18 @@ class Hit:
     format: str | None = None
     taken_at: str | None = None
     camera: str | None = None
+    # catalog items (None for folder indexes): the item id from the catalog, its title, attributes, images
+    key: str | None = None
+    title: str | None = None
+    attrs: dict | None = None
+    images: list[str] | None = None
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if self.key is None:  # a file: leave out the catalog fields
+            for f in ("key", "title", "attrs", "images"):
+                d.pop(f)
+        return d
 
 
 def search_vectors(
@@ -43,11 +52,24 @@ def search_vectors(
     exclude = {int(i) for i in exclude_ids}
     scores, ids = store.search(query.reshape(1, -1), k + len(exclude), allowed=allowed)
     pairs = [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i >= 0 and int(i) not in exclude][:k]
-    rows = db.files_by_ids([i for i, _ in pairs])
-    hits = []
-    for i, s in pairs:
-        row = rows.get(i)
-        if row is None:  # vector without a row: only possible mid-write by another process
-            continue
-        hits.append(Hit(i, row.path, s, row.width, row.height, row.format, row.taken_at, row.camera))
-    return hits
+    return hydrate(db, pairs)
+
+
+def hydrate(db: IndexDB, pairs: Sequence[tuple[int, float]]) -> list[Hit]:
+    """(id, score) pairs -> hits with their file (or catalog item) metadata, in the given order.
+    An id without a row (possible only mid-write by another process) is dropped."""
+    ids = [i for i, _ in pairs]
+    if db.kind == "catalog":
+        items = db.items_by_ids(ids)
+        return [
+            Hit(i, it["images"][0] if it["images"] else "", s, key=it["key"], title=it["title"], attrs=it["attrs"],
+                images=it["images"])
+            for i, s in pairs
+            if (it := items.get(i)) is not None
+        ]  # fmt: skip
+    rows = db.files_by_ids(ids)
+    return [
+        Hit(i, row.path, s, row.width, row.height, row.format, row.taken_at, row.camera)
+        for i, s in pairs
+        if (row := rows.get(i)) is not None
+    ]

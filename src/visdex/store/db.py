@@ -8,6 +8,7 @@ rather than misread.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -45,6 +46,21 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX files_root ON files(root);
     CREATE INDEX files_status ON files(status);
     CREATE TABLE vectors (id INTEGER PRIMARY KEY, vec BLOB NOT NULL);
+    """,
+    # v2: catalogs. In a catalog index the vectors are keyed by item id (items, not files, are found).
+    """
+    CREATE TABLE items (
+        id INTEGER PRIMARY KEY,
+        key TEXT NOT NULL UNIQUE,
+        title TEXT,
+        attrs TEXT NOT NULL DEFAULT '{}',
+        images TEXT NOT NULL DEFAULT '[]',
+        row_hash TEXT,
+        status TEXT NOT NULL CHECK (status IN ('ok', 'failed')),
+        error TEXT,
+        indexed_at REAL NOT NULL
+    );
+    CREATE INDEX items_status ON items(status);
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -183,6 +199,11 @@ class IndexDB:
     def generation(self) -> int:
         return int(self.get_meta("generation") or 0)
 
+    @property
+    def kind(self) -> str:
+        """"files" (a folder index) or "catalog" (items from a CSV / JSONL catalog)."""
+        return self.get_meta("kind") or "files"
+
     # -- roots ----------------------------------------------------------------------------
     def add_roots(self, roots: Iterable[str]) -> None:
         with self.transaction() as c:
@@ -217,6 +238,27 @@ class IndexDB:
             marks = ",".join("?" * len(chunk))
             out.update((r.id, r) for r in self._rows(f"WHERE id IN ({marks})", chunk))
         return out
+
+    def items_by_ids(self, ids: Sequence[int]) -> dict[int, dict]:
+        """Catalog items by id: key, title, attrs (dict), images (list of paths)."""
+        out: dict[int, dict] = {}
+        ids = [int(i) for i in ids]
+        for start in range(0, len(ids), 900):
+            chunk = ids[start : start + 900]
+            marks = ",".join("?" * len(chunk))
+            for i, key, title, attrs, images in self.conn.execute(
+                f"SELECT id, key, title, attrs, images FROM items WHERE id IN ({marks})", chunk
+            ):
+                out[i] = {"key": key, "title": title, "attrs": json.loads(attrs), "images": json.loads(images)}
+        return out
+
+    def item_counts(self) -> dict[str, int]:
+        got = dict(self.conn.execute("SELECT status, COUNT(*) FROM items GROUP BY status").fetchall())
+        return {"ok": got.get("ok", 0), "failed": got.get("failed", 0)}
+
+    def failed_items(self, limit: int | None = None) -> list[tuple[str, str]]:
+        sql = "SELECT key, COALESCE(error, '') FROM items WHERE status = 'failed' ORDER BY key"
+        return [tuple(r) for r in self.conn.execute(sql + (f" LIMIT {int(limit)}" if limit else ""))]
 
     def failed_files(self, limit: int | None = None) -> list[FileRow]:
         return self._rows("WHERE status = 'failed' ORDER BY path" + (f" LIMIT {int(limit)}" if limit else ""))
