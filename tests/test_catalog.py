@@ -7,13 +7,14 @@ import json
 
 import numpy as np
 import pytest
-from clihelp import run_cli
-from imagefactory import real_photos, write_bad_files, write_photo
 
 from visdex import open_index
 from visdex.catalog import read_catalog
 from visdex.errors import BadQuery
 from visdex.models.base import l2_normalize
+
+from clihelp import run_cli
+from imagefactory import real_photos, write_bad_files, write_photo
 
 PRODUCTS = {"cat": "chelsea", "mug": "coffee", "launch": "rocket", "suit": "astronaut"}
 TITLES = {"cat": "tabby kitten plush", "mug": "espresso cup", "launch": "rocket poster", "suit": "space suit"}
@@ -78,7 +79,8 @@ def test_text_weight_blends_the_title(tmp_path, shop):
 def test_rerun_updates_only_changed_items(tmp_path, shop):
     with open_index(tmp_path / "ix", model="effnet-lite0") as ix:
         ix.add_catalog(shop / "items.csv")
-    rows = list(csv.DictReader(open(shop / "items.csv")))
+    with open(shop / "items.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
     rows = [r for r in rows if r["sku"] != "suit"]  # removed
     rows[0]["title"] = "new title"  # changed row
     write_photo(shop / "img", "mug-0", real_photos()["camera"])  # changed image file
