@@ -19,10 +19,10 @@ from PIL import Image
 
 from . import config
 from .errors import BadQuery, ModelMismatch, NotFound
-from .files import IMAGE_EXTENSIONS
 from .ingest import IngestReport, Progress, ingest
-from .models.base import Embedder, Fingerprint
-from .search import Hit, search_vectors
+from .models.base import Embedder, Fingerprint, l2_normalize
+from .query import Crop, parse_query
+from .search import Hit, cut_hits, search_vectors
 from .store.db import IndexDB
 from .store.local import LocalVectorStore
 
@@ -182,44 +182,94 @@ class Index:
         self._store = None
 
     # -- reading --------------------------------------------------------------------------
-    def query_vector(self, query: QueryLike) -> np.ndarray:
-        """A query (text, image path or PIL image) as one normalised vector."""
+    def _image_vector(self, path: str | os.PathLike, crop: Crop | None = None) -> np.ndarray:
+        """An image file's vector: the stored one if the file is indexed (and not cropped), else embedded now."""
+        p = Path(path).expanduser()
+        if not p.is_file():
+            raise BadQuery(f"no such image file: {p}")
+        if crop is None and self.db.kind == "files":
+            row = self.db.file_by_path(str(p.resolve()))
+            if row is not None and row.status == "ok":
+                try:
+                    return self.store.get([row.id])[0]
+                except KeyError:
+                    pass  # row written, vector not yet: embed it
+        from .decode import decode_image
+
+        return self._embed_image(decode_image(p, max_pixels=config.get("max_pixels")).image, crop)
+
+    def _embed_image(self, image: Image.Image, crop: Crop | None = None) -> np.ndarray:
+        image = image.convert("RGB")
+        if crop is not None:
+            image = image.crop(crop.box(*image.size))
+        return self.embedder.embed_images([image])[0]
+
+    def query_vector(self, query: QueryLike | Sequence[str], crop: str | Crop | None = None) -> np.ndarray:
+        """A query as one normalised vector: a text, an image (path or PIL image), or a composed query
+        ``"beach.jpg + 'at night' - people"`` (see :mod:`visdex.query`); ``crop`` applies to the image term."""
+        crop = Crop.parse(crop) if isinstance(crop, str) else crop
         if isinstance(query, Image.Image):
-            return self.embedder.embed_images([query.convert("RGB")])[0]
-        if isinstance(query, os.PathLike) or _looks_like_image_path(query):
-            from .decode import decode_image
-
-            p = Path(query).expanduser()
-            if not p.is_file():
-                raise BadQuery(f"no such image file: {p}")
-            return self.embedder.embed_images([decode_image(p, max_pixels=config.get("max_pixels")).image])[0]
-        if not isinstance(query, str) or not query.strip():
+            return self._embed_image(query, crop)
+        if isinstance(query, os.PathLike):
+            return self._image_vector(query, crop)
+        if isinstance(query, str) and not query.strip():
             raise BadQuery("empty query: give a text or the path of an image")
-        return self.embedder.embed_texts([query])[0]
+        parsed = parse_query(query, crop=crop)
+        texts = [t for t in parsed.terms if t.kind == "text"]
+        text_vecs = dict(zip([t.value for t in texts], self.embedder.embed_texts([t.value for t in texts]),
+                             strict=True)) if texts else {}  # fmt: skip
+        total = np.zeros(self.embedder.dim if self.db.fingerprint is None else self.db.fingerprint.dim, np.float32)
+        for t in parsed.terms:
+            vec = text_vecs[t.value] if t.kind == "text" else self._image_vector(t.value, t.crop)
+            total += t.weight * vec
+        if not np.any(total):
+            raise BadQuery("the query's terms cancel out")
+        return l2_normalize(total)[0]
 
-    def search(self, query: QueryLike, k: int = 10) -> list[Hit]:
-        """Top-``k`` images for a text or an example image (path or PIL image).
+    def search(self, query: QueryLike | Sequence[str], k: int = 10, *, where: str | None = None,
+               crop: str | Crop | None = None, min_score: float | None = None,
+               within: float | None = None) -> list[Hit]:
+        """Top-``k`` images for a text, an example image (path or PIL image) or a composed query.
 
-        >>> ix.search("a cat on a sofa", k=3)                                 # doctest: +SKIP
+        ``where`` filters inside the search (:mod:`visdex.filters`); ``min_score`` drops hits under a
+        cosine; ``within`` keeps hits scoring at least ``top - within``.
+
+        >>> ix.search("a cat on a sofa", k=3, where="taken >= 2023")            # doctest: +SKIP
         [Hit(id=12, path='/photos/cat.jpg', score=0.31, ...), ...]
         """
         if k < 1:
             raise BadQuery("k must be at least 1")
-        exclude = []
-        if isinstance(query, (str, os.PathLike)) and _looks_like_image_path(query):
-            row = self.db.file_by_path(str(Path(query).expanduser().resolve()))
-            exclude = [row.id] if row is not None and row.status == "ok" else []
-            if exclude:
-                return search_vectors(self.db, self.store, self.store.get(exclude)[0], k, exclude_ids=exclude)
-        return search_vectors(self.db, self.store, self.query_vector(query), k)
+        allowed = self._allowed(where)
+        if allowed is not None and not len(allowed):
+            return []
+        hits = search_vectors(self.db, self.store, self.query_vector(query, crop), k, allowed=allowed)
+        return cut_hits(hits, min_score, within)
 
-    def similar(self, item: str | os.PathLike | int, k: int = 10) -> list[Hit]:
-        """Images most like an indexed image (by id or path) or any image file, the image itself left out."""
+    def similar(self, item: str | os.PathLike | int, k: int = 10, *, where: str | None = None,
+                min_score: float | None = None, within: float | None = None) -> list[Hit]:
+        """Images most like an indexed item (by id or path) or any image file, the item itself left out."""
+        exclude: list[int] = []
         if isinstance(item, int):
-            if not self.db.files_by_ids([item]):
-                raise NotFound(f"no item with id {item} in the index")
-            return search_vectors(self.db, self.store, self.store.get([item])[0], k, exclude_ids=[item])
-        return self.search(Path(item), k)
+            try:
+                vec = self.store.get([item])[0]
+            except KeyError:
+                raise NotFound(f"no item with id {item} in the index") from None
+            exclude = [item]
+        else:
+            p = Path(item).expanduser()
+            row = self.db.file_by_path(str(p.resolve())) if p.is_file() else None
+            exclude = [row.id] if row is not None else []
+            vec = self._image_vector(p)
+        allowed = self._allowed(where)
+        if allowed is not None and not len(allowed):
+            return []
+        hits = search_vectors(self.db, self.store, vec, k, allowed=allowed, exclude_ids=exclude)
+        return cut_hits(hits, min_score, within)
+
+    def _allowed(self, where: str | None) -> np.ndarray | None:
+        from .filters import allowed_ids
+
+        return allowed_ids(self.db, where) if where else None
 
     def status(self, max_failures: int = 50) -> IndexStatus:
         counts, items = self.db.counts(), self.db.item_counts()
@@ -247,15 +297,6 @@ class Index:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def _looks_like_image_path(q) -> bool:
-    if isinstance(q, os.PathLike):
-        return True
-    if not isinstance(q, str) or "\n" in q or len(q) > 4096:
-        return False
-    p = Path(q).expanduser()
-    return p.suffix.lower() in IMAGE_EXTENSIONS and (p.exists() or "/" in q or os.sep in q)
 
 
 def open_index(path: str | os.PathLike | None = None, *, model: str | None = None, device: str | None = None,

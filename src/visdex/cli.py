@@ -61,11 +61,11 @@ class _BarProgress:
 
     MAX_SKIP_LINES = 20
 
-    def __init__(self, quiet: bool):
+    def __init__(self, quiet: bool, label: str = "indexing"):
         self.quiet = quiet
         self.skipped = 0
         self.bar = Progress(
-            TextColumn("[bold]indexing"), BarColumn(), MofNCompleteColumn(),
+            TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(),
             TextColumn("{task.fields[rate]} img/s"), TimeRemainingColumn(), console=err, disable=quiet,
         )  # fmt: skip
         self.task = None
@@ -174,17 +174,27 @@ def _print_hits(hits, as_json: bool) -> None:
     out.print(table, highlight=False)
 
 
-@app.command()
+WhereOpt = typer.Option(None, "--where", "-w", help="Filter, e.g. \"taken >= 2023 and format = jpeg\".")
+MinScoreOpt = typer.Option(None, "--min-score", help="Drop hits scoring below this cosine.")
+WithinOpt = typer.Option(None, "--within", help="Keep hits within this much of the top score (e.g. 0.05).")
+
+
+# "-people" is a negative term, not an unknown option
+@app.command(context_settings={"ignore_unknown_options": True})
 def search(
-    query: list[str] = typer.Argument(..., help="A text, or the path of an example image."),
+    query: list[str] = typer.Argument(..., help="Text, image, or terms joined by + and -: a.jpg + 'blue' - people"),
     index: Path | None = IndexOpt,
     k: int = typer.Option(10, "-n", "--top", "-k", min=1, help="How many results."),
     model: str | None = typer.Option(None, "--model", "-m", help="Must match the index's model if given."),
+    where: str | None = WhereOpt,
+    crop: str | None = typer.Option(None, "--crop", help="Region of the image term: x,y,w,h in pixels or fractions."),
+    min_score: float | None = MinScoreOpt,
+    within: float | None = WithinOpt,
     as_json: bool = typer.Option(False, "--json", help="One JSON object per line: path, score, id."),
 ) -> None:
-    """Search by text ("dog on a beach") or by an example image (photo.jpg)."""
+    """Search by text ("dog on a beach"), by an example image (photo.jpg), or both: beach.jpg + "at night" - people."""
     with _open(index, model) as ix:
-        _print_hits(ix.search(" ".join(query), k=k), as_json)
+        _print_hits(ix.search(query, k=k, where=where, crop=crop, min_score=min_score, within=within), as_json)
 
 
 @app.command()
@@ -192,12 +202,15 @@ def similar(
     image: str = typer.Argument(..., help="An image file (indexed or not) or an indexed item id."),
     index: Path | None = IndexOpt,
     k: int = typer.Option(10, "-n", "--top", "-k", min=1, help="How many results."),
+    where: str | None = WhereOpt,
+    min_score: float | None = MinScoreOpt,
+    within: float | None = WithinOpt,
     as_json: bool = typer.Option(False, "--json", help="One JSON object per line: path, score, id."),
 ) -> None:
     """Images that look like IMAGE (itself left out)."""
     with _open(index) as ix:
         item = int(image) if image.isdigit() and not Path(image).exists() else Path(image)
-        _print_hits(ix.similar(item, k=k), as_json)
+        _print_hits(ix.similar(item, k=k, where=where, min_score=min_score, within=within), as_json)
 
 
 @app.command()

@@ -73,3 +73,19 @@ def hydrate(db: IndexDB, pairs: Sequence[tuple[int, float]]) -> list[Hit]:
         for i, s in pairs
         if (row := rows.get(i)) is not None
     ]
+
+
+def cut_hits(hits: list[Hit], min_score: float | None = None, within: float | None = None) -> list[Hit]:
+    """Drop hits under ``min_score``, and those more than ``within`` below the best one. A relative
+    cutoff travels across models; a flat cosine threshold does not (CLIP text-image cosines sit
+    around 0.2-0.35, image-image ones near 0.8-1.0)."""
+    if min_score is not None:
+        hits = [h for h in hits if h.score >= min_score]
+    if within is not None and hits:
+        if within < 0:
+            from .errors import BadQuery
+
+            raise BadQuery("--within must be >= 0")
+        top = hits[0].score
+        hits = [h for h in hits if h.score >= top - within]
+    return hits

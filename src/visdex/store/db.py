@@ -62,6 +62,16 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX items_status ON items(status);
     """,
+    # v3: zero-shot tags (visdex tag), usable in --where 'tag = beach'; they leave with their file.
+    """
+    CREATE TABLE tags (
+        file_id INTEGER NOT NULL REFERENCES files(id) ON DELETE CASCADE,
+        label TEXT NOT NULL,
+        score REAL NOT NULL,
+        PRIMARY KEY (file_id, label)
+    );
+    CREATE INDEX tags_label ON tags(label);
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

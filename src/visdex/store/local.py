@@ -117,7 +117,7 @@ class LocalVectorStore(VectorStore):
         with self.db.transaction() as c:
             c.executemany(
                 "INSERT INTO vectors VALUES (?, ?) ON CONFLICT(id) DO UPDATE SET vec = excluded.vec",
-                [(int(i), v.tobytes()) for i, v in zip(ids, vectors)],
+                [(int(i), v.tobytes()) for i, v in zip(ids, vectors, strict=True)],
             )
             self.db.bump_generation()
             self.db.after_commit(lambda: self._apply_upsert(ids, vectors))

@@ -1,0 +1,230 @@
+"""``--where``: a small, safe filter language over indexed metadata, compiled to parameterised
+SQL (user values are never pasted into SQL). The filter runs inside the search: the store is
+asked for the top-k among the matching ids, not for a short list that is filtered afterwards.
+
+Grammar: ``expr := term (("and" | "or") term)*``, ``term := "not" term | "(" expr ")" |
+field op value | field "in" "(" value, ... ")"``; ops ``= != < <= > >= ~`` (``~`` is a glob,
+case-insensitive). Values are bare words or quoted strings.
+
+>>> compile_where("format = jpeg and width >= 1000")
+("(lower(files.format) = lower(?)) AND (files.width >= ?)", ['jpeg', 1000.0])
+
+Folder indexes: ``path``, ``folder``, ``name``, ``format``, ``width``, ``height``, ``size``
+(``5MB``, ``200KB``), ``taken`` / ``date`` (EXIF date: ``taken >= 2023-01-01``, ``taken = 2023-05``),
+``camera``, ``tag`` (zero-shot labels from ``visdex tag``). Catalog indexes: ``key``, ``title``
+and every attribute column by name (``color = red``, ``price < 20``), also as ``attr.NAME``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import BadQuery
+
+_TOKEN = re.compile(
+    r"""\s*(?:(?P<str>"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')"""
+    r"""|(?P<op><=|>=|!=|=|<|>|~|\(|\)|,)|(?P<word>[^\s()=<>!~,"']+))"""
+)
+_UNITS = {"b": 1, "kb": 1024, "k": 1024, "mb": 1024**2, "m": 1024**2, "gb": 1024**3, "g": 1024**3}
+_DIRNAME = "rtrim(files.path, replace(files.path, '/', ''))"
+_BASENAME = f"replace(files.path, {_DIRNAME}, '')"
+
+# field -> (SQL expression, value kind): "text", "number", "size", "date"
+FILE_FIELDS: dict[str, tuple[str, str]] = {
+    "path": ("files.path", "text"),
+    "folder": (f"rtrim({_DIRNAME}, '/')", "folder"),
+    "name": (_BASENAME, "text"),
+    "format": ("files.format", "text"),
+    "width": ("files.width", "number"),
+    "height": ("files.height", "number"),
+    "size": ("files.size", "size"),
+    "taken": ("files.taken_at", "date"),
+    "date": ("files.taken_at", "date"),
+    "camera": ("files.camera", "text"),
+    "tag": ("", "tag"),
+}
+ITEM_FIELDS: dict[str, tuple[str, str]] = {"key": ("items.key", "text"), "title": ("items.title", "text")}
+
+
+@dataclass
+class _Tok:
+    kind: str
+    value: str
+    pos: int
+
+
+def _lex(expr: str) -> list[_Tok]:
+    toks, pos = [], 0
+    while pos < len(expr):
+        if expr[pos:].strip() == "":
+            break
+        m = _TOKEN.match(expr, pos)
+        if not m or m.end() == pos:
+            raise BadQuery(f"--where: cannot read {expr[pos:].strip()[:20]!r} at position {pos + 1}")
+        kind = m.lastgroup
+        val = m.group(kind)
+        if kind == "str":
+            val = re.sub(r"\\(.)", r"\1", val[1:-1])
+        toks.append(_Tok(kind, val, m.start(kind) + 1))
+        pos = m.end()
+    return toks
+
+
+class _Parser:
+    def __init__(self, expr: str, catalog: bool):
+        self.toks, self.i, self.expr, self.catalog = _lex(expr), 0, expr, catalog
+        self.params: list = []
+
+    def peek(self) -> _Tok | None:
+        return self.toks[self.i] if self.i < len(self.toks) else None
+
+    def take(self) -> _Tok:
+        tok = self.peek()
+        if tok is None:
+            raise BadQuery(f"--where: {self.expr!r} ends too early")
+        self.i += 1
+        return tok
+
+    def is_word(self, word: str) -> bool:
+        tok = self.peek()
+        return tok is not None and tok.kind == "word" and tok.value.lower() == word
+
+    def expr_(self) -> str:
+        parts = [self.term()]
+        while self.is_word("and") or self.is_word("or"):
+            parts.append(self.take().value.upper())
+            parts.append(self.term())
+        return " ".join(parts)
+
+    def term(self) -> str:
+        if self.is_word("not"):
+            self.take()
+            return f"NOT ({self.term()})"
+        tok = self.peek()
+        if tok is not None and tok.kind == "op" and tok.value == "(":
+            self.take()
+            inner = self.expr_()
+            close = self.take()
+            if close.value != ")":
+                raise BadQuery(f"--where: expected ')' at position {close.pos}")
+            return f"({inner})"
+        return self.comparison()
+
+    def comparison(self) -> str:
+        ftok = self.take()
+        if ftok.kind != "word":
+            raise BadQuery(f"--where: expected a field name at position {ftok.pos}, got {ftok.value!r}")
+        sql, kind = self.field(ftok)
+        if self.is_word("in"):
+            self.take()
+            values = self.value_list()
+            return "(" + " OR ".join(self.compare(sql, kind, "=", v, ftok) for v in values) + ")"
+        op = self.take()
+        if op.kind != "op" or op.value in "(),":
+            raise BadQuery(f"--where: expected an operator (= != < <= > >= ~ in) after {ftok.value!r} at {op.pos}")
+        val = self.take()
+        if val.kind == "op":
+            raise BadQuery(f"--where: expected a value after {ftok.value} {op.value} at position {val.pos}")
+        return f"({self.compare(sql, kind, op.value, val.value, ftok)})"
+
+    def value_list(self) -> list[str]:
+        if self.take().value != "(":
+            raise BadQuery("--where: 'in' takes a list in parentheses: tag in (beach, sea)")
+        values = []
+        while True:
+            v = self.take()
+            if v.kind == "op":
+                raise BadQuery(f"--where: expected a value at position {v.pos}")
+            values.append(v.value)
+            sep = self.take()
+            if sep.value == ")":
+                return values
+            if sep.value != ",":
+                raise BadQuery(f"--where: expected ',' or ')' at position {sep.pos}")
+
+    def field(self, tok: _Tok) -> tuple[str, str]:
+        name = tok.value.lower()
+        if self.catalog:
+            if name in ITEM_FIELDS:
+                return ITEM_FIELDS[name]
+            attr = tok.value[5:] if name.startswith("attr.") else tok.value
+            if not re.fullmatch(r"[\w .-]+", attr):
+                raise BadQuery(f"--where: bad attribute name {attr!r}")
+            return f"json_extract(items.attrs, '$.\"{attr}\"')", "attr"
+        if name not in FILE_FIELDS:
+            known = ", ".join(FILE_FIELDS)
+            raise BadQuery(f"--where: unknown field {tok.value!r} at position {tok.pos}; fields: {known}")
+        return FILE_FIELDS[name]
+
+    def compare(self, sql: str, kind: str, op: str, raw: str, ftok: _Tok) -> str:
+        sqlop = "<>" if op == "!=" else op
+        if kind == "tag":
+            if op not in ("=", "!=", "~"):
+                raise BadQuery("--where: tag takes = != ~ (e.g. tag = beach)")
+            cmp = "lower(label) GLOB lower(?)" if op == "~" else "lower(label) = lower(?)"
+            self.params.append(raw)
+            exists = f"EXISTS (SELECT 1 FROM tags WHERE tags.file_id = files.id AND {cmp})"
+            return f"NOT {exists}" if op == "!=" else exists
+        if op == "~":
+            self.params.append(raw)
+            return f"lower({sql}) GLOB lower(?)"
+        if kind in ("number", "size"):
+            self.params.append(_number(raw, kind, ftok))
+            return f"{sql} {sqlop} ?"
+        if kind == "folder" and op in ("=", "!="):
+            from pathlib import Path
+
+            folder = str(Path(raw).expanduser().resolve()) if ("/" in raw or raw.startswith("~")) else raw
+            if "/" in folder:  # an absolute folder: everything below it
+                self.params += [folder, folder.rstrip("/") + "/*"]
+                clause = f"({sql} = ? OR files.path GLOB ?)"
+            else:  # a bare folder name: any folder of that name
+                self.params += [folder, "*/" + folder]
+                clause = f"({sql} = ? OR {sql} GLOB ?)"
+            return f"NOT {clause}" if op == "!=" else clause
+        if kind == "date" and op in ("=", "!="):
+            self.params.append(raw + "*")
+            return f"{sql} {'NOT ' if op == '!=' else ''}GLOB ?"
+        if kind == "attr" and _is_number(raw):
+            self.params.append(float(raw))
+            return f"CAST({sql} AS REAL) {sqlop} ?"
+        self.params.append(raw)
+        if kind in ("text", "attr", "folder") and op in ("=", "!="):
+            return f"lower({sql}) {sqlop} lower(?)"
+        return f"{sql} {sqlop} ?"
+
+
+def _is_number(text: str) -> bool:
+    return re.fullmatch(r"[-+]?\d+(\.\d+)?", text) is not None
+
+
+def _number(raw: str, kind: str, tok: _Tok) -> float:
+    m = re.fullmatch(r"([-+]?\d+(?:\.\d+)?)\s*([a-zA-Z]*)", raw)
+    unit = (m.group(2).lower() if m else "") or "b"
+    if not m or (kind == "number" and m.group(2)) or unit not in _UNITS:
+        raise BadQuery(f"--where: {tok.value} needs a number{' (like 5MB)' if kind == 'size' else ''}, not {raw!r}")
+    return float(m.group(1)) * (_UNITS[unit] if kind == "size" else 1)
+
+
+def compile_where(expr: str, *, catalog: bool = False) -> tuple[str, list]:
+    """``expr`` -> (SQL boolean expression over ``files`` (or ``items``), parameters)."""
+    if not expr or not expr.strip():
+        raise BadQuery("--where is empty")
+    p = _Parser(expr, catalog)
+    sql = p.expr_()
+    if p.peek() is not None:
+        tok = p.peek()
+        raise BadQuery(f"--where: unexpected {tok.value!r} at position {tok.pos} (join conditions with and / or)")
+    return sql, p.params
+
+
+def allowed_ids(db, expr: str) -> np.ndarray:
+    """Ids of the indexed files (or catalog items) that match ``expr``."""
+    catalog = db.kind == "catalog"
+    sql, params = compile_where(expr, catalog=catalog)
+    table = "items" if catalog else "files"
+    rows = db.conn.execute(f"SELECT id FROM {table} WHERE status = 'ok' AND ({sql})", params)
+    return np.fromiter((r[0] for r in rows), np.int64)

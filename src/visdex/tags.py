@@ -1,0 +1,111 @@
+"""Zero-shot tags: each image is scored against a list of labels through the model's text tower
+and its best labels are stored as metadata, searchable with ``--where 'tag = beach'``.
+
+Scores are a softmax over the given labels of the cosine similarities divided by a temperature,
+so they say "how much more this label than the others", comparable across models.
+
+>>> report = tag_index(ix, ["beach", "mountain", "city"], top=2)     # doctest: +SKIP
+>>> tags_for(ix.db, [1])                                              # doctest: +SKIP
+{1: [('beach', 0.91), ('city', 0.06)]}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import BadQuery
+
+TEMPERATURE = 0.03
+DEFAULT_TEMPLATE = "a photo of {}"
+CHUNK = 4096
+
+
+@dataclass
+class TagReport:
+    images: int = 0
+    labels: list[str] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)  # label -> images tagged with it
+
+    def to_dict(self) -> dict:
+        return {"images": self.images, "labels": self.labels, "counts": self.counts}
+
+
+def parse_labels(text: str | None = None, file: str | None = None) -> list[str]:
+    """Labels from a comma-separated string and/or a file with one label per line (``#`` comments)."""
+    labels: list[str] = []
+    if text:
+        labels += [x.strip() for x in text.split(",")]
+    if file:
+        try:
+            with open(file, encoding="utf-8") as f:
+                labels += [x.strip() for x in f if x.strip() and not x.lstrip().startswith("#")]
+        except OSError as e:
+            raise BadQuery(f"cannot read the labels file {file}: {e.strerror}") from e
+    labels = list(dict.fromkeys(x for x in labels if x))
+    if len(labels) < 2:
+        raise BadQuery("give at least two labels (--labels 'beach,mountain,city' or --labels-file)")
+    return labels
+
+
+def label_scores(image_vecs: np.ndarray, label_vecs: np.ndarray) -> np.ndarray:
+    """(n, d) x (m, d) -> (n, m) softmax scores over the labels."""
+    logits = image_vecs @ label_vecs.T / TEMPERATURE
+    logits -= logits.max(axis=1, keepdims=True)
+    e = np.exp(logits)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def tag_index(ix, labels: Sequence[str], *, top: int = 3, min_score: float | None = None,
+              template: str = DEFAULT_TEMPLATE, progress=None) -> TagReport:
+    """Tag every indexed image with its ``top`` labels among those scoring at least ``min_score``
+    (default: better than chance, 1 / number of labels)."""
+    if ix.db.kind == "catalog":
+        raise BadQuery("tags are for folder indexes; a catalog's attributes already filter its items")
+    if top < 1:
+        raise BadQuery("--top must be at least 1")
+    labels = list(labels)
+    min_score = 1.0 / len(labels) if min_score is None else min_score
+    prompts = [template.format(x) if "{}" in template else f"{template} {x}" for x in labels]
+    label_vecs = ix.embedder.embed_texts(prompts)  # raises UnsupportedModality for image-only models
+    ids = ix.store.ids()
+    report = TagReport(images=len(ids), labels=labels, counts=dict.fromkeys(labels, 0))
+    if progress is not None:
+        progress.start(len(ids))
+    db = ix.db
+    with db.transaction() as c:
+        marks = ",".join("?" * len(labels))
+        c.execute(f"DELETE FROM tags WHERE label IN ({marks})", labels)
+    for start in range(0, len(ids), CHUNK):
+        chunk = ids[start : start + CHUNK]
+        scores = label_scores(ix.store.get(chunk), label_vecs)
+        best = np.argsort(-scores, axis=1)[:, :top]
+        rows = []
+        for fid, order, s in zip(chunk, best, scores, strict=True):
+            for j in order:
+                if s[j] >= min_score:
+                    rows.append((int(fid), labels[j], float(s[j])))
+                    report.counts[labels[j]] += 1
+        with db.transaction() as c:
+            c.executemany(
+                "INSERT INTO tags VALUES (?, ?, ?) ON CONFLICT(file_id, label) DO UPDATE SET score = excluded.score",
+                rows,
+            )
+        if progress is not None:
+            progress.advance(len(chunk))
+    return report
+
+
+def tags_for(db, ids: Sequence[int]) -> dict[int, list[tuple[str, float]]]:
+    """Stored tags of the given file ids, best first."""
+    out: dict[int, list[tuple[str, float]]] = {int(i): [] for i in ids}
+    ids = [int(i) for i in ids]
+    for start in range(0, len(ids), 900):
+        chunk = ids[start : start + 900]
+        marks = ",".join("?" * len(chunk))
+        sql = f"SELECT file_id, label, score FROM tags WHERE file_id IN ({marks}) ORDER BY score DESC"
+        for fid, label, score in db.conn.execute(sql, chunk):
+            out[fid].append((label, score))
+    return out
