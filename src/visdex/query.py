@@ -133,7 +133,7 @@ def _term(sign: int, words: list[str]) -> Term:
     text = " ".join(words).strip()
     weight = 1.0
     m = _WEIGHT.match(text)
-    if m and not is_image_ref(text) and re.fullmatch(r"[-+]?[0-9.]+(e[-+]?\d+)?", m.group(1), re.I):
+    if m and not Path(text).expanduser().is_file() and re.fullmatch(r"[-+]?[0-9.]+(e[-+]?\d+)?", m.group(1), re.I):
         try:
             weight = float(m.group(1))
         except ValueError:

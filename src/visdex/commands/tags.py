@@ -17,7 +17,7 @@ def tag(
     labels_file: Path | None = typer.Option(None, "--labels-file", help="A file with one label per line."),
     index: Path | None = IndexOpt,
     top: int = typer.Option(3, "--top", min=1, help="Labels kept per image."),
-    min_score: float | None = typer.Option(None, "--min-score", help="Keep labels scoring at least this (0-1; default 1/number of labels)."),
+    min_score: float | None = typer.Option(None, "--min-score", help="Keep labels scoring >= this (default 1/N)."),
     template: str = typer.Option("a photo of {}", "--template", help="Prompt around each label."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     as_json: bool = typer.Option(False, "--json", help="Print the tags of every image as JSON lines."),
