@@ -293,10 +293,8 @@ def main() -> None:
         sys.exit(e.exit_code)
     except typer.Abort:
         sys.exit(1)
-    except Exception as e:  # click usage errors come here in non-standalone mode
-        import click
-
-        if isinstance(e, click.ClickException):
+    except Exception as e:  # usage errors (Click's, vendored by Typer) come here in non-standalone mode
+        if callable(getattr(e, "show", None)) and isinstance(getattr(e, "exit_code", None), int):
             e.show()
             sys.exit(e.exit_code)
         raise
