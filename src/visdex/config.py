@@ -39,6 +39,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("batch_size", 32, "Images per model batch when indexing.", int),
     Setting("workers", 0, "Decode worker processes (0 = one per CPU core, at most 8; 1 = decode in-process).", int),
     Setting("max_pixels", 178_956_970, "Largest image (width x height) decoded; larger ones are skipped.", int),
+    Setting("token", None, "Bearer token that `visdex serve` requires on every API request (unset: no auth)."),
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}

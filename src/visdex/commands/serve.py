@@ -1,0 +1,68 @@
+"""``visdex serve``: the HTTP API and the web UI over one index (needs ``visdex[server]``)."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+
+import typer
+
+from ..cli import IndexOpt, _state, app, err, out
+
+
+def is_loopback(host: str) -> bool:
+    """True for addresses only this machine can reach (127.0.0.0/8, ::1, localhost)."""
+    if host.lower() in ("localhost", "localhost.localdomain"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
+@app.command()
+def serve(
+    index: Path | None = IndexOpt,
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind; 0.0.0.0 exposes it to the network."),
+    port: int = typer.Option(8765, "--port", "-p", min=0, max=65535, help="Port to listen on."),
+    token: str | None = typer.Option(
+        None, "--token", envvar="VISDEX_TOKEN", help="Require 'Authorization: Bearer TOKEN' on every API request."
+    ),
+    device: str | None = typer.Option(None, "--device", help="auto, cpu, cuda, mps."),
+    max_upload_mb: float = typer.Option(25, "--max-upload-mb", min=0.001, help="Largest request body accepted."),
+    max_upload_pixels: int = typer.Option(50_000_000, "--max-upload-pixels", min=1, help="Largest uploaded image."),
+) -> None:
+    """Serve the index over HTTP: a web UI at / and a JSON API under /api (docs at /docs)."""
+    from .. import config
+    from ..server import create_app, require_fastapi
+
+    require_fastapi()
+    try:
+        import uvicorn
+    except ImportError as e:
+        from ..errors import MissingDependency
+
+        raise MissingDependency("uvicorn", extra="server", purpose="visdex serve") from e
+    token = token or config.get("token")
+    if not token and not is_loopback(host):
+        err.print(
+            f"[yellow]warning:[/] serving on {host} without a token: anyone who can reach this address can "
+            "search your images and download them. Set --token (or VISDEX_TOKEN).",
+            highlight=False,
+        )
+    application = create_app(
+        index or _state["index"] or config.get("index"),
+        token=token,
+        device=device,
+        max_upload_bytes=int(max_upload_mb * 1024 * 1024),
+        max_upload_pixels=max_upload_pixels,
+    )
+    with err.status("loading the model"):
+        application.state.served.warm()  # errors here are visdex errors: one line, an exit code
+    shown = f"[{host}]" if ":" in host else host
+    out.print(
+        f"visdex serving {application.state.served.path} on http://{shown}:{port}/  (API docs: /docs)"
+        + ("  [auth: bearer token]" if token else ""),
+        highlight=False,
+    )
+    uvicorn.run(application, host=host, port=port, log_level="warning")

@@ -1,0 +1,223 @@
+"""HTTP requests -> library calls, library results -> JSON.
+
+The query string syntax is :mod:`visdex.query`'s, with one difference that matters on a server:
+image terms never come from a path in the request (that would read the server's own files).
+The image term is an upload or an indexed id; the text may carry ``+`` / ``-`` terms and weights.
+The two are joined into one composed query that :meth:`visdex.api.Index.search` runs as is.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from ..errors import BadImage, BadQuery, ImageTooLarge, NotFound
+from ..query import Query, parse_query
+
+T = TypeVar("T")
+
+PATHS_REFUSED = (
+    "image paths are not accepted over HTTP (they would name files on the server); upload the image "
+    "(POST /api/search with 'image') or give an indexed id ('id')"
+)
+# Served inline only for raster formats a browser cannot run code from (no SVG, no HTML).
+MEDIA_TYPES = {
+    ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".jpe": "image/jpeg", ".jfif": "image/jpeg", ".png": "image/png",
+    ".webp": "image/webp", ".gif": "image/gif", ".bmp": "image/bmp", ".tif": "image/tiff", ".tiff": "image/tiff",
+    ".heic": "image/heic", ".heif": "image/heif", ".avif": "image/avif",
+}  # fmt: skip
+
+
+@dataclass
+class SearchRequest:
+    q: str
+    image: bytes | None
+    id: int | None
+    crop: str | None
+    image_weight: float
+    where: str | None
+    k: int
+    min_score: float | None
+    within: float | None
+
+
+def timed(fn: Callable[[], T]) -> tuple[T, float]:
+    t0 = time.perf_counter()
+    out = fn()
+    return out, round((time.perf_counter() - t0) * 1000, 2)
+
+
+def check_query(query: str, image_path: str | None = None) -> Query:
+    """Parse ``query`` with the library's parser and refuse every image term other than ``image_path``
+    (the server's own upload or indexed file) with one message, whether or not the named file
+    exists, so the answer says nothing about the server's files."""
+    try:
+        parsed = parse_query(query)
+    except BadQuery as e:
+        if str(e).startswith("no such image file"):
+            raise BadQuery(PATHS_REFUSED) from None
+        raise
+    if any(t.value != image_path for t in parsed.image_terms) or len(parsed.image_terms) > (image_path is not None):
+        raise BadQuery(PATHS_REFUSED)
+    if image_path is not None and not parsed.image_terms:  # e.g. a catalog image with an unusual extension
+        raise BadQuery("this item's image cannot be combined with text (its file type is not recognised)")
+    return parsed
+
+
+def compose(image_path: str, image_weight: float, text: str) -> str:
+    """One composed query: the image term, then the request's text (``"+ at night - people"``,
+    or ``"at night"``, which adds)."""
+    head = shlex.quote(f"{image_weight:g}:{image_path}")
+    text = text.strip()
+    if not text:
+        return head
+    return f"{head} {text}" if text[0] in "+-" else f"{head} + {text}"
+
+
+def decode_upload(data: bytes, max_pixels: int):
+    """The uploaded bytes as an RGB image, within the server's pixel limit (ImageTooLarge -> 413)."""
+    from ..decode import decode_image
+
+    if not data:
+        raise BadImage("the uploaded image is empty")
+    try:
+        return decode_image(data, max_pixels=max_pixels).image
+    except ImageTooLarge as e:
+        size = str(e).split(", which")[0]
+        raise ImageTooLarge(
+            f"uploaded {size}: more than this server accepts ({max_pixels:,} pixels; visdex serve --max-upload-pixels)"
+        ) from None
+    except BadImage as e:
+        raise BadImage(f"the upload is not an image visdex can read: {e}") from None
+
+
+def run_search(served, settings, req: SearchRequest) -> tuple[list, float]:
+    """Run one search request; returns (hits, milliseconds spent in the library)."""
+    q = (req.q or "").strip()
+    if served.call(lambda ix: ix.fingerprint is None):  # nothing indexed yet: no model to load, nothing to find
+        return [], 0.0
+    opts = {"where": req.where, "min_score": req.min_score, "within": req.within}
+    if req.image is not None and req.id is not None:
+        raise BadQuery("give an uploaded image or an indexed id as the image term, not both")
+    if req.image is None and req.id is None:
+        if not q:
+            raise BadQuery("empty query: give a text, upload an image, or give an indexed id")
+        if req.crop:
+            raise BadQuery("a crop needs an image: upload one or give an indexed id")
+        check_query(q)
+        return timed(lambda: served.call(lambda ix: ix.search(q, k=req.k, **opts)))
+    if req.image is not None:
+        if len(req.image) > settings.max_upload_bytes:  # the middleware refuses these first; belt and braces
+            raise ImageTooLarge("upload too large")
+        image = decode_upload(req.image, settings.max_upload_pixels)
+        if not q:  # a weight alone means nothing: the vector is normalised
+            return timed(lambda: served.call(lambda ix: ix.search(image, k=req.k, crop=req.crop, **opts)))
+        return _search_with_upload(served, req, q, opts)
+    if not q and not req.crop:
+        return timed(lambda: served.call(lambda ix: ix.similar(req.id, k=req.k, **opts)))
+    from ..thumbs import thumb_source
+
+    path = served.call(lambda ix: thumb_source(ix, req.id)).path  # a path from the index, not the request
+    query = compose(path, req.image_weight, q)
+    check_query(query, path)
+    hits, took = timed(lambda: served.call(lambda ix: ix.search(query, k=req.k + 1, crop=req.crop, **opts)))
+    return [h for h in hits if h.id != req.id][: req.k], took  # "more like this" leaves the item itself out
+
+
+def _search_with_upload(served, req: SearchRequest, text: str, opts: dict) -> tuple[list, float]:
+    # The composed-query syntax names images by path, so the upload lives in a private temp file
+    # for the duration of the query (mkstemp: mode 0600, a name nobody else can guess).
+    fd, tmp = tempfile.mkstemp(prefix="visdex-upload-", suffix=".jpg")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(req.image)
+        query = compose(tmp, req.image_weight, text)
+        check_query(query, tmp)
+        return timed(lambda: served.call(lambda ix: ix.search(query, k=req.k, crop=req.crop, **opts)))
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def file_urls(item_id: int) -> dict:
+    return {"thumb": f"api/files/{item_id}/thumb", "original": f"api/files/{item_id}/original"}
+
+
+def hits_json(served, hits) -> list[dict]:
+    """Hits as JSON rows: the library's fields, a display name, the file URLs and the item's tags."""
+    tags = served.call(lambda ix: _tags_of(ix, [h.id for h in hits])) if hits else {}
+    rows = []
+    for h in hits:
+        d = h.to_dict()
+        d["score"] = round(float(h.score), 6)
+        d["name"] = (h.title or h.key) if h.key is not None else Path(h.path).name
+        d["tags"] = [label for label, _ in tags.get(h.id, [])]
+        d.update(file_urls(h.id))
+        rows.append(d)
+    return rows
+
+
+def _tags_of(ix, ids: list[int]) -> dict:
+    if ix.db.kind == "catalog":
+        return {}
+    from ..tags import tags_for
+
+    return tags_for(ix.db, ids)
+
+
+def item_json(ix, item_id: int) -> dict:
+    """Everything the index knows about one item."""
+    if ix.db.kind == "catalog":
+        it = ix.db.items_by_ids([item_id]).get(item_id)
+        if it is None:
+            raise NotFound(f"no item with id {item_id} in the index")
+        return {"id": item_id, **it, "name": it["title"] or it["key"], **file_urls(item_id)}
+    row = ix.db.files_by_ids([item_id]).get(item_id)
+    if row is None:
+        raise NotFound(f"no item with id {item_id} in the index")
+    d = dict(row.__dict__)
+    d["name"] = Path(row.path).name
+    d["tags"] = [{"label": lb, "score": round(s, 4)} for lb, s in _tags_of(ix, [item_id]).get(item_id, [])]
+    d.update(file_urls(item_id))
+    return d
+
+
+def tag_counts(ix) -> list[dict]:
+    if ix.db.kind == "catalog":
+        return []
+    rows = ix.db.conn.execute("SELECT label, COUNT(*) FROM tags GROUP BY label ORDER BY COUNT(*) DESC, label")
+    return [{"label": label, "count": n} for label, n in rows]
+
+
+def to_dict(obj: Any) -> dict:
+    if hasattr(obj, "to_dict"):
+        return obj.to_dict()
+    return dict(obj.__dict__)
+
+
+def group_json(group) -> dict:
+    """A duplicate group with file URLs on every member."""
+    d = to_dict(group)
+    for m in d.get("members", []):
+        m.update(file_urls(m["id"]))
+        m.setdefault("name", Path(m.get("path") or "").name)
+    return d
+
+
+def projection_json(proj, method: str) -> dict:
+    """A 2D projection as points {id, x, y, name, thumb} in [0, 1]^2."""
+    points = [
+        {"id": int(i), "x": round(float(x), 5), "y": round(float(y), 5), "name": Path(p).name,
+         **file_urls(int(i))}
+        for i, (x, y), p in zip(proj.ids, proj.xy, proj.paths, strict=True)
+    ]  # fmt: skip
+    return {"count": len(points), "method": getattr(proj, "method", method), "points": points}
+
+
+def media_type(path: Path) -> str | None:
+    return MEDIA_TYPES.get(path.suffix.lower())

@@ -1,0 +1,236 @@
+"""The ``/api`` routes. Each one calls the library (through :class:`~visdex.server.state.ServedIndex`)
+and shapes its answer as JSON; none of them searches by itself.
+
+Endpoints are plain ``def`` functions: FastAPI runs them in its thread pool, so a slow model
+call never blocks the event loop and other requests go on meanwhile.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Body, Depends, File, Form, Query, Request, UploadFile
+from fastapi.responses import FileResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.exceptions import HTTPException
+
+from .. import thumbs
+from ..errors import MissingDependency, NotFound
+from . import queries
+
+bearer = HTTPBearer(auto_error=False, description="The token given to `visdex serve --token`.")
+
+
+def _check_token(request: Request, creds: HTTPAuthorizationCredentials | None, allow_query: bool) -> None:
+    expected = request.app.state.settings.token
+    if not expected:
+        return
+    given = creds.credentials if creds is not None else None
+    if given is None and allow_query:  # <img src> cannot send headers: files take ?token= too
+        given = request.query_params.get("token")
+    if not given or not hmac.compare_digest(given.encode(), expected.encode()):
+        raise HTTPException(
+            401, "missing or wrong token: send 'Authorization: Bearer <token>'", headers={"WWW-Authenticate": "Bearer"}
+        )
+
+
+def require_token(request: Request, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> None:
+    _check_token(request, creds, allow_query=False)
+
+
+def require_token_or_query(
+    request: Request, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+) -> None:
+    _check_token(request, creds, allow_query=True)
+
+
+router = APIRouter(prefix="/api")
+api = APIRouter(dependencies=[Depends(require_token)])
+files = APIRouter(dependencies=[Depends(require_token_or_query)], tags=["files"])
+
+K = Annotated[int, Query(ge=1, le=1000, description="How many results.")]
+Where = Annotated[str | None, Query(description='Filter, e.g. "taken >= 2023 and format = jpeg", "tag = beach".')]
+MinScore = Annotated[float | None, Query(description="Drop hits scoring below this cosine.")]
+Within = Annotated[float | None, Query(ge=0, description="Keep hits within this much of the top score.")]
+Crop = Annotated[str | None, Query(description="Region of the image: x,y,w,h in pixels, or fractions <= 1.")]
+
+
+def _served(request: Request):
+    return request.app.state.served
+
+
+def _hits_response(request: Request, hits, took_ms: float | None = None) -> dict:
+    return {"count": len(hits), "results": queries.hits_json(_served(request), hits), "took_ms": took_ms}
+
+
+# -- search ------------------------------------------------------------------------------
+@api.get("/search", tags=["search"], summary="Search by text, by an indexed image, or both")
+def search_get(
+    request: Request,
+    q: Annotated[str, Query(description="Composed query: \"beach + '2:at night' - people\".")] = "",
+    id: Annotated[int | None, Query(description="An indexed item as the image term.")] = None,
+    crop: Crop = None,
+    image_weight: Annotated[float, Query(gt=0, description="Weight of the image term against the texts.")] = 1.0,
+    where: Where = None,
+    k: K = 20,
+    min_score: MinScore = None,
+    within: Within = None,
+) -> dict:
+    """Text ("dog on a beach"), an indexed image (`id`), or both with `+` / `-` text modifiers and weights
+    (`id=12&q=+ at night - people`), a `crop` region of the image, a `where` filter."""
+    req = queries.SearchRequest(q, None, id, crop, image_weight, where, k, min_score, within)
+    hits, took = queries.run_search(_served(request), request.app.state.settings, req)
+    return _hits_response(request, hits, took)
+
+
+@api.post("/search", tags=["search"], summary="Search by an uploaded image (multipart), optionally with text")
+def search_post(
+    request: Request,
+    image: Annotated[UploadFile | None, File(description="The query image (JPEG, PNG, WebP, HEIC, ...).")] = None,
+    q: Annotated[str, Form()] = "",
+    id: Annotated[int | None, Form()] = None,
+    crop: Annotated[str | None, Form()] = None,
+    image_weight: Annotated[float, Form(gt=0)] = 1.0,
+    where: Annotated[str | None, Form()] = None,
+    k: Annotated[int, Form(ge=1, le=1000)] = 20,
+    min_score: Annotated[float | None, Form()] = None,
+    within: Annotated[float | None, Form(ge=0)] = None,
+) -> dict:
+    """The same as `GET /api/search`, with the image term uploaded as `image` (multipart/form-data)."""
+    data = image.file.read() if image is not None else None
+    req = queries.SearchRequest(q, data, id, crop or None, image_weight, where or None, k, min_score, within)
+    hits, took = queries.run_search(_served(request), request.app.state.settings, req)
+    return _hits_response(request, hits, took)
+
+
+@api.get("/similar/{item_id}", tags=["search"], summary="More like this indexed item")
+def similar(
+    request: Request, item_id: int, where: Where = None, k: K = 20, min_score: MinScore = None, within: Within = None
+) -> dict:
+    """The items most like an indexed one (itself left out)."""
+    hits, took = queries.timed(
+        lambda: _served(request).call(
+            lambda ix: ix.similar(item_id, k=k, where=where, min_score=min_score, within=within)
+        )
+    )
+    return _hits_response(request, hits, took)
+
+
+@api.get("/items/{item_id}", tags=["search"], summary="One indexed item: its metadata and tags")
+def item(request: Request, item_id: int) -> dict:
+    return _served(request).call(lambda ix: queries.item_json(ix, item_id))
+
+
+# -- analyses -----------------------------------------------------------------------------
+def _library(module: str, name: str):
+    """A function of the library that may not be installed in this build; absent -> 501."""
+    import importlib
+
+    try:
+        return getattr(importlib.import_module(f"visdex.{module}"), name)
+    except (ImportError, AttributeError):
+        raise MissingDependency(f"visdex.{module}.{name}", purpose="this endpoint") from None
+
+
+@api.get("/duplicates", tags=["analysis"], summary="Groups of exact and near-duplicate images")
+def duplicates(
+    request: Request,
+    threshold: Annotated[float | None, Query(description="Cosine for near duplicates (default: the model's).")] = None,
+    exact_only: Annotated[bool, Query(description="Only byte-identical files.")] = False,
+) -> dict:
+    """Each group lists its members and the suggested keeper (largest, then oldest)."""
+    find = _library("dupes", "find_duplicates")
+    groups = _served(request).analysis(
+        ("dupes", threshold, exact_only), lambda ix: find(ix, threshold=threshold, exact_only=exact_only)
+    )
+    return {"count": len(groups), "groups": [queries.group_json(g) for g in groups]}
+
+
+@api.get("/clusters", tags=["analysis"], summary="Clusters of similar images")
+def clusters(
+    request: Request,
+    k: Annotated[int | None, Query(description="Number of clusters (default: about sqrt(n/2)).")] = None,
+    seed: int = 0,
+) -> dict:
+    cluster = _library("cluster", "cluster_index")
+    found = _served(request).analysis(("clusters", k, seed), lambda ix: cluster(ix, k, seed=seed))
+    return {"count": len(found), "clusters": [queries.to_dict(c) for c in found]}
+
+
+@api.get("/map", tags=["analysis"], summary="2D map coordinates of every image")
+def map_points(
+    request: Request,
+    method: Annotated[Literal["auto", "umap", "tsne", "pca"], Query()] = "auto",
+    seed: int = 0,
+) -> dict:
+    """Points in [0, 1] x [0, 1]; near points look alike."""
+    project = _library("viz", "project_2d")
+    proj = _served(request).analysis(("map", method, seed), lambda ix: project(ix, method=method, seed=seed))
+    return queries.projection_json(proj, method)
+
+
+@api.get("/tags", tags=["tags"], summary="Zero-shot labels in the index and how many images have each")
+def tag_counts(request: Request) -> dict:
+    return {"tags": _served(request).call(queries.tag_counts)}
+
+
+@api.post("/tags", tags=["tags"], summary="Label every image zero-shot with the best of the given labels")
+def tag_images(
+    request: Request,
+    labels: Annotated[list[str], Body(min_length=2, max_length=1000, description='["beach", "mountain", "city"]')],
+    top: Annotated[int, Body(ge=1, le=20)] = 3,
+    min_score: Annotated[float | None, Body(ge=0, le=1)] = None,
+    template: Annotated[str, Body(max_length=200)] = "a photo of {}",
+) -> dict:
+    """Then filter searches with `where=tag = beach`. Replaces earlier scores of the same labels."""
+    from ..tags import parse_labels, tag_index
+
+    names = parse_labels(",".join(labels))
+    report = _served(request).call(lambda ix: tag_index(ix, names, top=top, min_score=min_score, template=template))
+    return report.to_dict()
+
+
+@api.get("/status", tags=["index"], summary="The index: model, counts, failures")
+def status(request: Request) -> dict:
+    st = _served(request).call(lambda ix: ix.status(max_failures=50)).to_dict()
+    settings = request.app.state.settings
+    st["server"] = {
+        "auth": bool(settings.token),
+        "max_upload_bytes": settings.max_upload_bytes,
+        "max_upload_pixels": settings.max_upload_pixels,
+    }
+    return st
+
+
+# -- files: only by indexed id, never by a path from the request --------------------------
+@files.get("/files/{item_id}/thumb", summary="Thumbnail of an indexed image (cached on disk)")
+def thumbnail(
+    request: Request,
+    item_id: int,
+    size: Annotated[int, Query(description=f"One of {', '.join(map(str, thumbs.SIZES))}.")] = 256,
+    fmt: Annotated[Literal["jpeg", "webp"], Query(alias="format")] = "jpeg",
+) -> FileResponse:
+    served = _served(request)
+    src = served.files(lambda db: thumbs.source_in_db(db, item_id))  # decoding happens outside any lock
+    path = thumbs.render_thumbnail(src, served.path / thumbs.THUMBS_DIR, size, fmt)
+    return FileResponse(path, media_type=thumbs.FORMATS[fmt][2], headers={"Cache-Control": "private, max-age=3600"})
+
+
+@files.get("/files/{item_id}/original", summary="The original file of an indexed image")
+def original(request: Request, item_id: int) -> FileResponse:
+    path = thumbs.existing_file(_served(request).files(lambda db: thumbs.source_in_db(db, item_id)))
+    media = queries.media_type(path)
+    if media is None:
+        raise NotFound(f"item {item_id} is not an image file")
+    return FileResponse(
+        path,
+        media_type=media,
+        filename=path.name,
+        content_disposition_type="inline",
+        headers={"X-Content-Type-Options": "nosniff", "Cache-Control": "private, max-age=3600"},
+    )
+
+
+router.include_router(api)
+router.include_router(files)
