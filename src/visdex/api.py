@@ -24,7 +24,7 @@ from .models.base import Embedder, Fingerprint, l2_normalize
 from .query import Crop, parse_query
 from .search import Hit, cut_hits, search_vectors
 from .store.db import IndexDB
-from .store.local import LocalVectorStore
+from .store.local import ANN_KINDS, LocalVectorStore
 
 QueryLike = str | os.PathLike | Image.Image
 
@@ -75,12 +75,15 @@ class Index:
     model and asking for another one raises :class:`ModelMismatch`."""
 
     def __init__(self, path: str | os.PathLike | None = None, *, model: str | None = None, device: str | None = None,
-                 create: bool = True):
+                 create: bool = True, ann: str | None = None):
         self.path = Path(path or config.get("index")).expanduser()
         self.db = IndexDB(self.path, create=create)
         self.device = device or config.get("device")
         self._embedder: Embedder | None = None
         self._store: LocalVectorStore | None = None
+        if ann is not None and ann not in ANN_KINDS:
+            raise BadQuery(f"unknown --ann {ann!r}: one of {', '.join(ANN_KINDS)}")
+        self._ann = ann
         fp = self.db.fingerprint
         if fp is not None and model is not None and model_source(model) != fp.source:
             raise ModelMismatch(self._mismatch_message(fp, model))
@@ -120,7 +123,7 @@ class Index:
         if self._store is None:
             fp = self.db.fingerprint
             dim = fp.dim if fp is not None else self.embedder.dim
-            self._store = LocalVectorStore(self.db, dim)
+            self._store = LocalVectorStore(self.db, dim, ann=self._ann)
         return self._store
 
     # -- writing --------------------------------------------------------------------------
@@ -300,6 +303,7 @@ class Index:
 
 
 def open_index(path: str | os.PathLike | None = None, *, model: str | None = None, device: str | None = None,
-               create: bool = True) -> Index:
-    """Open (or create) the index at ``path`` (default: ``VISDEX_INDEX`` or the platform data dir)."""
-    return Index(path, model=model, device=device, create=create)
+               create: bool = True, ann: str | None = None) -> Index:
+    """Open (or create) the index at ``path`` (default: ``VISDEX_INDEX`` or the platform data dir).
+    ``ann`` ("auto", "flat", "hnsw") chooses the vector index and is remembered by the index."""
+    return Index(path, model=model, device=device, create=create, ann=ann)

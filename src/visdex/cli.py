@@ -50,10 +50,11 @@ def _root(
     _state["traceback"] = traceback
 
 
-def _open(index: Path | None, model: str | None = None, create: bool = False, device: str | None = None):
+def _open(index: Path | None, model: str | None = None, create: bool = False, device: str | None = None,
+          ann: str | None = None):
     from .api import open_index
 
-    return open_index(index or _state["index"], model=model, device=device, create=create)
+    return open_index(index or _state["index"], model=model, device=device, create=create, ann=ann)
 
 
 class _BarProgress:
@@ -109,11 +110,12 @@ def index(
     id_column: str | None = typer.Option(None, "--id-column", help="Catalog: the item id column."),
     image_column: str | None = typer.Option(None, "--image-column", help="Catalog: the image(s) column."),
     title_column: str | None = typer.Option(None, "--title-column", help="Catalog: the title column."),
+    ann: str | None = typer.Option(None, "--ann", help="Vector index: auto (flat, HNSW from 100k), flat, hnsw."),
 ) -> None:
     """Index images: new and changed files are embedded, moved files keep their vectors, deleted ones leave.
 
     With --catalog, index a product catalog instead: one pooled vector per item; results are items."""
-    ix = _open(index, None if rebuild else model, create=True, device=device)
+    ix = _open(index, None if rebuild else model, create=True, device=device, ann=ann)
     if rebuild:
         from . import config
 

@@ -5,6 +5,14 @@ The FAISS file records the database *generation* it was built from; when it is m
 unreadable or stale (a crash after a commit but before the FAISS file was saved), it is
 rebuilt from SQLite on open. In a running process the FAISS index is updated only after
 the SQLite transaction commits, so a rolled-back batch never reaches it.
+
+The ANN kind (``ann``, recorded in the index's meta table): ``flat`` is exact inner product;
+``hnsw`` is a FAISS HNSW graph (M=32, efConstruction=80, efSearch=max(512, 4k)); ``auto``
+(the default) is flat up to :data:`AUTO_HNSW_FROM` vectors and HNSW above. HNSW cannot remove
+vectors, so a delete or a replaced vector marks the graph stale and it is rebuilt from SQLite
+before the next search (adds are applied incrementally). Filters: a small allowed set
+(<= :data:`EXACT_FILTER_MAX` ids) is searched exactly; a larger one through the graph with an
+id selector, falling back to exact search if the graph returns fewer than k matches.
 """
 
 from __future__ import annotations
@@ -23,6 +31,10 @@ from .db import IndexDB
 log = logging.getLogger(__name__)
 
 FAISS_NAME = "vectors.faiss"
+ANN_KINDS = ("auto", "flat", "hnsw")
+AUTO_HNSW_FROM = 100_000
+EXACT_FILTER_MAX = 20_000
+HNSW_M, HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH = 32, 80, 512
 
 
 def _faiss():
@@ -39,13 +51,28 @@ class LocalVectorStore(VectorStore):
     >>> store = LocalVectorStore(IndexDB(tmp_dir), dim=512)  # doctest: +SKIP
     """
 
-    def __init__(self, db: IndexDB, dim: int):
+    def __init__(self, db: IndexDB, dim: int, ann: str | None = None):
+        if ann is not None and ann not in ANN_KINDS:
+            from ..errors import BadQuery
+
+            raise BadQuery(f"unknown --ann {ann!r}: one of {', '.join(ANN_KINDS)}")
         self.db = db
         self.dim = int(dim)
+        if ann is not None and ann != db.get_meta("ann"):
+            db.set_meta("ann", ann)
+        self.ann = db.get_meta("ann") or "auto"
         self.faiss_path = db.dir / FAISS_NAME
         self.meta_path = db.dir / (FAISS_NAME + ".json")
         self._index = None
         self._dirty = False
+        self._stale = False  # an HNSW graph that still holds deleted or replaced vectors
+
+    @property
+    def kind(self) -> str:
+        """The index kind in use now: "flat" or "hnsw"."""
+        if self.ann == "auto":
+            return "hnsw" if self.count() >= AUTO_HNSW_FROM else "flat"
+        return self.ann
 
     # -- derived FAISS index --------------------------------------------------------------
     @property
@@ -61,14 +88,22 @@ class LocalVectorStore(VectorStore):
 
     def _new_index(self):
         faiss = _faiss()
+        if self.kind == "hnsw":
+            inner = faiss.IndexHNSWFlat(self.dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
+            inner.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+            return faiss.IndexIDMap2(inner)
         return faiss.IndexIDMap2(faiss.IndexFlatIP(self.dim))
+
+    def _is_hnsw(self, index) -> bool:
+        faiss = _faiss()
+        return isinstance(faiss.downcast_index(index.index), faiss.IndexHNSW)
 
     def _load_or_rebuild(self):
         faiss = _faiss()
         generation = self.db.generation
         try:
             meta = json.loads(self.meta_path.read_text())
-            if meta.get("generation") == generation and meta.get("dim") == self.dim:
+            if meta.get("generation") == generation and meta.get("dim") == self.dim and meta.get("kind") == self.kind:
                 index = faiss.read_index(str(self.faiss_path))
                 if index.ntotal == self.count():
                     return index
@@ -105,7 +140,7 @@ class LocalVectorStore(VectorStore):
         faiss.write_index(self._index, str(tmp))
         os.replace(tmp, self.faiss_path)
         meta_tmp = self.meta_path.with_suffix(".tmp")
-        meta_tmp.write_text(json.dumps({"generation": self.db.generation, "dim": self.dim, "kind": "flat"}))
+        meta_tmp.write_text(json.dumps({"generation": self.db.generation, "dim": self.dim, "kind": self.kind}))
         os.replace(meta_tmp, self.meta_path)
         self._dirty = False
 
@@ -123,9 +158,17 @@ class LocalVectorStore(VectorStore):
             self.db.after_commit(lambda: self._apply_upsert(ids, vectors))
 
     def _apply_upsert(self, ids: np.ndarray, vectors: np.ndarray) -> None:
-        self._index.remove_ids(ids)
+        if self._is_hnsw(self._index):
+            self._stale = self._stale or self._has_any(ids)
+        else:
+            self._index.remove_ids(ids)
         self._index.add_with_ids(vectors, ids)
         self._dirty = True
+
+    def _has_any(self, ids: np.ndarray) -> bool:
+        """Whether any of ``ids`` is already in the graph (then a replace leaves a stale copy)."""
+        present = _faiss().vector_to_array(self._index.id_map)
+        return bool(np.isin(ids, present).any())
 
     def delete(self, ids: Sequence[int] | np.ndarray) -> None:
         ids = as_ids(ids)
@@ -138,23 +181,58 @@ class LocalVectorStore(VectorStore):
             self.db.after_commit(lambda: self._apply_delete(ids))
 
     def _apply_delete(self, ids: np.ndarray) -> None:
-        self._index.remove_ids(ids)
+        if self._is_hnsw(self._index):
+            self._stale = True
+        else:
+            self._index.remove_ids(ids)
         self._dirty = True
 
     def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         queries = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, self.dim)
+        if self._stale:  # deleted or replaced vectors still in the HNSW graph: rebuild it from SQLite
+            self._index, self._stale = None, False
+            self.db.bump_generation()
         index = self.index
         n = index.ntotal if allowed is None else min(index.ntotal, len(allowed))
         kk = min(k, n)
         if kk <= 0:
             return pad_results(np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64), k)
+        faiss = _faiss()
+        hnsw = self._is_hnsw(index)
+        if hnsw:  # IndexIDMap does not pass HNSW search parameters through: set efSearch on the graph
+            faiss.downcast_index(index.index).hnsw.efSearch = max(HNSW_EF_SEARCH, 4 * k)
         params = None
         if allowed is not None:
-            faiss = _faiss()
-            params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(as_ids(allowed)))
+            allowed = as_ids(allowed)
+            if hnsw and len(allowed) <= EXACT_FILTER_MAX:
+                return self._exact_among(queries, allowed, k)
+            params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(allowed))
         scores, ids = index.search(queries, kk, params=params)
+        if hnsw and allowed is not None and (ids >= 0).sum(axis=1).min() < kk:
+            return self._exact_among(queries, allowed, k)  # the graph found too few matches: be exact
         scores = np.where(ids < 0, -np.inf, scores).astype(np.float32)
         return pad_results(scores, ids.astype(np.int64), k)
+
+    def _exact_among(self, queries: np.ndarray, allowed: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        present, vecs = self._get_present(allowed)
+        if not len(present):
+            return pad_results(np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64), k)
+        sims = queries @ vecs.T
+        kk = min(k, len(present))
+        top = np.argpartition(-sims, kk - 1, axis=1)[:, :kk]
+        order = np.take_along_axis(top, np.argsort(-np.take_along_axis(sims, top, axis=1), axis=1), axis=1)
+        return pad_results(np.take_along_axis(sims, order, axis=1).astype(np.float32), present[order], k)
+
+    def _get_present(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(ids that have vectors, their vectors), unknown ids skipped."""
+        found: dict[int, bytes] = {}
+        for start in range(0, len(ids), 900):
+            chunk = [int(i) for i in ids[start : start + 900]]
+            marks = ",".join("?" * len(chunk))
+            found.update(self.db.conn.execute(f"SELECT id, vec FROM vectors WHERE id IN ({marks})", chunk).fetchall())
+        present = np.array(sorted(found), np.int64)
+        vecs = np.frombuffer(b"".join(found[int(i)] for i in present), np.float32).reshape(len(present), self.dim)
+        return present, vecs
 
     def get(self, ids: Sequence[int] | np.ndarray) -> np.ndarray:
         ids = as_ids(ids)
@@ -177,7 +255,8 @@ class LocalVectorStore(VectorStore):
         return np.fromiter((r[0] for r in self.db.conn.execute("SELECT id FROM vectors ORDER BY id")), np.int64)
 
     def info(self) -> dict:
-        return {"backend": "local (SQLite + FAISS flat)", "count": self.count(), "dim": self.dim}
+        kind = self.kind
+        return {"backend": f"local (SQLite + FAISS {kind})", "ann": self.ann, "count": self.count(), "dim": self.dim}
 
     def clear(self) -> None:
         """Drop every vector (used when an index is rebuilt with another model)."""
