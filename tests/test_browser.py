@@ -106,7 +106,7 @@ def _names(page) -> list[str]:
 
 def _search(page, text: str) -> None:
     page.fill("#q", text)
-    page.wait_for_function("t => document.querySelector('#results-meta').textContent.includes('result')", arg=text)
+    page.wait_for_function("t => document.querySelector('#results-meta')?.textContent.includes('result')", arg=text)
 
 
 def test_type_a_query_and_see_results(page, gallery, shots):
@@ -137,7 +137,7 @@ def test_upload_an_image_then_add_text_modifiers(page, gallery):
         page.click("#mod-plus")
     assert page.evaluate("() => window.visdex.state.mods") == [{"sign": 1, "text": "coffee"}]
     assert page.locator(".mod.plus").inner_text().startswith("+ coffee")
-    page.wait_for_function("() => document.querySelector('.card .score').textContent !== '1.000'")
+    page.wait_for_function("() => document.querySelector('.card .score')?.textContent !== '1.000'")
     page.click(".mod.plus button")  # remove it again
     page.wait_for_function("() => !document.querySelector('.mod')")
 
@@ -155,7 +155,7 @@ def test_draw_a_crop_box(page, gallery, shots):
     crop = page.evaluate("() => window.visdex.state.crop")
     assert crop["x"] == pytest.approx(0.55, abs=0.02) and crop["w"] == pytest.approx(0.43, abs=0.02)
     assert page.locator("#crop-box").is_visible() and page.locator("#crop-clear").is_enabled()
-    page.wait_for_function("w => document.querySelector('.card .score').textContent !== w", arg=whole)
+    page.wait_for_function("w => document.querySelector('.card .score')?.textContent !== w", arg=whole)
     _shot(page, shots / "crop.png")
     with page.expect_response(lambda r: r.url.endswith("/api/search")):
         page.click("#crop-clear")
@@ -168,7 +168,7 @@ def test_click_a_result_for_more_like_this(page, gallery):
     item_id = int(target.get_attribute("data-id"))
     with page.expect_response(lambda r: f"id={item_id}" in r.url):
         target.locator(".thumb").click()
-    page.wait_for_function("() => document.querySelector('#query-name').textContent.startsWith('More like')")
+    page.wait_for_function("() => document.querySelector('#query-name')?.textContent.startsWith('More like')")
     names = _names(page)
     assert "coffee.jpg" not in names  # itself left out; its near copy and its crops first
     assert set(names[:3]) == {"coffee-small.jpg", "coffee-detail-a.jpg", "coffee-detail-b.jpg"}
@@ -191,11 +191,11 @@ def test_drop_a_file_and_view_an_image(page, gallery):
         }""",
             data,
         )
-    page.wait_for_function("() => document.querySelector('.card .name').textContent === 'moon.jpg'")
+    page.wait_for_function("() => document.querySelector('.card .name')?.textContent === 'moon.jpg'")
     assert page.locator("#drop-overlay").is_hidden()
     page.locator(".card .actions button").first.click()
     page.wait_for_selector("#viewer[open]")
-    page.wait_for_function("() => document.querySelector('#viewer-meta').textContent.includes('×')")
+    page.wait_for_function("() => document.querySelector('#viewer-meta')?.textContent.includes('×')")
     assert page.locator("#viewer-name").inner_text() == "moon.jpg"
     page.keyboard.press("Escape")
     page.wait_for_selector("#viewer", state="hidden")
@@ -299,7 +299,7 @@ def test_token_is_asked_once_and_kept(browser, gallery):
             page.click("#token-form button")
             page.wait_for_selector("#token-dialog", state="hidden")
             _search(page, "a cat")
-            page.wait_for_function("() => document.querySelector('.card img').naturalWidth > 0")  # ?token= on <img>
+            page.wait_for_function("() => document.querySelector('.card img')?.naturalWidth > 0")  # ?token= on <img>
             assert page.evaluate("() => localStorage.getItem('visdex-token')") == TOKEN
             page.reload()
             _search(page, "rocket")  # no second prompt
