@@ -32,7 +32,9 @@ QueryLike = str | os.PathLike | Image.Image
 def model_source(name: str) -> str:
     """What a model name points at: a hub id or an absolute local path (compared with an index's fingerprint)."""
     from .models import get_spec
+    from .models.onnx import split_backend
 
+    name = split_backend(name)[1]  # onnx-int8:clip-vit-b-32 runs the weights of clip-vit-b-32
     if name.startswith("hf:"):
         return name[3:]
     p = Path(name).expanduser()
@@ -43,8 +45,11 @@ def model_source(name: str) -> str:
 
 def loadable_name(name: str) -> str:
     """The name to store so the model can be loaded again later from any working directory."""
+    from .models.onnx import split_backend, with_backend
+
+    backend, name = split_backend(name)
     p = Path(name).expanduser()
-    return str(p.resolve()) if not name.startswith("hf:") and p.is_dir() else name
+    return with_backend(str(p.resolve()) if not name.startswith("hf:") and p.is_dir() else name, backend)
 
 
 @dataclass
@@ -88,6 +93,11 @@ class Index:
         if fp is not None and model is not None and model_source(model) != fp.source:
             raise ModelMismatch(self._mismatch_message(fp, model))
         self.model_name = fp.name if fp is not None else loadable_name(model or config.get("model"))
+        # Another backend of the index's model (onnx-int8:... on a torch-built index): it may answer
+        # queries if its measured cosine to the index's vectors allows (see models.onnx.query_compatible).
+        self._query_model = None
+        if fp is not None and model is not None and _backend(model) != _backend(fp.name):
+            self._query_model = loadable_name(model)
 
     # -- plumbing -------------------------------------------------------------------------
     def _mismatch_message(self, fp: Fingerprint, asked: str) -> str:
@@ -107,9 +117,11 @@ class Index:
         if self._embedder is None:
             from .models import load_embedder
 
-            emb = load_embedder(self.model_name, device=self.device)
+            emb = load_embedder(self._query_model or self.model_name, device=self.device)
             fp = self.db.fingerprint
-            if fp is not None and not emb.fingerprint().compatible(fp):
+            if fp is not None and self._query_model is not None:
+                _check_query_model(emb, fp, self.path)
+            elif fp is not None and not emb.fingerprint().compatible(fp):
                 raise ModelMismatch(
                     f"the model {self.model_name!r} loaded now ({emb.fingerprint().short()}) differs from the one "
                     f"that built the index at {self.path} ({fp.short()}): its weights or preprocessing changed. "
@@ -133,6 +145,7 @@ class Index:
         """Index (or bring up to date) the images under ``paths``. Bad files are recorded, never fatal."""
         self.ensure_kind("files")
         emb = self.embedder
+        self._check_writable(emb)
         self.ensure_fingerprint()
         return ingest(self.db, self.store, emb, [str(p) for p in paths], include=include, exclude=exclude,
                       batch_size=batch_size, workers=workers, progress=progress, prune=prune)
@@ -147,8 +160,18 @@ class Index:
         """
         from .catalog import ingest_catalog
 
+        self._check_writable(self.embedder)
         return ingest_catalog(self, path, text_weight=text_weight, id_column=id_column, image_column=image_column,
                               title_column=title_column, progress=progress, workers=workers, prune=prune)
+
+    def _check_writable(self, emb: Embedder) -> None:
+        """Only the index's own model may add vectors; another backend may at most search."""
+        fp = self.db.fingerprint
+        if fp is not None and not emb.fingerprint().compatible(fp):
+            raise ModelMismatch(
+                f"the index at {self.path} was built with {fp.name!r}; {emb.name!r} may search it but not add to it. "
+                f"Index without --model, or re-index: visdex index --index {self.path} --model {emb.name} --rebuild"
+            )
 
     def ensure_kind(self, kind: str) -> None:
         """An index holds either a folder's files or a catalog's items, never both (their ids share one space)."""
@@ -300,6 +323,27 @@ class Index:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _backend(name: str) -> str:
+    from .models.onnx import split_backend
+
+    return split_backend(name)[0]
+
+
+def _check_query_model(emb: Embedder, fp: Fingerprint, path) -> None:
+    """A query embedder of another backend: allowed only when its vectors were measured close enough."""
+    from .models.onnx import QUERY_MIN_COSINE, quality_note, query_compatible
+
+    if not query_compatible(emb, fp):
+        note = quality_note(emb)
+        raise ModelMismatch(
+            f"the index at {path} was built with {fp.short()}; {emb.name!r} does not make vectors close enough to "
+            f"search it (needs a cosine of at least {QUERY_MIN_COSINE} on every probe"
+            + (f"; {note})" if note else ")")
+            + ". Search without --model, or re-index with it: "
+            f"visdex index --index {path} --model {emb.name} --rebuild"
+        )
 
 
 def open_index(path: str | os.PathLike | None = None, *, model: str | None = None, device: str | None = None,

