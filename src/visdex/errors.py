@@ -102,3 +102,10 @@ class NotFound(VisdexError):
 
     exit_code = 2
     http_status = 404
+
+
+class BadDataset(VisdexError):
+    """An evaluation or training set that cannot be used: missing, empty, wrong columns, no classes."""
+
+    exit_code = 2
+    http_status = 400
