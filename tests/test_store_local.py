@@ -3,8 +3,9 @@ import json
 import numpy as np
 import pytest
 
-from visdex.errors import StoreError
+from visdex.errors import BadQuery, StoreError
 from visdex.models.base import l2_normalize
+from visdex.store import local
 from visdex.store.db import SCHEMA_VERSION, IndexDB
 from visdex.store.local import FAISS_NAME, LocalVectorStore
 
@@ -127,3 +128,214 @@ def test_hnsw_filter_exact_for_small_sets_and_k_matches_for_large(tmp_path):
     large = np.unique(np.concatenate([np.arange(1, 30_000, 2), np.arange(0, 30_000, 4)]))  # > EXACT_FILTER_MAX
     _, got = store.search(q[None], 10, allowed=large)
     assert (got[0] >= 0).sum() == 10 and set(got[0]) <= set(large.tolist())
+
+
+# -- compressed and IVF-PQ kinds (issue 6) ------------------------------------------------------
+
+
+class TestHNSWSQ8StoreContract(StoreContract):
+    def make_store(self, tmp_path, dim):
+        return LocalVectorStore(IndexDB(tmp_path / "ix"), dim, ann="hnsw-sq8")
+
+
+class TestFlatFP16StoreContract(StoreContract):
+    def make_store(self, tmp_path, dim):
+        return LocalVectorStore(IndexDB(tmp_path / "ix"), dim, ann="flat-fp16")
+
+
+class TestIVFPQStoreContract(StoreContract):
+    """IVF-PQ from 300 vectors on (IVFPQ_MIN lowered), so the contract runs through the real index."""
+
+    @pytest.fixture(autouse=True)
+    def _small_ivfpq(self, monkeypatch):
+        monkeypatch.setattr(local, "IVFPQ_MIN", 100)
+
+    def make_store(self, tmp_path, dim):
+        store = LocalVectorStore(IndexDB(tmp_path / "ix"), dim, ann="ivfpq")
+        store.nprobe = 1 << 20  # every list: the contract wants exact answers (recall is tested below)
+        return store
+
+    def test_is_ivfpq(self, store):
+        store.upsert(np.arange(300), rand_vecs(300, self.dim))
+        assert store.search(rand_vecs(1, self.dim), 3)[1].shape == (1, 3) and store.kind == "ivfpq"
+
+
+def _embedding_like(n: int, dim: int, seed: int = 0, clusters: int = 64) -> np.ndarray:
+    """Clusters whose spread decays over the dimensions (low intrinsic dimension, like image embeddings)."""
+    rng = np.random.default_rng(12345)
+    scales = (1.0 + np.arange(dim)) ** -0.5
+    centres = rng.standard_normal((clusters, dim)) * scales
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    r = np.random.default_rng(seed)
+    noise = r.standard_normal((n, dim)) * scales * 0.7 / np.sqrt((scales**2).sum())
+    return l2_normalize(centres[r.integers(0, clusters, n)] + noise)
+
+
+def _recall(got: np.ndarray, want: np.ndarray) -> float:
+    return float(np.mean([len(set(a) & set(b)) / len(b) for a, b in zip(got, want, strict=True)]))
+
+
+@pytest.fixture(scope="module")
+def embeddings():
+    return _embedding_like(6_000, 64), _embedding_like(200, 64, seed=9)
+
+
+@pytest.fixture(scope="module")
+def small_thresholds():
+    """IVF-PQ from 1,000 vectors and exact filtering only up to 1,000 allowed ids: the real code paths
+    of a large store, on a set small enough for fast tests."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(local, "IVFPQ_MIN", 1_000)
+        mp.setattr(local, "EXACT_FILTER_MAX", 1_000)
+        yield
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, embeddings, small_thresholds):
+    """One store per ANN kind over ``embeddings``, built once for the read-only tests."""
+    stores = {}
+
+    def get(ann: str) -> LocalVectorStore:
+        if ann not in stores:
+            vecs, _ = embeddings
+            stores[ann] = LocalVectorStore(IndexDB(tmp_path_factory.mktemp(ann)), 64, ann=ann)
+            stores[ann].upsert(np.arange(len(vecs)), vecs)
+        return stores[ann]
+
+    return get
+
+
+@pytest.mark.parametrize("ann", ["ivfpq", "hnsw-sq8", "hnsw-fp16", "flat-sq8"])
+def test_compressed_kinds_recall_and_exact_scores(built, embeddings, ann):
+    vecs, q = embeddings
+    store = built(ann)
+    scores, got = store.search(q, 10)
+    sims = q @ vecs.T
+    want = np.argsort(-sims, axis=1)[:, :10]
+    assert store.kind == ann and _recall(got, want) >= 0.95
+    # the shortlist is re-ranked with the float32 vectors: scores are exact cosines, best first
+    np.testing.assert_allclose(scores, np.take_along_axis(sims, got, axis=1), atol=1e-5)
+    assert (np.diff(scores, axis=1) <= 1e-6).all()
+
+
+def test_ivfpq_parameters_by_size(built, embeddings):
+    p = local.ivfpq_params(1_000_000, 512)
+    assert (p.nlist, p.m, p.nbits) == (2048, 64, 8) and 40 * p.nlist <= p.train_size <= 1_000_000
+    assert local.ivfpq_params(100_000, 768).m == 96 and local.ivfpq_params(10_000, 512).nlist == 256
+    store = built("ivfpq")
+    info = store.info()
+    assert info["backend"].endswith("ivfpq)") and info["params"]["nlist"] == local.ivfpq_params(6_000, 64).nlist
+    assert store.index.nlist == info["params"]["nlist"]
+    assert store.index.pq.M == 16  # 64-d: 16 bytes a vector (dim / 8, at least 16)
+
+
+def test_ivfpq_below_its_minimum_is_exact(tmp_path):
+    vecs = rand_vecs(500, 16)
+    store = LocalVectorStore(IndexDB(tmp_path / "ix"), 16, ann="ivfpq")
+    store.upsert(np.arange(500), vecs)
+    assert store.kind == "flat"
+    _, got = store.search(vecs[:3], 1)
+    assert list(got[:, 0]) == [0, 1, 2]
+
+
+@pytest.mark.parametrize("ann", ["hnsw", "ivfpq", "hnsw-sq8"])
+def test_filter_through_the_index_returns_exactly_k(built, embeddings, ann):
+    vecs, q = embeddings
+    store = built(ann)
+    ids = np.arange(len(vecs))
+    allowed = ids[ids % 10 != 0]  # > EXACT_FILTER_MAX: searched through the index with an id selector
+    assert len(allowed) > local.EXACT_FILTER_MAX
+    _, got = store.search(q[:50], 10, allowed=allowed)
+    assert ((got >= 0).sum(axis=1) == 10).all() and np.isin(got, allowed).all()
+    want = allowed[np.argsort(-(q[:50] @ vecs[allowed].T), axis=1)[:, :10]]
+    assert _recall(got, want) >= 0.95
+
+
+def test_ivfpq_filter_widens_the_probe_until_k_matches(built, embeddings):
+    vecs, _ = embeddings
+    store = built("ivfpq")
+    q = vecs[:1]
+    _, (first_list,) = store.index.quantizer.search(q, 1)
+    in_first = faiss_list_ids(store.index, int(first_list[0]))
+    allowed = np.setdiff1d(np.arange(len(vecs)), in_first)  # nothing allowed in the one list probed first
+    assert len(allowed) > local.EXACT_FILTER_MAX and len(in_first) > 0
+    store.nprobe = 1
+    try:
+        _, got = store.search(q, 10, allowed=allowed)
+    finally:
+        store.nprobe = None
+    assert (got >= 0).sum() == 10 and np.isin(got, allowed).all()
+
+
+def faiss_list_ids(index, list_no: int) -> np.ndarray:
+    import faiss
+
+    n = index.invlists.list_size(list_no)
+    return faiss.rev_swig_ptr(index.invlists.get_ids(list_no), n).copy()
+
+
+@pytest.mark.parametrize("ann", ["ivfpq", "hnsw-sq8", "flat-fp16"])
+def test_deletes_and_replacements_are_consistent(tmp_path, embeddings, small_thresholds, ann):
+    vecs = embeddings[0][:3_000]
+    store = LocalVectorStore(IndexDB(tmp_path / "ix"), 64, ann=ann)
+    store.upsert(np.arange(len(vecs)), vecs)
+    assert store.kind == ann
+    store.delete([5, 6])
+    store.upsert([7], vecs[100:101])  # 7 now holds 100's vector
+    _, got = store.search(vecs[5:7], 5)
+    assert not np.isin(got, [5, 6]).any()
+    _, got = store.search(vecs[100:101], 2)
+    assert set(got[0]) == {7, 100}
+    store.flush()
+    again = LocalVectorStore(IndexDB(tmp_path / "ix"), 64)
+    assert again.ann == ann and again.index.ntotal == len(vecs) - 2
+    _, got = again.search(vecs[100:101], 2)
+    assert set(got[0]) == {7, 100}
+    _, got = again.search(vecs[7:8], 1)  # 7's old vector is gone: its nearest is something else
+    assert got[0][0] != 7
+
+
+def test_auto_switches_to_hnsw_when_the_store_grows(tmp_path, monkeypatch):
+    monkeypatch.setattr(local, "AUTO_HNSW_FROM", 500)
+    vecs = rand_vecs(800, 16)
+    store = LocalVectorStore(IndexDB(tmp_path / "ix"), 16)
+    store.upsert(np.arange(400), vecs[:400])
+    assert store.search(vecs[:1], 1)[1][0][0] == 0 and store.kind == "flat"
+    store.upsert(np.arange(400, 800), vecs[400:])  # crosses the threshold in a running process
+    assert store.search(vecs[700:701], 1)[1][0][0] == 700
+    assert store.kind == "hnsw" and "HNSW" in type(faiss_inner(store.index)).__name__
+    store.flush()
+    again = LocalVectorStore(IndexDB(tmp_path / "ix"), 16)
+    assert again.kind == "hnsw" and "HNSW" in type(faiss_inner(again.index)).__name__
+
+
+def faiss_inner(index):
+    import faiss
+
+    return faiss.downcast_index(index.index)
+
+
+def test_trained_kinds_retrain_when_the_store_has_doubled(tmp_path, embeddings, small_thresholds):
+    vecs, q = embeddings
+    store = LocalVectorStore(IndexDB(tmp_path / "ix"), 64, ann="ivfpq")
+    store.upsert(np.arange(1_500), vecs[:1_500])
+    store.search(q[:1], 1)
+    assert store.index.nlist == local.ivfpq_params(1_500, 64).nlist
+    store.upsert(np.arange(1_500, 4_000), vecs[1_500:4_000])  # > twice the training-time count
+    _, got = store.search(q, 10)
+    assert store.index.nlist == local.ivfpq_params(4_000, 64).nlist == store.info()["params"]["nlist"]
+    assert _recall(got, np.argsort(-(q @ vecs[:4_000].T), axis=1)[:, :10]) >= 0.95
+
+
+def test_ann_kinds_and_unknown_kind(tmp_path):
+    assert {"auto", "flat", "hnsw", "ivfpq", "hnsw-sq8", "hnsw-fp16", "flat-sq8", "auto-fp16"} <= set(local.ANN_KINDS)
+    assert local.parse_ann("hnsw-sq8") == ("hnsw", "sq8") and local.parse_ann("flat") == ("flat", "fp32")
+    with pytest.raises(BadQuery, match="ivfpq"):
+        LocalVectorStore(IndexDB(tmp_path / "ix"), 8, ann="ivfpq-sq8")
+
+
+@pytest.mark.parametrize("allowed", [[3, 5, 100, 7], [2, 10**12]])  # dense ids: a bitmap; sparse: a hash set
+def test_id_selector_membership(allowed):
+    sel = local._selector(np.array(allowed, np.int64))
+    probe = [0, 2, 3, 4, 5, 7, 8, 100, 101, 5000, 10**12, 10**12 + 1]
+    assert [i for i in probe if sel.is_member(i)] == sorted(allowed)
