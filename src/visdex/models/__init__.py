@@ -121,6 +121,10 @@ def load_embedder(
         return load_hf(name[3:], name=name, device=resolve_device(device), batch_size=batch_size)
     path = Path(name).expanduser()
     if path.is_dir():
+        from .head import is_head_dir, load_head
+
+        if is_head_dir(path):  # written by `visdex finetune labelled`: a base model plus a learnt head
+            return load_head(path, device=resolve_device(device), batch_size=batch_size)
         from .hf import load_hf, local_model_type
 
         local_model_type(path)  # fail fast, before importing torch, on a folder that is not a supported model
