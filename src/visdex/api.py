@@ -23,8 +23,9 @@ from .ingest import IngestReport, Progress, ingest
 from .models.base import Embedder, Fingerprint, l2_normalize
 from .query import Crop, parse_query
 from .search import Hit, cut_hits, search_vectors
+from .store.base import VectorStore
 from .store.db import IndexDB
-from .store.local import ANN_KINDS, LocalVectorStore
+from .store.local import ANN_KINDS
 
 QueryLike = str | os.PathLike | Image.Image
 
@@ -80,12 +81,16 @@ class Index:
     model and asking for another one raises :class:`ModelMismatch`."""
 
     def __init__(self, path: str | os.PathLike | None = None, *, model: str | None = None, device: str | None = None,
-                 create: bool = True, ann: str | None = None):
+                 create: bool = True, ann: str | None = None, store: str | None = None):
+        from .store.backends import apply_store, choose_store
+
         self.path = Path(path or config.get("index")).expanduser()
+        self._store_spec = choose_store(self.path, store, create)  # checked before anything is written
         self.db = IndexDB(self.path, create=create)
+        apply_store(self.db, self._store_spec)
         self.device = device or config.get("device")
         self._embedder: Embedder | None = None
-        self._store: LocalVectorStore | None = None
+        self._store: VectorStore | None = None
         if ann is not None and ann not in ANN_KINDS:
             raise BadQuery(f"unknown --ann {ann!r}: one of {', '.join(ANN_KINDS)}")
         self._ann = ann
@@ -131,11 +136,14 @@ class Index:
         return self._embedder
 
     @property
-    def store(self) -> LocalVectorStore:
+    def store(self) -> VectorStore:
+        """The index's vector store: local (SQLite + FAISS) or Milvus, as recorded by the index."""
         if self._store is None:
+            from .store.backends import open_store
+
             fp = self.db.fingerprint
             dim = fp.dim if fp is not None else self.embedder.dim
-            self._store = LocalVectorStore(self.db, dim, ann=self._ann)
+            self._store = open_store(self.db, dim, ann=self._ann, spec=self._store_spec)
         return self._store
 
     # -- writing --------------------------------------------------------------------------
@@ -198,11 +206,14 @@ class Index:
 
     def rebuild(self, model: str) -> None:
         """Switch the index to another model: drops all vectors; the next :meth:`add` re-embeds every file."""
+        from .store.backends import open_store
+
+        fp = self.db.fingerprint
         with self.db.transaction() as c:
-            if self.db.fingerprint is not None:
-                LocalVectorStore(self.db, self.db.fingerprint.dim).clear()
             c.execute("DELETE FROM meta WHERE key = 'fingerprint'")
             c.execute("UPDATE files SET mtime = -1")  # forces a re-embed of every file
+            if fp is not None:  # after the UPDATE: a Milvus store's clear also drops the changes it queued
+                open_store(self.db, fp.dim, spec=self._store_spec).clear()
         self.model_name = loadable_name(model)
         self._embedder = None
         self._store = None
@@ -266,7 +277,7 @@ class Index:
         if k < 1:
             raise BadQuery("k must be at least 1")
         allowed = self._allowed(where)
-        if allowed is not None and not len(allowed):
+        if isinstance(allowed, np.ndarray) and not len(allowed):
             return []
         hits = search_vectors(self.db, self.store, self.query_vector(query, crop), k, allowed=allowed)
         return cut_hits(hits, min_score, within)
@@ -287,15 +298,19 @@ class Index:
             exclude = [row.id] if row is not None else []
             vec = self._image_vector(p)
         allowed = self._allowed(where)
-        if allowed is not None and not len(allowed):
+        if isinstance(allowed, np.ndarray) and not len(allowed):
             return []
         hits = search_vectors(self.db, self.store, vec, k, allowed=allowed, exclude_ids=exclude)
         return cut_hits(hits, min_score, within)
 
-    def _allowed(self, where: str | None) -> np.ndarray | None:
+    def _allowed(self, where: str | None):
+        """The ids matching ``where`` -- or, for a store that filters itself (Milvus), the filter in its terms."""
         from .filters import allowed_ids
 
-        return allowed_ids(self.db, where) if where else None
+        if not where:
+            return None
+        pushdown = getattr(self.store, "compile_where", None)
+        return pushdown(where) if pushdown is not None else allowed_ids(self.db, where)
 
     def status(self, max_failures: int = 50) -> IndexStatus:
         counts, items = self.db.counts(), self.db.item_counts()
@@ -347,7 +362,9 @@ def _check_query_model(emb: Embedder, fp: Fingerprint, path) -> None:
 
 
 def open_index(path: str | os.PathLike | None = None, *, model: str | None = None, device: str | None = None,
-               create: bool = True, ann: str | None = None) -> Index:
+               create: bool = True, ann: str | None = None, store: str | None = None) -> Index:
     """Open (or create) the index at ``path`` (default: ``VISDEX_INDEX`` or the platform data dir).
-    ``ann`` ("auto", "flat", "hnsw") chooses the vector index and is remembered by the index."""
-    return Index(path, model=model, device=device, create=create, ann=ann)
+    ``ann`` (one of ``visdex.store.local.ANN_KINDS``: "auto", "flat", "hnsw", "ivfpq", "hnsw-sq8", ...)
+    chooses the vector index and is remembered by the index. ``store`` ("local", "milvus:./vectors.db",
+    "milvus://host:19530"; default ``VISDEX_STORE``) is where a new index keeps its vectors (recorded too)."""
+    return Index(path, model=model, device=device, create=create, ann=ann, store=store)

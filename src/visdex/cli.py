@@ -51,10 +51,10 @@ def _root(
 
 
 def _open(index: Path | None, model: str | None = None, create: bool = False, device: str | None = None,
-          ann: str | None = None):
+          ann: str | None = None, store: str | None = None):
     from .api import open_index
 
-    return open_index(index or _state["index"], model=model, device=device, create=create, ann=ann)
+    return open_index(index or _state["index"], model=model, device=device, create=create, ann=ann, store=store)
 
 
 class _BarProgress:
@@ -110,12 +110,23 @@ def index(
     id_column: str | None = typer.Option(None, "--id-column", help="Catalog: the item id column."),
     image_column: str | None = typer.Option(None, "--image-column", help="Catalog: the image(s) column."),
     title_column: str | None = typer.Option(None, "--title-column", help="Catalog: the title column."),
-    ann: str | None = typer.Option(None, "--ann", help="Vector index: auto (flat, HNSW from 100k), flat, hnsw."),
+    ann: str | None = typer.Option(
+        None,
+        "--ann",
+        help="Vector index: auto (flat, HNSW from 100k), flat, hnsw, ivfpq (compressed); "
+        "-fp16 / -sq8 after auto|flat|hnsw keeps float16 / int8 vectors in memory (e.g. hnsw-sq8).",
+    ),
+    store: str | None = typer.Option(
+        None,
+        "--store",
+        help="Where a new index keeps its vectors: local (default), milvus:./vectors.db (milvus-lite), "
+        "milvus://host:19530 (a Milvus server) [env: VISDEX_STORE]. Remembered; move with `visdex migrate`.",
+    ),
 ) -> None:
     """Index images: new and changed files are embedded, moved files keep their vectors, deleted ones leave.
 
     With --catalog, index a product catalog instead: one pooled vector per item; results are items."""
-    ix = _open(index, None if rebuild else model, create=True, device=device, ann=ann)
+    ix = _open(index, None if rebuild else model, create=True, device=device, ann=ann, store=store)
     if rebuild:
         from . import config
 

@@ -43,6 +43,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("gpu_decode", "auto", "JPEG decoding when indexing on a GPU: auto (measure, pick the faster), gpu, cpu."),
     Setting("compile", False, "Indexing on a GPU: torch.compile the model (slower start, faster long runs).",
             lambda v: v.strip().lower() in ("1", "true", "yes", "on")),
+    Setting("store", "local", "Where a new index keeps its vectors: local, milvus:./vectors.db (milvus-lite), "
+            "milvus://host:19530 (a Milvus server); an existing index keeps its own."),
+    Setting("milvus_token", None, "Token for a Milvus server that requires one (user:password or an API key); "
+            "never written to the index."),
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}

@@ -1,0 +1,555 @@
+"""Milvus as the vector store: a milvus-lite file on this machine (``milvus:./vectors.db``) or a
+Milvus server / cluster (``milvus://host:19530``), behind the same :class:`VectorStore` contract.
+
+Who holds what: the index's SQLite file stays the truth for files, items, tags and settings; the
+vectors live in one Milvus collection, each with the scalar fields ``--where`` filters on (path,
+folder, name, format, width, height, size, mtime, EXIF date, camera; a catalog's key, title and
+attributes), so a filter runs inside Milvus as a boolean expression (:mod:`.milvus_where`).
+
+Consistency between the two: a write never goes to Milvus directly. ``upsert`` / ``delete`` put the
+change in an *outbox* table of the same SQLite transaction as the file rows (so a rolled-back batch
+never reaches Milvus), and committed changes are pushed after the commit; a crash in between leaves
+them in the outbox, pushed by the next process that opens the index. Metadata that changes without
+a new vector (a moved file) reaches the outbox through SQLite triggers. Every read pushes pending
+changes first, so reads see every committed write.
+
+>>> store = MilvusVectorStore(IndexDB(tmp_dir), dim=512, spec="milvus:./vectors.db")   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import numpy as np
+
+from ..errors import BadQuery, MissingDependency, StoreError
+from .base import VectorStore, as_ids, pad_results
+from .db import IndexDB
+from .milvus_where import INT_FIELDS, JSON_FIELDS, VARCHAR_FIELDS, scalar_fields
+
+log = logging.getLogger(__name__)
+
+META_STORE = "store"  # "local" (or absent) / the store's URL without credentials
+META_COLLECTION = "milvus_collection"
+META_CREATED = "milvus_created"  # the collection this index created: if it goes missing, vectors were lost
+OUTBOX = "milvus_outbox"
+CONNECT_TIMEOUT = 10.0
+DEFAULT_PORT = 19530
+PUSH_AT = 1024  # pending changes that make a commit push them at once (else: at flush or the next read)
+PUSH_BATCH = 2048
+ID_FILTER_CHUNK = 50_000  # ids per "id in [...]" expression; larger allowed sets are searched in chunks
+MAX_TOPK = 16_384  # Milvus' limit on k
+HNSW_M, HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH = 32, 80, 512
+MILVUS_ANN = ("auto", "flat", "hnsw")
+
+
+_OUTBOX_DDL = (
+    f"CREATE TABLE IF NOT EXISTS {OUTBOX} (id INTEGER PRIMARY KEY, op TEXT NOT NULL, vec BLOB)",
+    # A trigger's INSERT OR IGNORE is overridden by the outer UPSERT's conflict policy: test with NOT EXISTS.
+    f"""CREATE TRIGGER IF NOT EXISTS {OUTBOX}_files AFTER UPDATE OF path, size, mtime, width, height, format,
+        taken_at, camera ON files WHEN NEW.status = 'ok' BEGIN INSERT INTO {OUTBOX} (id, op) SELECT NEW.id, 'meta'
+        WHERE NOT EXISTS (SELECT 1 FROM {OUTBOX} WHERE id = NEW.id); END""",
+    f"""CREATE TRIGGER IF NOT EXISTS {OUTBOX}_items AFTER UPDATE OF key, title, attrs ON items
+        WHEN NEW.status = 'ok' BEGIN INSERT INTO {OUTBOX} (id, op) SELECT NEW.id, 'meta'
+        WHERE NOT EXISTS (SELECT 1 FROM {OUTBOX} WHERE id = NEW.id); END""",
+)
+_OUTBOX_OBJECTS = (OUTBOX, f"{OUTBOX}_files", f"{OUTBOX}_items")
+
+
+# -- where the collection is -------------------------------------------------------------
+@dataclass(frozen=True)
+class MilvusSpec:
+    """A parsed ``milvus:`` store URL. ``uri`` is what pymilvus connects to: an absolute ``.db`` path
+    (milvus-lite) or ``http(s)://host:port``. The token is never recorded in the index."""
+
+    uri: str
+    db_name: str = ""
+    collection: str | None = None
+    token: str | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def lite(self) -> bool:
+        return not self.uri.startswith(("http://", "https://"))
+
+    @property
+    def url(self) -> str:
+        """The form recorded in the index (no credentials): ``milvus:/abs/vectors.db``, ``milvus://host:19530/db``."""
+        if self.lite:
+            return f"milvus:{self.uri}"
+        scheme, rest = self.uri.split("://", 1)
+        base = f"milvus://{rest}" if scheme == "http" else f"milvus+https://{rest}"
+        return base + (f"/{self.db_name}" if self.db_name else "")
+
+    def describe(self) -> str:
+        return f"milvus-lite {self.uri}" if self.lite else f"Milvus at {self.uri}" + (
+            f" (database {self.db_name})" if self.db_name else "")  # fmt: skip
+
+
+def parse_milvus_url(text: str) -> MilvusSpec:
+    """``milvus:./vectors.db`` (milvus-lite; the path is made absolute), ``milvus://host[:port][/db]``,
+    ``milvus+https://host[:port][/db]``; ``?token=user:password`` or ``user:password@`` in the URL give a
+    token for this run only, ``?collection=NAME`` picks the collection.
+
+    >>> parse_milvus_url("milvus://milvus.internal/shop?collection=products")
+    MilvusSpec(uri='http://milvus.internal:19530', db_name='shop', collection='products')
+    """
+    bad = (f"bad --store {text!r}: use local, milvus:./vectors.db (milvus-lite, a file), milvus://host:19530 "
+           "or milvus+https://host:443 (a Milvus server; /dbname and ?collection=NAME are optional)")  # fmt: skip
+    scheme, sep, rest = text.partition(":")
+    if not sep or scheme.lower() not in ("milvus", "milvus+http", "milvus+https"):
+        raise BadQuery(bad)
+    if not rest.startswith("//"):  # milvus:PATH, a milvus-lite file
+        if scheme.lower() != "milvus" or not rest.strip():
+            raise BadQuery(bad)
+        path, _, query = rest.partition("?")
+        if not path.endswith(".db"):
+            raise BadQuery(f"bad --store {text!r}: a milvus-lite file name ends in .db (milvus:./vectors.db)")
+        opts = parse_qs(query)
+        return MilvusSpec(str(Path(path).expanduser().resolve()), collection=_collection_opt(opts, text))
+    parts = urlsplit(text)
+    if not parts.hostname:
+        raise BadQuery(bad)
+    try:
+        port = parts.port or (443 if scheme.lower() == "milvus+https" else DEFAULT_PORT)
+    except ValueError:
+        raise BadQuery(bad) from None
+    opts = parse_qs(parts.query)
+    token = opts.get("token", [None])[0]
+    if parts.username:
+        token = unquote(parts.username) + (":" + unquote(parts.password) if parts.password else "")
+    db_name = parts.path.strip("/")
+    if "/" in db_name:
+        raise BadQuery(bad)
+    http = "https" if scheme.lower() == "milvus+https" else "http"
+    return MilvusSpec(f"{http}://{parts.hostname}:{port}", db_name, _collection_opt(opts, text), token)
+
+
+def _collection_opt(opts: dict, text: str) -> str | None:
+    name = opts.get("collection", [None])[0]
+    if name is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,254}", name):
+        raise BadQuery(f"bad --store {text!r}: a collection name is letters, digits and _, not starting with a digit")
+    return name
+
+
+def _pymilvus(lite: bool):
+    try:
+        import pymilvus
+    except ImportError as e:
+        raise MissingDependency("pymilvus", extra="milvus", purpose="the Milvus vector store") from e
+    if lite:
+        import importlib.util
+
+        if importlib.util.find_spec("milvus_lite") is None:
+            raise MissingDependency("milvus-lite", extra="milvus", purpose="a milvus-lite file store")
+    # pymilvus logs every failed call with a traceback; visdex reports them as one StoreError line.
+    logging.getLogger("pymilvus").setLevel(logging.CRITICAL)
+    return pymilvus
+
+
+_clients: dict[tuple, object] = {}
+_clients_lock = threading.Lock()
+
+
+def connect(spec: MilvusSpec):
+    """A client for ``spec`` (one per process and server); a server that does not answer is a StoreError."""
+    from .. import config
+
+    pymilvus = _pymilvus(spec.lite)
+    token = spec.token or config.get("milvus_token") or ""
+    key = (spec.uri, spec.db_name, token)
+    with _clients_lock:
+        if key not in _clients:
+            if spec.lite:
+                Path(spec.uri).parent.mkdir(parents=True, exist_ok=True)
+            try:
+                _clients[key] = pymilvus.MilvusClient(uri=spec.uri, token=token, db_name=spec.db_name,
+                                                      timeout=CONNECT_TIMEOUT)  # fmt: skip
+            except Exception as e:  # pymilvus raises MilvusException, grpc errors, ValueError, OSError
+                raise StoreError(f"cannot reach {spec.describe()}: {_reason(e)}" + _hint(spec, e)) from e
+        return _clients[key]
+
+
+def _reason(e: Exception) -> str:
+    msg = getattr(e, "message", None) or str(e)
+    return " ".join(str(msg).split())
+
+
+def _hint(spec: MilvusSpec, e: Exception) -> str:
+    text = _reason(e).lower()
+    if "auth" in text or "token" in text or "password" in text or "permission" in text:
+        return "; give a token with VISDEX_MILVUS_TOKEN=user:password"
+    if spec.lite:
+        return ""
+    return "; is the server running? `docker compose up -d` next to visdex's docker-compose.yml starts one"
+
+
+def new_collection_name() -> str:
+    return f"visdex_{uuid.uuid4().hex[:16]}"
+
+
+# -- the store ---------------------------------------------------------------------------
+class MilvusVectorStore(VectorStore):
+    """Vectors in a Milvus collection; ``spec`` (a :class:`MilvusSpec` or URL) defaults to the one the
+    index recorded. ``ann``: "auto" (FLAT on milvus-lite, HNSW on a server), "flat", "hnsw"; the local
+    store's kinds map to their graph ("hnsw-sq8" -> HNSW). ``collection`` overrides the recorded one."""
+
+    def __init__(
+        self,
+        db: IndexDB,
+        dim: int,
+        spec: MilvusSpec | str | None = None,
+        *,
+        ann: str | None = None,
+        collection: str | None = None,
+        install: bool = True,
+    ):
+        self.db = db
+        self.dim = int(dim)
+        spec = spec if spec is not None else db.get_meta(META_STORE)
+        if not spec or spec == "local":
+            raise StoreError(f"the index at {db.dir} does not keep its vectors in Milvus")
+        self.spec = parse_milvus_url(spec) if isinstance(spec, str) else spec
+        if ann is not None:
+            _milvus_index(ann)  # a bad kind fails before anything is written
+            if ann != db.get_meta("ann"):
+                db.set_meta("ann", ann)
+        self.ann = db.get_meta("ann") or "auto"
+        self.collection = collection or self.spec.collection or db.get_meta(META_COLLECTION)
+        if self.collection is None:
+            self.collection = new_collection_name()
+            db.set_meta(META_COLLECTION, self.collection)
+        self.ef_search: int | None = None
+        self._client = None
+        self._lock = threading.RLock()
+        self._pending = 0
+        self._outbox = install
+        if install:  # False while ``visdex migrate`` fills a collection the index does not use yet
+            install_outbox(db)
+            if db.get_meta(META_STORE) is None:
+                db.set_meta(META_STORE, self.spec.url)
+
+    # -- connection and collection --------------------------------------------------------
+    @property
+    def index(self):
+        """The connected client, the collection created or loaded (the server warms up with this)."""
+        return self._conn()
+
+    @property
+    def index_type(self) -> str:
+        kind = _milvus_index(self.ann)
+        return kind if kind != "auto" else ("FLAT" if self.spec.lite else "HNSW")
+
+    def _conn(self):
+        with self._lock:
+            if self._client is not None:
+                return self._client
+            client = connect(self.spec)
+            with self._errors("open the collection"):
+                if client.has_collection(self.collection):
+                    self._check_dim(client)
+                    client.load_collection(self.collection)
+                elif self.db.get_meta(META_CREATED) == self.collection:
+                    raise StoreError(
+                        f"the collection {self.collection} of the index at {self.db.dir} is gone from "
+                        f"{self.spec.describe()}: its vectors are lost. Re-embed every file with: "
+                        f"visdex index --index {self.db.dir} --rebuild"
+                    )
+                else:
+                    self._create(client)
+                    self.db.set_meta(META_CREATED, self.collection)
+            self._client = client
+            return client
+
+    def _check_dim(self, client) -> None:
+        desc = client.describe_collection(self.collection)
+        vec = next((f for f in desc["fields"] if f["name"] == "vector"), None)
+        dim = int((vec or {}).get("params", {}).get("dim", -1))
+        if dim != self.dim:
+            raise StoreError(f"the Milvus collection {self.collection} holds {dim}-d vectors, not {self.dim}-d: "
+                             "it belongs to another index or model; pick another with ?collection=NAME")  # fmt: skip
+
+    def _create(self, client) -> None:
+        from pymilvus import DataType, MilvusClient
+
+        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+        schema.add_field("id", DataType.INT64, is_primary=True)
+        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=self.dim)
+        for name in VARCHAR_FIELDS:
+            schema.add_field(name, DataType.VARCHAR, max_length=65_535, nullable=True)
+        for name in INT_FIELDS:
+            schema.add_field(name, DataType.INT64, nullable=True)
+        schema.add_field("mtime", DataType.DOUBLE, nullable=True)
+        for name in JSON_FIELDS:
+            schema.add_field(name, DataType.JSON, nullable=True)
+        params = client.prepare_index_params()
+        kind = self.index_type
+        extra = {"M": HNSW_M, "efConstruction": HNSW_EF_CONSTRUCTION} if kind == "HNSW" else {}
+        params.add_index("vector", index_type=kind, metric_type="IP", params=extra)
+        # Strong: a search sees every write acknowledged before it, from any process.
+        client.create_collection(self.collection, schema=schema, index_params=params, consistency_level="Strong")
+        log.info("created Milvus collection %s (%s, %d-d) on %s", self.collection, kind, self.dim,
+                 self.spec.describe())  # fmt: skip
+
+    def _errors(self, what: str):
+        return _MilvusErrors(self, what)
+
+    # -- the outbox ----------------------------------------------------------------------
+    def _queue(self, rows: list[tuple[int, str, bytes | None]]) -> None:
+        with self.db.transaction() as c:
+            c.executemany(
+                f"INSERT INTO {OUTBOX} (id, op, vec) VALUES (?, ?, ?) "
+                "ON CONFLICT(id) DO UPDATE SET op = excluded.op, vec = excluded.vec",
+                rows,
+            )
+            self.db.bump_generation()
+            self.db.after_commit(lambda: self._after_commit(len(rows)))
+
+    def _after_commit(self, n: int) -> None:
+        self._pending += n
+        if self._pending >= PUSH_AT:
+            self.push()
+
+    def pending(self) -> int:
+        return self.db.conn.execute(f"SELECT COUNT(*) FROM {OUTBOX}").fetchone()[0]
+
+    def push(self) -> int:
+        """Send committed changes to Milvus; returns how many. Inside an open transaction nothing is sent:
+        its rows may still roll back."""
+        if self.db.conn.in_transaction:
+            return 0
+        sent = 0
+        with self._lock:
+            client = self._conn()
+            while True:
+                with self.db.transaction() as c:
+                    rows = c.execute(f"SELECT id, op, vec FROM {OUTBOX} ORDER BY id LIMIT ?", (PUSH_BATCH,)).fetchall()
+                    if not rows:
+                        break
+                    self._apply(client, rows)
+                    c.executemany(f"DELETE FROM {OUTBOX} WHERE id = ?", [(r[0],) for r in rows])
+                    sent += len(rows)
+            self._pending = 0
+        return sent
+
+    def _apply(self, client, rows: list[tuple]) -> None:
+        deletes = [i for i, op, _ in rows if op == "delete"]
+        ids = [i for i, op, _ in rows if op == "upsert"]
+        vecs = [np.frombuffer(v, np.float32) for _, op, v in rows if op == "upsert"]
+        refresh = [i for i, op, _ in rows if op == "meta"]  # metadata changed, the vector did not
+        if refresh:
+            found = self._fetch(client, refresh)
+            ids += list(found)
+            vecs += list(found.values())
+        with self._errors("write to the collection"):
+            if deletes:
+                client.delete(self.collection, ids=deletes)
+        if ids:
+            self._write(client, ids, vecs)
+
+    def _write(self, client, ids: Sequence[int], vecs: Sequence[np.ndarray]) -> None:
+        fields = scalar_fields(self.db, ids)
+        step = max(1, min(PUSH_BATCH, (8 << 20) // (4 * self.dim)))  # ~8 MB per request
+        with self._errors("write to the collection"):
+            for start in range(0, len(ids), step):
+                part = zip(ids[start : start + step], vecs[start : start + step], strict=True)
+                rows = [{"id": int(i), "vector": np.asarray(v, np.float32), **fields[int(i)]} for i, v in part]
+                client.upsert(self.collection, rows)
+
+    def write_direct(self, ids: Sequence[int] | np.ndarray, vectors: np.ndarray) -> None:
+        """Write straight to Milvus, bypassing the outbox (copying a whole store: ``visdex migrate``)."""
+        ids = as_ids(ids)
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(len(ids), self.dim)
+        self._write(self._conn(), ids.tolist(), list(vectors))
+
+    def _sync(self) -> None:
+        """Push pending changes before a read, so reads see every committed write (also another process's)."""
+        if self.db.conn.in_transaction or not self._outbox:
+            return
+        if self._pending or self.db.conn.execute(f"SELECT 1 FROM {OUTBOX} LIMIT 1").fetchone():
+            self.push()
+
+    # -- contract ------------------------------------------------------------------------
+    def upsert(self, ids: Sequence[int] | np.ndarray, vectors: np.ndarray) -> None:
+        ids = as_ids(ids)
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(len(ids), self.dim)
+        if len(ids):
+            self._queue([(int(i), "upsert", v.tobytes()) for i, v in zip(ids, vectors, strict=True)])
+
+    def delete(self, ids: Sequence[int] | np.ndarray) -> None:
+        ids = as_ids(ids)
+        if len(ids):
+            self._queue([(int(i), "delete", None) for i in ids])
+
+    def search(self, queries: np.ndarray, k: int, allowed=None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` by inner product. ``allowed``: ids (searched as ``id in [...]`` in chunks) or a
+        :class:`~visdex.store.milvus_where.MilvusFilter` (a translated ``--where``, run inside Milvus)."""
+        from .milvus_where import MilvusFilter
+
+        queries = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, self.dim)
+        self._sync()
+        client = self._conn()
+        kk = min(k, MAX_TOPK)
+        if isinstance(allowed, MilvusFilter):
+            exprs = [allowed.expr]
+        elif allowed is None:
+            exprs = [""]
+        else:
+            allowed = as_ids(allowed)
+            exprs = [f"id in [{','.join(map(str, allowed[s : s + ID_FILTER_CHUNK].tolist()))}]"
+                     for s in range(0, len(allowed), ID_FILTER_CHUNK)]  # fmt: skip
+        if not len(queries) or not exprs:
+            return _empty(len(queries), k)
+        params = {"metric_type": "IP"}
+        if self.index_type == "HNSW":
+            params["params"] = {"ef": min(32_768, max(kk, self.ef_search or max(HNSW_EF_SEARCH, 4 * kk)))}
+        got_s = [[] for _ in queries]
+        got_i = [[] for _ in queries]
+        with self._errors("search"):
+            for expr in exprs:
+                res = client.search(self.collection, data=list(queries), limit=kk, filter=expr, output_fields=[],
+                                    search_params=params)  # fmt: skip
+                for row, hits in enumerate(res):
+                    got_i[row] += [int(h["id"]) for h in hits]
+                    got_s[row] += [float(h["distance"]) for h in hits]
+        scores = np.full((len(queries), kk), -np.inf, np.float32)
+        ids = np.full((len(queries), kk), -1, np.int64)
+        for row in range(len(queries)):
+            order = np.argsort(-np.asarray(got_s[row], np.float32), kind="stable")[:kk]
+            scores[row, : len(order)] = np.asarray(got_s[row], np.float32)[order]
+            ids[row, : len(order)] = np.asarray(got_i[row], np.int64)[order]
+        return pad_results(scores, ids, k)
+
+    def compile_where(self, where: str):
+        """A ``--where`` filter as a Milvus expression (see :mod:`.milvus_where`), for :meth:`search`."""
+        from .milvus_where import translate_where
+
+        return translate_where(self.db, where)
+
+    def _fetch(self, client, ids: Sequence[int]) -> dict[int, np.ndarray]:
+        found: dict[int, np.ndarray] = {}
+        step = max(1, min(16_384, (8 << 20) // (4 * self.dim)))
+        ids = [int(i) for i in ids]
+        with self._errors("read vectors"):
+            for start in range(0, len(ids), step):
+                for r in client.get(self.collection, ids=ids[start : start + step], output_fields=["vector"]):
+                    found[int(r["id"])] = np.asarray(r["vector"], np.float32)
+        return found
+
+    def get(self, ids: Sequence[int] | np.ndarray) -> np.ndarray:
+        ids = as_ids(ids)
+        if not len(ids):
+            return np.zeros((0, self.dim), np.float32)
+        self._sync()
+        found = self._fetch(self._conn(), ids.tolist())
+        missing = [int(i) for i in ids if int(i) not in found]
+        if missing:
+            raise KeyError(f"no vectors for ids {missing[:10]}")
+        return np.stack([found[int(i)] for i in ids]).astype(np.float32)
+
+    def count(self) -> int:
+        self._sync()
+        client = self._conn()
+        with self._errors("count"):
+            return int(client.query(self.collection, filter="", output_fields=["count(*)"])[0]["count(*)"])
+
+    def ids(self) -> np.ndarray:
+        return np.sort(np.fromiter((i for batch, _ in self.iter_vectors(vectors=False) for i in batch), np.int64))
+
+    def iter_vectors(self, batch: int = 4096, vectors: bool = True) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+        """Every (ids, vectors) in batches, in no particular order."""
+        self._sync()
+        client = self._conn()
+        fields = ["id", "vector"] if vectors else ["id"]
+        with self._errors("read vectors"):
+            it = client.query_iterator(self.collection, batch_size=batch, filter="", output_fields=fields)
+            try:
+                while rows := it.next():
+                    ids = np.fromiter((r["id"] for r in rows), np.int64, len(rows))
+                    vecs = np.asarray([r["vector"] for r in rows], np.float32) if vectors else None
+                    yield ids, vecs
+            finally:
+                it.close()
+
+    def info(self) -> dict:
+        return {"backend": f"milvus ({self.spec.describe()}, {self.index_type})", "store": self.spec.url,
+                "collection": self.collection, "ann": self.ann, "count": self.count(), "dim": self.dim}  # fmt: skip
+
+    def flush(self) -> None:
+        """Push every pending change (indexing ends with this)."""
+        if self._pending or self._client is not None:
+            self._sync()
+
+    def clear(self) -> None:
+        """Drop every vector (re-indexing with another model): the collection goes after the commit and a
+        new one, of the new model's dimension, is made on next use."""
+        with self.db.transaction() as c:
+            c.execute(f"DELETE FROM {OUTBOX}")
+            c.execute("DELETE FROM meta WHERE key = ?", (META_CREATED,))
+            self.db.bump_generation()
+            self.db.after_commit(self.drop_collection)
+
+    def drop_collection(self) -> None:
+        with self._lock:
+            client = connect(self.spec)
+            with self._errors("drop the collection"):
+                if client.has_collection(self.collection):
+                    client.drop_collection(self.collection)
+            self._client, self._pending = None, 0
+
+
+class _MilvusErrors:
+    """Turns pymilvus / gRPC errors into one-line StoreErrors that name the server and collection."""
+
+    def __init__(self, store: MilvusVectorStore, what: str):
+        self.store, self.what = store, what
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, typ, exc, tb):
+        if exc is None or isinstance(exc, StoreError | KeyError | BadQuery | MissingDependency):
+            return False
+        if not isinstance(exc, Exception):
+            return False
+        s = self.store
+        raise StoreError(f"Milvus could not {self.what} ({s.collection} on {s.spec.describe()}): {_reason(exc)}"
+                         + _hint(s.spec, exc)) from exc  # fmt: skip
+
+
+def _milvus_index(ann: str) -> str:
+    """An --ann kind -> the Milvus index: "auto", "FLAT" or "HNSW"."""
+    from .local import ANN_KINDS
+
+    if ann not in ANN_KINDS and ann not in MILVUS_ANN:
+        raise BadQuery(f"unknown --ann {ann!r}: with Milvus one of {', '.join(MILVUS_ANN)}")
+    base = ann.partition("-")[0]
+    return {"auto": "auto", "flat": "FLAT"}.get(base, "HNSW")
+
+
+def install_outbox(db: IndexDB) -> None:
+    """The outbox table and its triggers (once per index; SQLite keeps them with the index)."""
+    marks = ",".join("?" * len(_OUTBOX_OBJECTS))
+    have = db.conn.execute(f"SELECT COUNT(*) FROM sqlite_master WHERE name IN ({marks})", _OUTBOX_OBJECTS).fetchone()
+    if have[0] < len(_OUTBOX_OBJECTS):
+        with db.transaction() as c:
+            for stmt in _OUTBOX_DDL:
+                c.execute(stmt)
+
+
+def uninstall_outbox(db: IndexDB) -> None:
+    """Remove the outbox and its triggers (the index left Milvus). Call inside the switching transaction."""
+    with db.transaction() as c:
+        c.execute(f"DROP TRIGGER IF EXISTS {OUTBOX}_files")
+        c.execute(f"DROP TRIGGER IF EXISTS {OUTBOX}_items")
+        c.execute(f"DROP TABLE IF EXISTS {OUTBOX}")
+
+
+def _empty(q: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    return pad_results(np.zeros((q, 0), np.float32), np.zeros((q, 0), np.int64), k)

@@ -1,0 +1,277 @@
+"""The Milvus store on milvus-lite: the shared store contract, the outbox that keeps SQLite and Milvus
+consistent, --where pushdown (same matches as SQL), the CLI with --store, and visdex migrate."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+
+pytest.importorskip("pymilvus", reason="pymilvus is not installed: pip install 'visdex[milvus]'")
+pytest.importorskip("milvus_lite", reason="milvus-lite is not installed: pip install 'visdex[milvus]'")
+
+from visdex import open_index  # noqa: E402
+from visdex.errors import BadQuery, MissingDependency, StoreError  # noqa: E402
+from visdex.filters import allowed_ids  # noqa: E402
+from visdex.store import milvus  # noqa: E402
+from visdex.store.backends import parse_store  # noqa: E402
+from visdex.store.db import IndexDB  # noqa: E402
+from visdex.store.milvus import MilvusVectorStore, parse_milvus_url  # noqa: E402
+from visdex.store.milvus_where import glob_to_like, translate_where  # noqa: E402
+
+from clihelp import run_cli  # noqa: E402
+from imagefactory import real_photos, write_photo  # noqa: E402
+from store_contract import StoreContract, rand_vecs  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def lite(tmp_path_factory) -> str:
+    """One milvus-lite file (one server process) for the module; every store gets its own collection."""
+    return f"milvus:{tmp_path_factory.mktemp('milvus') / 'vectors.db'}"
+
+
+class TestMilvusStoreContract(StoreContract):
+    @pytest.fixture
+    def store(self, tmp_path, lite):
+        return MilvusVectorStore(IndexDB(tmp_path / "ix"), self.dim, lite)
+
+
+def _query_ids(store: MilvusVectorStore, expr: str) -> set[int]:
+    rows = store.index.query(store.collection, filter=expr, output_fields=["id"])
+    return {int(r["id"]) for r in rows}
+
+
+# -- consistency: the outbox ----------------------------------------------------------------
+def test_rolled_back_write_never_reaches_milvus(tmp_path, lite):
+    db = IndexDB(tmp_path / "ix")
+    store = MilvusVectorStore(db, 8, lite)
+    store.upsert(np.arange(5), rand_vecs(5, 8))
+    with pytest.raises(RuntimeError), db.transaction():
+        store.upsert([50], rand_vecs(1, 8, seed=9))
+        store.delete([1])
+        raise RuntimeError("crash mid-batch")
+    assert store.count() == 5 and sorted(store.ids().tolist()) == [0, 1, 2, 3, 4]
+
+
+def test_committed_writes_survive_a_crash_before_the_push(tmp_path, lite, monkeypatch):
+    monkeypatch.setattr(milvus, "PUSH_AT", 10**9)  # nothing is pushed after the commit: as if killed right then
+    db = IndexDB(tmp_path / "ix")
+    MilvusVectorStore(db, 8, lite).upsert(np.arange(20), rand_vecs(20, 8))
+    db.close()
+    again = MilvusVectorStore(IndexDB(tmp_path / "ix"), 8)  # "the next process": store and collection recorded
+    assert again.pending() == 20
+    assert again.count() == 20 and again.pending() == 0  # a read pushes what was committed first
+    vecs = rand_vecs(20, 8)
+    np.testing.assert_allclose(again.get([7])[0], vecs[7], atol=1e-6)
+
+
+def test_moved_file_updates_its_filter_fields(tmp_path, lite):
+    db = IndexDB(tmp_path / "ix")
+    store = MilvusVectorStore(db, 8, lite)
+    with db.transaction():
+        fid = db.upsert_file({"path": "/p/a/x.jpg", "root": "/p", "size": 10, "mtime": 1.0, "indexed_at": 1.0,
+                              "status": "ok", "format": "JPEG", "width": 640, "height": 480})  # fmt: skip
+        store.upsert([fid], rand_vecs(1, 8))
+    assert store.search(rand_vecs(1, 8), 1, allowed=store.compile_where("folder = /p/a"))[1][0][0] == fid
+    db.move_file(fid, "/p/b/x.jpg", "/p", 2.0)  # no new vector: the trigger queues a metadata refresh
+    assert store.search(rand_vecs(1, 8), 1, allowed=store.compile_where("folder = /p/a"))[1][0][0] == -1
+    assert store.search(rand_vecs(1, 8), 1, allowed=store.compile_where("folder = /p/b"))[1][0][0] == fid
+    np.testing.assert_allclose(store.get([fid])[0], rand_vecs(1, 8)[0], atol=1e-6)
+
+
+def test_huge_allowed_sets_are_searched_in_chunks(tmp_path, lite, monkeypatch):
+    monkeypatch.setattr(milvus, "ID_FILTER_CHUNK", 7)
+    store = MilvusVectorStore(IndexDB(tmp_path / "ix"), 8, lite)
+    vecs = rand_vecs(100, 8)
+    store.upsert(np.arange(100), vecs)
+    allowed = np.arange(0, 100, 3)
+    q = rand_vecs(1, 8, seed=4)[0]
+    _, got = store.search(q[None], 5, allowed=allowed)
+    assert list(got[0]) == list(allowed[np.argsort(-(vecs[allowed] @ q))[:5]])
+
+
+# -- --where pushdown ------------------------------------------------------------------------
+SHOTS = {  # name: (photo, subfolder, EXIF date, camera, format)
+    "cat2021": ("chelsea", "2021", "2021-07-04T10:00:00", ("Canon", "Canon EOS R5"), "JPEG"),
+    "coffee2022": ("coffee", "2022", "2022-01-15T08:30:00", ("NIKON CORPORATION", "NIKON D750"), "JPEG"),
+    "rocket2023": ("rocket", "2023/trip", "2023-05-20T18:00:00", ("Canon", "Canon EOS R5"), "JPEG"),
+    "moon2023": ("moon", "2023", "2023-11-02T23:59:00", None, "PNG"),
+    "coins_1": ("coins", "misc", None, None, "PNG"),
+}
+
+PUSHED = [  # every comparison here runs inside Milvus (no SQL id list)
+    "format = png", "format != png", "taken >= 2023", "taken = 2022-01", "taken < 2022 or camera ~ '*nikon*'",
+    "camera = 'Canon EOS R5' and not taken >= 2023", "folder = 2023", "folder ~ '*/2023*'", "name ~ 'c*'",
+    "width > 500", "size < 1KB", "format in (png, webp)", "(format = png or taken < 2022) and name != coins_1.png",
+    "format = PNG", "not camera = canon", "not (width > 500 or taken < 2022)", "name ~ 'coins?1*'", "name ~ 'coins_1*'",
+    "height <= 512 and size >= 1", "taken != 2023", "camera != 'nikon d750'", "path ~ '*rocket*'",
+]  # fmt: skip
+FALLBACK = ["tag = cat", "name ~ '[cm]*'", "path < /zzz", "width ~ '5*'"]
+
+
+@pytest.fixture(scope="module")
+def two_indexes(tmp_path_factory, lite):
+    """The same photos in a local index and a Milvus one."""
+    d = tmp_path_factory.mktemp("f")
+    photos = real_photos()
+    for name, (photo, sub, date, cam, fmt) in SHOTS.items():
+        (d / "p" / sub).mkdir(parents=True, exist_ok=True)
+        make, model = cam or (None, None)
+        write_photo(d / "p" / sub, name, photos[photo], fmt=fmt, exif_datetime=date, make=make, model=model)
+    local = open_index(d / "local", model="lite0-minilm")
+    local.add([d / "p"])
+    mil = open_index(d / "milvus", model="lite0-minilm", store=lite)
+    mil.add([d / "p"])
+    with mil.db.transaction() as c:  # a tag, for the SQL fallback
+        c.execute("INSERT INTO tags SELECT id, 'cat', 0.9 FROM files WHERE path LIKE '%cat2021%'")
+    yield local, mil, d
+    local.close()
+    mil.close()
+
+
+@pytest.mark.parametrize("expr", PUSHED + FALLBACK)
+def test_pushdown_matches_what_sql_matches(two_indexes, expr):
+    _, mil, _ = two_indexes
+    f = translate_where(mil.db, expr)
+    assert (f.fallbacks == 0) == (expr in PUSHED), f.expr
+    assert _query_ids(mil.store, f.expr) == set(allowed_ids(mil.db, expr).tolist()), f.expr
+
+
+def test_filtered_search_equals_the_local_store(two_indexes):
+    local, mil, d = two_indexes
+    assert "milvus" in mil.status().store["backend"]
+    for expr in (None, "format = png", "taken >= 2022 and not folder = trip", "tag = cat or width < 600"):
+        want = [(h.path, round(h.score, 4)) for h in local.search("a cup of coffee", k=3, where=expr)]
+        got = [(h.path, round(h.score, 4)) for h in mil.search("a cup of coffee", k=3, where=expr)]
+        assert got == want and got, expr
+    coffee = d / "p" / "2022" / "coffee2022.jpg"
+    assert [h.path for h in mil.similar(coffee, k=4)] == [h.path for h in local.similar(coffee, k=4)]
+
+
+def test_catalog_attributes_pushdown(tmp_path, lite):
+    d = tmp_path / "shop"
+    d.mkdir()
+    photos = real_photos()
+    lines = ["sku,image,title,color,price"]
+    rows = [("chelsea", "orange", "12.5"), ("coffee", "Red", "30"), ("rocket", "red", "8"), ("moon", "", "n/a")]
+    for i, (name, color, price) in enumerate(rows):
+        write_photo(d, name, photos[name])
+        lines.append(f"s{i},{name}.jpg,{name},{color},{price}")
+    (d / "items.csv").write_text("\n".join(lines) + "\n")
+    with open_index(tmp_path / "ix", model="lite0-minilm", store=lite) as ix:
+        ix.add_catalog(d / "items.csv")
+        for expr in ("color = red and price < 20", "attr.color = RED", "title ~ 'cof*'", "price >= 12.5",
+                     "not price > 10", "color != red", "key in (s0, s3)", "price = 8"):  # fmt: skip
+            f = translate_where(ix.db, expr)
+            assert f.fallbacks == 0 and _query_ids(ix.store, f.expr) == set(allowed_ids(ix.db, expr).tolist()), expr
+        assert [h.key for h in ix.search("kitten", k=5, where="color = red and price < 20")] == ["s2"]
+
+
+def test_glob_to_like_escapes_like_wildcards():
+    assert glob_to_like("IMG_1*.j?g") == "IMG\\_1%.j_g"
+    assert glob_to_like("100%") == "100\\%" and glob_to_like("[ab]*") is None
+
+
+# -- the CLI ---------------------------------------------------------------------------------
+def test_cli_index_search_with_store_then_without(capsys, tmp_path, folder, lite):
+    ix = tmp_path / "ix"
+    code, out, err = run_cli(capsys, "index", folder, "--index", ix, "--model", "lite0-minilm", "--store", lite, "-q")
+    assert code == 0, err
+    code, out, err = run_cli(capsys, "search", "kitten", "--index", ix, "-n", "2", "--json")  # no --store
+    assert code == 0, err
+    assert "chelsea" in json.loads(out.splitlines()[0])["path"]
+    code, out, _ = run_cli(capsys, "search", "kitten", "--index", ix, "--where", "name ~ 'c*'", "--json")
+    assert code == 0 and {os.path.basename(json.loads(r)["path"])[0] for r in out.splitlines()} == {"c"}
+    code, out, _ = run_cli(capsys, "status", "--index", ix, "--json")
+    st = json.loads(out)
+    assert st["store"]["backend"].startswith("milvus") and st["vectors"] == st["files_ok"] > 0
+    (folder / "coffee.jpg").unlink()  # pruned: its vector leaves Milvus too
+    code, out, err = run_cli(capsys, "index", "--index", ix, "-q")
+    assert code == 0 and "1 removed" in out, err
+    code, out, _ = run_cli(capsys, "status", "--index", ix, "--json")
+    assert json.loads(out)["vectors"] == st["vectors"] - 1
+    code, _, err = run_cli(capsys, "index", folder, "--index", ix, "--store", "local", "-q")
+    assert code == 2 and "visdex migrate" in err  # an index with vectors keeps its store
+
+
+def test_migrate_round_trip_keeps_results(capsys, tmp_path, folder, lite):
+    ix = tmp_path / "ix"
+    assert run_cli(capsys, "index", folder, "--index", ix, "--model", "lite0-minilm", "-q")[0] == 0
+
+    def results() -> list:
+        code, out, err = run_cli(capsys, "search", "breakfast", "--index", ix, "-n", "5", "--json",
+                                 "--where", "width > 100")  # fmt: skip
+        assert code == 0, err
+        return [(r["path"], round(r["score"], 5)) for r in map(json.loads, out.splitlines())]
+
+    before = results()
+    code, out, err = run_cli(capsys, "migrate", "--index", ix, "--to", lite, "-q")
+    assert code == 0 and "moved" in out and "to milvus:" in out, err
+    db = IndexDB(ix)
+    assert db.get_meta("store").startswith("milvus:")
+    assert db.conn.execute("SELECT COUNT(*) FROM vectors").fetchone()[0] == 0  # the vectors left SQLite
+    db.close()
+    assert results() == before
+    code, out, err = run_cli(capsys, "migrate", "--index", ix, "--to", "local", "--json")
+    assert code == 0 and json.loads(out)["vectors"] > 0, err
+    assert results() == before
+    code, _, err = run_cli(capsys, "migrate", "--index", ix, "--to", "local")
+    assert code == 2 and "already" in err
+
+
+def test_rebuild_with_another_model_replaces_the_collection(tmp_path, folder, lite, tiny_clip):
+    with open_index(tmp_path / "ix", model="lite0-minilm", store=lite) as ix:
+        ix.add([folder])
+        old = ix.store.collection
+        ix.rebuild(str(tiny_clip))
+        ix.add([folder])
+        assert ix.store.dim == ix.fingerprint.dim != 384 and len(ix) == len(list(folder.iterdir()))
+        assert ix.store.collection == old  # same name, new dimension
+
+
+# -- bad stores ------------------------------------------------------------------------------
+@pytest.mark.parametrize("url", ["foo://x", "milvus:", "milvus:./vectors", "milvus://", "milvus://h:port",
+                                 "milvus://h/a/b", "milvus://h?collection=9bad"])  # fmt: skip
+def test_bad_store_urls(url):
+    with pytest.raises(BadQuery, match="--store"):
+        parse_store(url)
+
+
+def test_store_url_forms(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert parse_store("milvus:./v.db").uri == str(tmp_path / "v.db")
+    spec = parse_milvus_url("milvus://root:Milvus@db.example:19531/shop")
+    assert spec.uri == "http://db.example:19531" and spec.token == "root:Milvus" and spec.db_name == "shop"
+    assert spec.url == "milvus://db.example:19531/shop" and "Milvus@" not in repr(spec)  # never recorded
+    assert parse_milvus_url("milvus+https://cloud.example?token=abc").uri == "https://cloud.example:443"
+
+
+def test_bad_or_unreachable_store_writes_nothing(capsys, tmp_path, folder):
+    ix = tmp_path / "ix"
+    code, _, err = run_cli(capsys, "index", folder, "--index", ix, "--store", "foo://x", "-q")
+    assert code == 2 and "--store" in err and not ix.exists()
+    code, _, err = run_cli(capsys, "index", folder, "--index", ix, "--store", "milvus://127.0.0.1:1", "-q")
+    assert code == 5 and "cannot reach Milvus at http://127.0.0.1:1" in err and "Traceback" not in err
+    assert not ix.exists()
+
+
+def test_missing_pymilvus_names_the_extra(capsys, tmp_path, folder, monkeypatch):
+    monkeypatch.setitem(sys.modules, "pymilvus", None)  # import pymilvus -> ImportError
+    monkeypatch.setattr(milvus, "_clients", {})
+    with pytest.raises(MissingDependency, match=r"pip install 'visdex\[milvus\]'"):
+        milvus.connect(parse_milvus_url("milvus://localhost"))
+    code, _, err = run_cli(capsys, "index", folder, "--index", tmp_path / "ix", "--store", "milvus://localhost", "-q")
+    assert code == 4 and "visdex[milvus]" in err and not (tmp_path / "ix").exists()
+
+
+def test_lost_collection_is_an_error_not_an_empty_index(tmp_path, lite):
+    db = IndexDB(tmp_path / "ix")
+    store = MilvusVectorStore(db, 8, lite)
+    store.upsert([1], rand_vecs(1, 8))
+    assert store.count() == 1
+    store.index.drop_collection(store.collection)
+    with pytest.raises(StoreError, match="--rebuild"):
+        MilvusVectorStore(db, 8).count()
