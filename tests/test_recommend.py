@@ -14,6 +14,7 @@ from visdex.models import get_spec
 from visdex.recommend import MODEL_PROFILES, Constraints, recommend
 from visdex.sizing import (
     HNSW_M,
+    _search_ms,
     codec_ladder,
     format_bytes,
     load_benchmarks,
@@ -189,6 +190,28 @@ def test_benchmark_files_replace_the_estimates(tmp_path):
     assert r.store.search_ms == pytest.approx(9.0 * 0.75 * 20 / 16.61, rel=0.01)  # 384-d, log2(1e6)/log2(1e5)
     default = rec(query="visual", latency_ms=500, catalog_size=10**6)
     assert "estimate" in default.sources[0] and "estimate" in default.store.source
+
+
+def test_ann_benchmark_results_rebase_the_search_estimates(tmp_path):
+    """benchmarks/ann.py's own JSON: each visdex index's latency at recall@10 0.95 is used, baselines are not."""
+    def cfg(name, kind, ms, **extra):
+        return {"config": name, "kind": kind, "n": 1_000_000, "dim": 512, "at_recall": {"0.95": {
+            "ms_per_query_1thread": ms}}, **extra}  # fmt: skip
+
+    configs = [cfg("visdex-auto", "hnsw", 0.5), cfg("visdex-ivfpq", "ivfpq", 1.0, params={"m": 64}),
+               cfg("hnswlib-default", None, 0.01), cfg("visdex-hnsw-fp16", "hnsw-fp16", 9.0),
+               {"config": "visdex-flat", "kind": "flat", "n": 1_000_000, "dim": 512, "sweep": [
+                   {"recall_at_10": 1.0, "ms_per_query_1thread": 70.0}]}]  # fmt: skip
+    (tmp_path / "ann-1e6.json").write_text(json.dumps({"benchmark": "ann", "n": 1_000_000, "dim": 512,
+                                                       "configs": {c["config"]: c for c in configs}}))  # fmt: skip
+    bench = load_benchmarks(tmp_path)
+    assert bench.sources() == [str(tmp_path / "ann-1e6.json")]
+    # planning a measured point reproduces the measurement; hnswlib and fp16 rows are not visdex's plain indexes
+    pq64 = next(c for c in codec_ladder(512) if c.kind == "pq" and c.bytes == 64)
+    assert _search_ms("hnsw", 1_000_000, codec_ladder(512)[0], bench.ann) == pytest.approx(0.5)
+    assert _search_ms("ivfpq", 1_000_000, pq64, bench.ann) == pytest.approx(1.0)
+    assert _search_ms("flat", 1_000_000, codec_ladder(512)[0], bench.ann) == pytest.approx(70.0)
+    assert plan_store(1_000_000, 512, reference=bench.ann).search_ms == pytest.approx(0.5)
 
 
 # -- parsing and validation -------------------------------------------------------------------------

@@ -277,6 +277,9 @@ def _walk(node, hw: str, src: str, out: Benchmarks) -> None:
     if not isinstance(node, dict):
         return
     hw = _hw(node, hw)
+    if node.get("benchmark") == "ann" and isinstance(node.get("configs"), dict):
+        _ann_benchmark(node, src, out)
+        return
     latency = next((float(node[k]) for k in _LATENCY_KEYS if isinstance(node.get(k), (int, float))), None)
     rate = next((float(node[k]) for k in _RATE_KEYS if isinstance(node.get(k), (int, float))), None)
     model = node.get("model")
@@ -295,20 +298,51 @@ def _walk(node, hw: str, src: str, out: Benchmarks) -> None:
             _walk(value, hw, src, out)
 
 
+# benchmarks/ann.py configs that measure one of the plan's indexes at full precision (fp32; PQ for ivfpq)
+_ANN_KINDS = {"flat": ("flat", "fp32"), "hnsw": ("hnsw", "fp32"), "ivfpq": ("ivfpq", "pq")}
+
+
+def _ann_benchmark(node: dict, src: str, out: Benchmarks) -> None:
+    """A ``benchmarks/ann.py`` result: each visdex index's single-thread latency at recall@10 >= 0.95
+    (exact search: its only setting) re-bases the reference table. Larger runs are read last, so at equal
+    index the biggest measured ``n`` wins."""
+    configs = [c for c in node["configs"].values() if isinstance(c, dict)]  # flat first: IVF-PQ's coarse scan uses it
+    configs.sort(key=lambda c: (int(c.get("n") or node.get("n") or 0), c.get("kind") != "flat"))
+    for cfg in configs:
+        if not str(cfg.get("config", "")).startswith("visdex-"):
+            continue
+        index, kind = _ANN_KINDS.get(str(cfg.get("kind")), (None, None))
+        point = (cfg.get("at_recall") or {}).get("0.95") or {}
+        if index == "flat" and cfg.get("sweep"):
+            point = cfg["sweep"][0]
+        ms = point.get("ms_per_query_1thread")
+        if index is None or not isinstance(ms, (int, float)):
+            continue
+        record = {"n": cfg.get("n") or node.get("n"), "dim": cfg.get("dim") or node.get("dim"), "codec": kind}
+        if kind == "pq":
+            record["code_bytes"] = (cfg.get("params") or {}).get("m")
+        _ann_record(out, index, record, float(ms), src)
+
+
 def _ann_record(out: Benchmarks, index: str, node: dict, latency: float, src: str) -> None:
     """Re-base the reference table on a measured point, scaled back to the reference size."""
     ref = out.ann or json.loads(json.dumps(ANN_REFERENCE))
     n, dim = int(node["n"]), int(node["dim"])
     kind = str(node.get("codec", "fp32")).lower()
-    codec = next((c for c in codec_ladder(dim) if c.kind == kind and c.dim == dim), codec_ladder(dim)[0])
-    estimate = _search_ms(index, n, codec, ANN_REFERENCE)
-    if estimate > 0:
-        factor = latency / estimate
-        if index == "flat":
-            ref["flat"] = {k: v * factor for k, v in ANN_REFERENCE["flat"].items()}
-        else:
-            ref[index] = ANN_REFERENCE[index] * factor
-        ref["source"] = src
+    code_bytes = node.get("code_bytes")
+    codec = next((c for c in codec_ladder(dim) if c.kind == kind and c.dim == dim
+                  and (code_bytes is None or c.bytes == code_bytes)), None)  # fmt: skip
+    if codec is None:  # a PQ size not on the ladder: the same kind with the measured code size
+        base = next((c for c in codec_ladder(dim) if c.kind == kind), codec_ladder(dim)[0])
+        codec = Codec(base.name, dim, int(code_bytes or base.bytes), base.loss, base.kind)
+    if index == "flat":  # one factor for every flat encoding (their ratios stay the reference's)
+        factor = latency / max(_search_ms("flat", n, codec, ref), 1e-12)
+        ref["flat"] = {k: v * factor for k, v in ref["flat"].items()}
+    else:  # the cost law is linear in ref[index] (IVF-PQ adds its coarse scan): solve for it
+        fixed = _search_ms(index, n, codec, {**ref, index: 0.0})
+        unit = _search_ms(index, n, codec, {**ref, index: 1.0}) - fixed
+        ref[index] = max(latency - fixed, 0.05 * latency) / unit
+    ref["source"] = src
     out.ann = ref
 
 
