@@ -48,6 +48,7 @@ def machine_info() -> dict:
         "ram_gb": _ram_gb(),
         # other work on the machine shows here: on a shared CPU, compare only numbers from one run
         "load_average": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
+        "cpu_int8": _int8_kind(),
     }
     for mod in ("numpy", "PIL", "torch", "onnxruntime", "faiss", "transformers", "timm", "torchvision"):
         try:
@@ -61,6 +62,15 @@ def machine_info() -> dict:
         if torch.cuda.is_available():
             info["gpu"] = torch.cuda.get_device_name(0)
     return info
+
+
+def _int8_kind() -> str:
+    """Which int8 dot-product path the CPU offers: int8 ONNX speed and accuracy depend on it."""
+    from .models.onnx_export import int8_saturates
+
+    if int8_saturates():
+        return "x86 without VNNI (7-bit int8 weights)"
+    return "VNNI / ARM dot product (8-bit int8 weights)"
 
 
 def _cpu_model() -> str:
