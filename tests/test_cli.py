@@ -133,3 +133,16 @@ def test_ann_choice_is_remembered(capsys, tmp_path, folder, tiny_clip):
     assert code == 0 and len(out.splitlines()) == 3
     code, _, err = run_cli(capsys, "index", folder, "--index", tmp_path / "other", "--ann", "annoy")
     assert code == 2 and "--ann" in err
+
+
+def test_status_shows_the_store_and_dead_hnsw_nodes(capsys, tmp_path, folder, tiny_clip):
+    ix = tmp_path / "ix"
+    code, _, err = run_cli(capsys, "index", folder, "--index", ix, "--model", tiny_clip, "--ann", "hnsw", "-q")
+    assert code == 0, err
+    sorted(folder.glob("*.jpg"))[0].unlink()
+    code, out, err = run_cli(capsys, "index", folder, "--index", ix, "-q")
+    assert code == 0 and "1 removed" in out, (out, err)
+    code, out, _ = run_cli(capsys, "status", "--index", ix)  # a new process would read the saved graph's count
+    assert "FAISS hnsw" in out and "1 dead graph nodes" in out
+    code, out, _ = run_cli(capsys, "status", "--index", ix, "--json")
+    assert json.loads(out)["store"]["dead_nodes"] == 1

@@ -103,18 +103,47 @@ def test_hnsw_deletes_and_replacements_are_consistent_after_reopen(tmp_path):
     vecs = _clustered(3000, 32)
     store = LocalVectorStore(IndexDB(tmp_path / "h"), 32, ann="hnsw")
     store.upsert(np.arange(3000), vecs)
+    graph = store.index
     store.delete([5, 6])
     store.upsert([7], vecs[100:101])  # 7 now holds 100's vector
-    _, got = store.search(vecs[5:6], 5)
-    assert 5 not in got[0] and 6 not in got[0]
+    _, got = store.search(vecs[5:8], 5)
+    assert not np.isin(got, [5, 6]).any()
     _, got = store.search(vecs[100:101], 2)
     assert set(got[0]) == {7, 100}
+    # no rebuild: the old nodes of 5, 6 and 7 are dead (they still route searches, never returned)
+    assert store.index is graph and graph.ntotal == 3001 and store.info()["dead_nodes"] == 3
+    _, got = store.search(vecs, 1)
+    assert (got[:, 0] >= 0).all() and not np.isin(got, [5, 6]).any() and got.max() < 3000
     store.flush()
     again = LocalVectorStore(IndexDB(tmp_path / "h"), 32)  # the ann kind is remembered
-    assert again.ann == "hnsw" and again.index.ntotal == 2998
+    assert again.ann == "hnsw" and again.index.ntotal == 3001 and again.info()["dead_nodes"] == 3
     np.testing.assert_allclose(again.get([7])[0], vecs[100], atol=1e-6)
     _, got = again.search(vecs[100:101], 2)
     assert set(got[0]) == {7, 100}
+    _, got = again.search(vecs[7:8], 1)  # 7's old vector is gone: its nearest is something else
+    assert got[0][0] != 7
+
+
+def test_hnsw_rebuilds_once_a_quarter_of_the_graph_is_dead(tmp_path):
+    vecs = _clustered(2000, 32)
+    store = LocalVectorStore(IndexDB(tmp_path / "h"), 32, ann="hnsw")
+    store.upsert(np.arange(2000), vecs)
+    graph = store.index
+    store.delete(np.arange(0, 400))  # 20% dead: searched around
+    assert store.index is graph and store.info()["dead_nodes"] == 400
+    scores, got = store.search(vecs[:50], 10)
+    assert (got >= 400).all() and (got < 2000).all()
+    np.testing.assert_allclose(scores[:, 0], np.max(vecs[:50] @ vecs[400:].T, axis=1), atol=1e-5)
+    store.delete(np.arange(400, 600))  # 30%: rebuilt from SQLite before the next search
+    assert store.index is not graph and store.index.ntotal == 1400 and store.info()["dead_nodes"] == 0
+    _, got = store.search(vecs[:5], 10)
+    assert (got >= 600).all()
+    # a k that needs nearly every live node is still answered in full around the dead ones
+    small = LocalVectorStore(IndexDB(tmp_path / "s"), 32, ann="hnsw")
+    small.upsert(np.arange(100), vecs[:100])
+    small.delete(np.arange(0, 100, 5))
+    _, got = small.search(vecs[:2], 80)
+    assert (got >= 0).all() and not np.isin(got, np.arange(0, 100, 5)).any() and len(set(got[0])) == 80
 
 
 def test_hnsw_filter_exact_for_small_sets_and_k_matches_for_large(tmp_path):
@@ -288,7 +317,7 @@ def test_deletes_and_replacements_are_consistent(tmp_path, embeddings, small_thr
     assert set(got[0]) == {7, 100}
     store.flush()
     again = LocalVectorStore(IndexDB(tmp_path / "ix"), 64)
-    assert again.ann == ann and again.index.ntotal == len(vecs) - 2
+    assert again.ann == ann and again.index.ntotal - again.info().get("dead_nodes", 0) == len(vecs) - 2
     _, got = again.search(vecs[100:101], 2)
     assert set(got[0]) == {7, 100}
     _, got = again.search(vecs[7:8], 1)  # 7's old vector is gone: its nearest is something else

@@ -245,6 +245,10 @@ def status(
         out.print(f"items     {st.items_ok} indexed, {st.items_failed} failed; {st.vectors} vectors (a catalog)")
     else:
         out.print(f"files     {st.files_ok} indexed, {st.files_failed} failed; {st.vectors} vectors")
+    if st.store:
+        dead = st.store.get("dead_nodes")
+        extra = f", {dead} dead graph nodes (rebuilt at 25%)" if dead else ""
+        out.print(f"store     {escape(str(st.store.get('backend', '?')))}{extra}", highlight=False)
     for r in st.roots:
         out.print(f"root      {escape(r)}", highlight=False)
     if st.failures:

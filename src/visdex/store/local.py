@@ -20,9 +20,11 @@ The ANN kind (``ann``, recorded in the index's meta table, one of :data:`ANN_KIN
   (2k or 4k) is re-ranked with the float32 vectors, so scores stay exact cosines.
 
 Trained kinds (sq8, ivfpq) are re-trained from SQLite when the store has grown past twice the size
-they were trained on. HNSW cannot remove vectors, so a delete or a replaced vector marks the graph
-stale and it is rebuilt from SQLite before the next search (adds are applied incrementally); flat
-and IVF-PQ remove in place. Filters: a small allowed set (<= :data:`EXACT_FILTER_MAX` ids) is
+they were trained on. Flat and IVF-PQ remove in place. An HNSW graph cannot remove a node, so a
+deleted or replaced vector's node is relabelled dead (``DEAD_LABEL + position``): it still routes
+searches through the graph but is never returned (searches skip labels >= ``DEAD_LABEL`` with an id
+selector). The graph is rebuilt from SQLite only once dead nodes pass :data:`HNSW_MAX_DEAD` of it.
+Filters: a small allowed set (<= :data:`EXACT_FILTER_MAX` ids) is
 searched exactly; a larger one through the index with an id selector (HNSW: falling back to exact
 search if the graph returns fewer than k matches; IVF-PQ: doubling nprobe until k matches are found
 or every list was scanned), so a filtered search returns k results whenever k items match.
@@ -54,6 +56,8 @@ EXACT_FILTER_MAX = 20_000
 HNSW_M, HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH = 32, 80, 512
 RETRAIN_GROWTH = 2.0  # re-train sq8 / IVF-PQ once the store holds this many times the training-time count
 SQ_TRAIN_MAX = 100_000
+DEAD_LABEL = 1 << 62  # HNSW nodes of deleted / replaced vectors are relabelled DEAD_LABEL + their position
+HNSW_MAX_DEAD = 0.25  # rebuild the graph once this fraction of its nodes is dead
 # Re-ranked shortlist per codec: max(factor * k, minimum) candidates are re-scored with float32 vectors.
 SHORTLIST = {"fp16": (2, 20), "sq8": (4, 40), "ivfpq": (20, 200)}
 
@@ -121,9 +125,9 @@ class LocalVectorStore(VectorStore):
         self.nprobe: int | None = None
         self.shortlist: int | None = None
         self._index = None
-        self._built: dict = {}  # {"kind", "trained_on"} of the index in memory
+        self._built: dict = {}  # {"kind", "trained_on", "dead"} of the index in memory
         self._dirty = False
-        self._stale = False  # holds deleted / replaced vectors (HNSW) or outgrew its kind or training
+        self._stale = False  # too many dead HNSW nodes, or outgrew its kind or its training
 
     def kind_for(self, n: int) -> str:
         """The index kind for ``n`` vectors: "flat", "hnsw", "ivfpq", with "-fp16" / "-sq8"."""
@@ -179,8 +183,9 @@ class LocalVectorStore(VectorStore):
             meta = json.loads(self.meta_path.read_text())
             if meta.get("generation") == generation and meta.get("dim") == self.dim and meta.get("kind") == kind:
                 index = faiss.read_index(str(self.faiss_path))
-                if index.ntotal == n:
-                    self._built = {"kind": kind, "trained_on": meta.get("trained_on", n)}
+                dead = _count_dead(index)
+                if index.ntotal - dead == n:
+                    self._built = {"kind": kind, "trained_on": meta.get("trained_on", n), "dead": dead}
                     return index
         except (OSError, ValueError, RuntimeError):
             pass
@@ -190,7 +195,7 @@ class LocalVectorStore(VectorStore):
             index.train(self._sample(n, ivfpq_params(n, self.dim).train_size if kind == "ivfpq" else SQ_TRAIN_MAX))
         for ids, vecs in self._iter_vectors():
             index.add_with_ids(vecs, ids)
-        self._built = {"kind": kind, "trained_on": n}
+        self._built = {"kind": kind, "trained_on": n, "dead": 0}
         self._dirty = True
         return index
 
@@ -250,23 +255,34 @@ class LocalVectorStore(VectorStore):
         if self._stale or self._index is None:
             return  # rebuilt from SQLite before the next search
         index, built = self._index, self._built
-        n_after = index.ntotal + len(ids)  # an estimate (replaced ids count twice): picks kind and retraining
+        n_after = self._live() + len(ids)  # an estimate (replaced ids count twice): picks kind and retraining
         trained = built["kind"] == "ivfpq" or built["kind"].endswith("-sq8")
         if self.kind_for(n_after) != built["kind"] or (trained and n_after > RETRAIN_GROWTH * built["trained_on"]):
             self._stale = True  # crossed a size threshold: the right index is built from scratch
             return
         if built["kind"].startswith("hnsw"):
-            if self._has_any(ids):
-                self._stale = True
-                return
+            self._kill(ids)  # a replaced vector's old node goes dead; the new one is added below
         else:
             index.remove_ids(ids)
         index.add_with_ids(vectors, ids)
+        self._check_dead()
 
-    def _has_any(self, ids: np.ndarray) -> bool:
-        """Whether any of ``ids`` is already in the graph (then a replace leaves a stale copy)."""
-        present = _faiss().vector_to_array(self._index.id_map)
-        return bool(np.isin(ids, present).any())
+    def _live(self) -> int:
+        """Vectors the in-memory index returns (its nodes minus the dead HNSW ones)."""
+        return self._index.ntotal - self._built.get("dead", 0)
+
+    def _kill(self, ids: np.ndarray) -> None:
+        """Relabel the HNSW nodes holding ``ids`` as dead: they keep routing searches but are never returned."""
+        labels = _labels(self._index)
+        pos = np.flatnonzero(np.isin(labels, ids))
+        if len(pos):
+            labels[pos] = DEAD_LABEL + pos
+            self._index.construct_rev_map()  # IndexIDMap2's label -> position map, from the new labels
+            self._built["dead"] = self._built.get("dead", 0) + len(pos)
+
+    def _check_dead(self) -> None:
+        if self._built.get("dead", 0) > HNSW_MAX_DEAD * max(self._index.ntotal, 1):
+            self._stale = True  # mostly dead weight: rebuilt from SQLite before the next search
 
     def delete(self, ids: Sequence[int] | np.ndarray) -> None:
         ids = as_ids(ids)
@@ -283,15 +299,19 @@ class LocalVectorStore(VectorStore):
         if self._stale or self._index is None:
             return
         kind = self._built["kind"]
-        if kind.startswith("hnsw") or self.kind_for(self._index.ntotal - len(ids)) != kind:
+        if self.kind_for(self._live() - len(ids)) != kind:
             self._stale = True
+        elif kind.startswith("hnsw"):
+            self._kill(ids)
+            self._check_dead()
         else:
             self._index.remove_ids(ids)
 
     def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         queries = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, self.dim)
         index = self.index
-        n = index.ntotal if allowed is None else min(index.ntotal, len(allowed))
+        live = self._live()
+        n = live if allowed is None else min(live, len(allowed))
         kk = min(k, n)
         if kk <= 0:
             return _empty(len(queries), k)
@@ -302,24 +322,29 @@ class LocalVectorStore(VectorStore):
                 return self._exact_among(queries, allowed, k)
         codec = kind.partition("-")[2] or ("pq" if kind == "ivfpq" else "")
         factor, minimum = SHORTLIST.get("ivfpq" if kind == "ivfpq" else codec, (1, 0))
-        fetch = min(index.ntotal, max(kk, self.shortlist or max(factor * kk, minimum)))
+        fetch = min(live, max(kk, self.shortlist or max(factor * kk, minimum)))
         if kind == "ivfpq":
             scores, ids = self._search_ivf(index, queries, fetch, kk, allowed)
         else:
             scores, ids = self._search_idmap(index, queries, fetch, kk, allowed)
-            if kind.startswith("hnsw") and allowed is not None and (ids >= 0).sum(axis=1).min() < kk:
-                return self._exact_among(queries, allowed, k)  # the graph found too few matches: be exact
+            if kind.startswith("hnsw") and (ids >= 0).sum(axis=1).min() < kk:
+                if allowed is not None:
+                    return self._exact_among(queries, allowed, k)  # the graph found too few matches: be exact
+                scores, ids = self._search_idmap(index, queries, fetch, kk, None, ef=index.ntotal)  # dead nodes
         if codec:
             return self._rerank(queries, ids, k)
         scores = np.where(ids < 0, -np.inf, scores).astype(np.float32)
         return pad_results(scores, ids.astype(np.int64), k)
 
-    def _search_idmap(self, index, queries: np.ndarray, fetch: int, kk: int, allowed: np.ndarray | None):
+    def _search_idmap(self, index, queries: np.ndarray, fetch: int, kk: int, allowed: np.ndarray | None,
+                      ef: int | None = None):  # fmt: skip
         faiss = _faiss()
         inner = faiss.downcast_index(index.index)
         if isinstance(inner, faiss.IndexHNSW):  # IndexIDMap does not pass HNSW parameters through: set them here
-            inner.hnsw.efSearch = max(self.ef_search or max(HNSW_EF_SEARCH, 4 * kk), fetch)
-        sel = _selector(allowed)
+            inner.hnsw.efSearch = ef or max(self.ef_search or max(HNSW_EF_SEARCH, 4 * kk), fetch)
+        sel = _selector(allowed)  # allowed ids are real ids, never dead labels
+        if sel is None and self._built.get("dead"):
+            sel = faiss.IDSelectorRange(0, DEAD_LABEL)
         params = None if sel is None else faiss.SearchParameters(sel=sel)
         return index.search(queries, fetch, params=params)
 
@@ -402,6 +427,15 @@ class LocalVectorStore(VectorStore):
         if kind.startswith("hnsw"):
             out["params"] = {"M": HNSW_M, "efConstruction": HNSW_EF_CONSTRUCTION, "efSearch": self.ef_search or
                              f"max({HNSW_EF_SEARCH}, 4k)"}  # fmt: skip
+            if self._index is not None and not self._stale:
+                out["dead_nodes"] = self._built.get("dead", 0)  # deleted / replaced, until the graph is rebuilt
+            else:  # not loaded: what the saved graph recorded, when it is current
+                try:
+                    meta = json.loads(self.meta_path.read_text())
+                    if meta.get("generation") == self.db.generation and "dead" in meta:
+                        out["dead_nodes"] = int(meta["dead"])
+                except (OSError, ValueError):
+                    pass
         elif kind == "ivfpq":
             fresh = self._index is not None and not self._stale
             p = ivfpq_params(self._built["trained_on"] if fresh else out["count"], self.dim)
@@ -417,9 +451,20 @@ class LocalVectorStore(VectorStore):
 
     def _reset(self) -> None:
         self._index = self._new_index(self.kind_for(0), 0)
-        self._built = {"kind": self.kind_for(0), "trained_on": 0}
+        self._built = {"kind": self.kind_for(0), "trained_on": 0, "dead": 0}
         self._stale = False
         self._dirty = True
+
+
+def _labels(index) -> np.ndarray:
+    """A writable view of an IndexIDMap's labels (position -> id)."""
+    if index.id_map.size() == 0:
+        return np.zeros(0, np.int64)
+    return _faiss().rev_swig_ptr(index.id_map.data(), index.id_map.size())
+
+
+def _count_dead(index) -> int:
+    return int((_labels(index) >= DEAD_LABEL).sum()) if hasattr(index, "id_map") else 0
 
 
 def _selector(allowed: np.ndarray | None):
