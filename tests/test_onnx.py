@@ -114,6 +114,41 @@ def test_export_is_cached_and_reloads_without_torch(onnx_cache, clip_int8, tiny_
     assert sorted(p.name for p in (onnx_cache / "onnx").iterdir()) == exports  # nothing new exported
 
 
+def test_int8_gate_keeps_a_drifting_tower_in_fp32():
+    from visdex.models.onnx_export import INT8_GATE, _gate_int8
+
+    good, bad = {"mean": 0.999, "min": 0.995, "n": 16}, {"mean": 0.985, "min": 0.96, "n": 16}
+    manifest = {"base_fingerprint": {"name": "m"}, "towers": {
+        t: {"files": {"onnx": f"{t}.onnx", "onnx-int8": f"{t}.int8.onnx", "int8": f"{t}.int8.onnx"}}
+        for t in ("image", "text")}, "quality": {"onnx": {"image": {"mean": 1.0, "min": 1.0, "n": 16},
+        "text": {"mean": 1.0, "min": 1.0, "n": 31}}, "onnx-int8": {"image": bad, "text": good}}}  # fmt: skip
+    _gate_int8(manifest)
+    image, text = manifest["towers"]["image"], manifest["towers"]["text"]
+    assert image["files"]["onnx-int8"] == "image.onnx" and "0.9850" in image["int8_gate"]
+    assert text["files"]["onnx-int8"] == "text.int8.onnx" and "int8_gate" not in text
+    assert manifest["quality"]["onnx-int8"] == {"image": manifest["quality"]["onnx"]["image"], "text": good}
+    assert manifest["quality"]["int8-raw"] == {"image": bad}
+    assert bad["mean"] < INT8_GATE[0] <= good["mean"]
+
+
+def test_gated_export_runs_fp32_and_keeps_the_int8_file(tmp_path, monkeypatch, tiny_clip, photos):
+    """With a gate no int8 tower can pass, onnx-int8 gives fp32 vectors under its own fingerprint;
+    raw_int8 still runs the int8 files (what benchmarks report beside it)."""
+    import visdex.models.onnx_export as export
+
+    monkeypatch.setenv("VISDEX_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(export, "INT8_GATE", (1.01, 1.01))
+    gated = load_embedder(f"onnx-int8:{tiny_clip}")
+    assert set(gated.gated) == {"image", "text"} and gated.fingerprint().revision.endswith("+onnx-int8")
+    fp32 = load_embedder(f"onnx:{tiny_clip}")
+    images = _images(photos, 3)
+    np.testing.assert_array_equal(gated.embed_images(images), fp32.embed_images(images))
+    np.testing.assert_array_equal(gated.embed_texts(TEXTS), fp32.embed_texts(TEXTS))
+    raw = OnnxEmbedder(gated.folder, gated.manifest, backend="onnx-int8", name=gated.name, raw_int8=True)
+    assert not raw.gated and raw.quality["image"] == gated.manifest["quality"]["int8-raw"]["image"]
+    assert not np.array_equal(raw.embed_images(images), fp32.embed_images(images))
+
+
 def test_changed_weights_get_a_new_export(onnx_cache, tmp_path, tiny_dinov2):
     from tinymodels import make_tiny_dinov2
 

@@ -295,6 +295,12 @@ def bench_onnx(model: str, images: Sequence[Path], n: int, batch_size: int,
 
     base = split_backend(model)[1]
     embedders = {b: load_embedder(base, device="cpu", backend=b) for b in backends}
+    int8 = embedders.get("onnx-int8")
+    if int8 is not None and getattr(int8, "gated", None):  # a tower kept in fp32: measure its int8 form too
+        from .models.onnx import OnnxEmbedder
+
+        embedders["onnx-int8-raw"] = OnnxEmbedder(int8.folder, int8.manifest, backend="onnx-int8", name=int8.name,
+                                                  raw_int8=True)  # fmt: skip
     ref = embedders.get("torch") or load_embedder(base, device="cpu")
     pre = ref.preprocess
     from .decode import decode_image
@@ -310,6 +316,8 @@ def bench_onnx(model: str, images: Sequence[Path], n: int, batch_size: int,
                               "cosine_min": round(float(cos.min()), 5)}  # fmt: skip
         if hasattr(emb, "quality"):
             out["backends"][b]["export_probe_quality"] = emb.quality
+        if getattr(emb, "gated", None):
+            out["backends"][b]["int8_gate"] = emb.gated
     torch_rate = rates.get("torch")
     for b in out["backends"]:
         out["backends"][b]["speedup_vs_torch"] = round(rates[b] / torch_rate, 2) if torch_rate else None

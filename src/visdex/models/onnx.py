@@ -146,11 +146,13 @@ class OnnxEmbedder(Embedder):
     """
 
     def __init__(self, folder: Path, manifest: dict, *, backend: str, name: str, batch_size: int | None = None,
-                 threads: int = 0):  # fmt: skip
+                 threads: int = 0, raw_int8: bool = False):  # fmt: skip
         ort = require_onnxruntime()
         if backend not in ONNX_BACKENDS:
             raise ValueError(f"not an ONNX backend: {backend!r}")
         self.folder, self.manifest, self.backend = Path(folder), manifest, backend
+        # raw_int8: every tower in int8, even one the export's quality gate keeps in fp32 (for benchmarks)
+        self.raw_int8 = raw_int8 and backend == "onnx-int8"
         self.name = name if split_backend(name)[0] == backend else f"{backend}:{name}"
         self.base_fingerprint = Fingerprint(**manifest["base_fingerprint"])
         self.family = manifest.get("family", "")
@@ -167,7 +169,7 @@ class OnnxEmbedder(Embedder):
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self._sessions = {}
         for tower, info in manifest["towers"].items():
-            path = self.folder / info["files"][backend]
+            path = self.folder / info["files"]["int8" if self.raw_int8 and "int8" in info["files"] else backend]
             self._sessions[tower] = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
         self._classes = np.load(self.folder / "classes.npy") if (self.folder / "classes.npy").is_file() else None
         self.tokenizer = None
@@ -181,7 +183,15 @@ class OnnxEmbedder(Embedder):
     @property
     def quality(self) -> dict:
         """Cosine of this backend's vectors to torch's on the export's probes: {modality: {mean, min, n}}."""
-        return self.manifest.get("quality", {}).get(self.backend, {})
+        quality = self.manifest.get("quality", {})
+        return quality.get(self.backend, {}) | (quality.get("int8-raw", {}) if self.raw_int8 else {})
+
+    @property
+    def gated(self) -> dict:
+        """Towers that ``onnx-int8`` runs in fp32 because int8 drifted too far on the probes: {tower: why}."""
+        if self.backend != "onnx-int8" or self.raw_int8:
+            return {}
+        return {t: info["int8_gate"] for t, info in self.manifest["towers"].items() if info.get("int8_gate")}
 
     def _run(self, tower: str, feeds: dict) -> np.ndarray:
         return self._sessions[tower].run(None, feeds)[0]

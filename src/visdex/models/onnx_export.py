@@ -45,7 +45,10 @@ from .base import Embedder, l2_normalize
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 2  # 2: 7-bit int8 weights where kernels saturate (reduce_range), see _quantise
+FORMAT_VERSION = 3  # 2: 7-bit int8 weights where kernels saturate (reduce_range); 3: the int8 quality gate
+# An int8 tower is used only if its vectors stay this close to torch's on the export's probes (mean, min);
+# otherwise ``onnx-int8:`` runs that tower in fp32 and the manifest says why (see _gate_int8).
+INT8_GATE = (0.99, 0.98)
 OPSET = 18
 OUTPUT = "visdex_output"  # a name no model uses inside its graph ("embedding" clashed with a layer)
 EXPORT_BATCH = 2  # traced with 2, checked at 1 and 3: a batch size baked into the graph shows up
@@ -442,6 +445,28 @@ def _quality(emb: Embedder, folder: Path, manifest: dict) -> dict:
     return out
 
 
+def _gate_int8(manifest: dict) -> None:
+    """Keep a tower in fp32 under ``onnx-int8:`` when its int8 vectors drift from torch's on the probes.
+
+    int8 accuracy depends on the model and on the CPU (see :func:`_quantise`): ``lite0-minilm``'s image
+    vectors (a softmax over 1000 classes) lose the most. A gated tower's ``onnx-int8`` file is its fp32
+    file, its measured int8 quality moves to ``quality["int8-raw"]``, and ``int8_gate`` says why.
+    """
+    lo_mean, lo_min = INT8_GATE
+    measured = dict(manifest["quality"]["onnx-int8"])
+    for tower, info in manifest["towers"].items():
+        q = measured.get(tower)
+        if q is None or (q["mean"] >= lo_mean and q["min"] >= lo_min):
+            continue
+        info["files"]["onnx-int8"] = info["files"]["onnx"]
+        info["int8_gate"] = (f"fp32: int8 vectors measured cosine mean {q['mean']:.4f}, min {q['min']:.4f} to torch "
+                             f"on the probes (needs >= {lo_mean} / {lo_min})")  # fmt: skip
+        manifest["quality"].setdefault("int8-raw", {})[tower] = q
+        manifest["quality"]["onnx-int8"][tower] = manifest["quality"]["onnx"][tower]
+        log.warning("%s: the int8 %s tower drifts from torch (cosine mean %.4f, min %.4f); onnx-int8 runs it in "
+                    "fp32", manifest["base_fingerprint"].get("name", "?"), tower, q["mean"], q["min"])  # fmt: skip
+
+
 # ---------------------------------------------------------------- the whole export
 
 
@@ -494,8 +519,8 @@ def _export_into(emb: Embedder, tmp: Path, identity: dict) -> dict:
         exporter = _export(module, example, names, fp32, text)
         with _quiet():
             method = _quantise(fp32, int8, kind, emb.preprocess, names[0])
-        manifest["towers"][name] = {"inputs": names, "exporter": exporter, "int8": method,
-                                    "files": {"onnx": fp32.name, "onnx-int8": int8.name}}  # fmt: skip
+        files = {"onnx": fp32.name, "onnx-int8": int8.name, "int8": int8.name}  # "int8": kept if gated
+        manifest["towers"][name] = {"inputs": names, "exporter": exporter, "int8": method, "files": files}
         if text:
             settings = _tokenizer_settings(emb, names)
             settings["backend"] = _save_tokenizer(emb, tmp, settings)
@@ -504,5 +529,6 @@ def _export_into(emb: Embedder, tmp: Path, identity: dict) -> dict:
         np.save(tmp / "classes.npy", np.asarray(emb.class_embeddings, np.float32))
         manifest["conse_top_k"] = int(emb.top_k)
     manifest["quality"] = _quality(emb, tmp, manifest)
+    _gate_int8(manifest)
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True))
     return manifest
