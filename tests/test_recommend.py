@@ -291,3 +291,22 @@ def test_prompts_build_the_constraints():
     c = prompt_constraints(Console(file=console_out), stream=io.StringIO(retry))
     assert c.catalog_size == 1_000_000 and c.multilingual and c.memory_gb is None
     assert "not a count" in console_out.getvalue()
+
+
+def test_next_steps_build_the_recommended_store():
+    """The commands make what the report recommends: the reduced model, then the index kind or the store."""
+    small = rec(query="visual", catalog_size=50_000_000, memory_gb=2)
+    assert small.store.dim == 128 < small.model.dim
+    assert f"visdex finetune pca PHOTOS_DIR --model {small.model.name} -o runs/{small.model.name}-128 --dim 128" \
+        in small.commands  # fmt: skip
+    assert small.commands[-1] == f"visdex index PHOTOS_DIR --model runs/{small.model.name}-128 --ann ivfpq"
+    labelled = rec(query="visual", catalog_size=50_000_000, memory_gb=2, labels="classes", labelled=5000, classes=100)
+    assert any(c.startswith("visdex finetune labelled LABELLED_DIR") and c.endswith("--dim 128")
+               for c in labelled.commands)  # fmt: skip
+    roomy = rec(query="visual", catalog_size=1_000_000)
+    assert roomy.store.index == "hnsw" and roomy.store.codec == "fp32"
+    assert roomy.commands[-1].endswith(roomy.model.name) and "--ann" not in roomy.commands[-1]  # auto does it
+    assert rec(query="both", catalog_size=10**9).commands[-1].endswith("--store milvus://MILVUS_HOST:19530")
+    sq8 = [r for r in (rec(query="visual", catalog_size=3_000_000, memory_gb=g) for g in (1.5, 2.5, 4))
+           if r.store.codec == "int8" and r.store.dim == r.model.dim]  # fmt: skip
+    assert all(r.commands[-1].endswith("--ann hnsw-sq8") for r in sq8)

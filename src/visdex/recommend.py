@@ -429,7 +429,21 @@ def _notes(c: Constraints, model: ModelChoice, store: StorePlan, hours: float) -
     return notes
 
 
-def _commands(c: Constraints, model: ModelChoice) -> list[str]:
+def _ann_flag(store: StorePlan, n: int) -> str:
+    """The ``visdex index`` option that builds the planned index (empty when ``--ann auto`` does already)."""
+    from .store.local import AUTO_HNSW_FROM
+
+    if store.backend == "milvus":
+        return " --store milvus://MILVUS_HOST:19530"
+    codec = {"fp16": "-fp16", "int8": "-sq8"}.get(next((k for k in ("fp16", "int8") if k in store.codec), ""), "")
+    if store.index == "ivfpq":
+        return " --ann ivfpq"
+    auto = "hnsw" if n >= AUTO_HNSW_FROM else "flat"
+    kind = store.index + codec
+    return "" if kind == auto else f" --ann {kind}"
+
+
+def _commands(c: Constraints, model: ModelChoice, store: StorePlan | None = None) -> list[str]:
     cmds = []
     if c.labels == "classes" or c.query == "visual":
         cmds.append(f"visdex eval labelled LABELLED_DIR --model {model.name} --model "
@@ -438,7 +452,15 @@ def _commands(c: Constraints, model: ModelChoice) -> list[str]:
         other = "clip-vit-b-32" if model.name != "clip-vit-b-32" else "siglip2-base"
         cmds.append(f"visdex eval captions CAPTIONS.csv --model {model.name} --model {other}")
     runs_as = f"onnx-int8:{model.name}" if model.runtime.startswith("ONNX") else model.name
-    cmds.append(f"visdex index PHOTOS_DIR --model {runs_as}")
+    ann = "" if store is None else _ann_flag(store, c.catalog_size)
+    if store is not None and store.dim < model.dim:  # the plan reduces the dimension: make that model first
+        reduced = f"runs/{model.name}-{store.dim}"
+        if c.labels == "classes":
+            cmds.append(f"visdex finetune labelled LABELLED_DIR --model {model.name} -o {reduced} --dim {store.dim}")
+        else:
+            cmds.append(f"visdex finetune pca PHOTOS_DIR --model {model.name} -o {reduced} --dim {store.dim}")
+        runs_as = reduced
+    cmds.append(f"visdex index PHOTOS_DIR --model {runs_as}{ann}")
     return cmds
 
 
@@ -459,4 +481,4 @@ def recommend(constraints: Constraints, benchmarks_dir: str | None = None) -> Re
                "total_ms": round(total, 2), "budget_ms": c.latency_ms, "fits": total <= c.latency_ms}  # fmt: skip
     sources = bench.sources() or ["estimates built into visdex (no benchmarks/results/*.json found)"]
     return Recommendation(c, model, training, store, latency, hours, _notes(c, model, store, hours), sources,
-                          _commands(c, model))  # fmt: skip
+                          _commands(c, model, store))  # fmt: skip

@@ -80,7 +80,9 @@ def parse_bytes(text: str | float) -> float:
 
 
 def format_bytes(n: float) -> str:
-    """>>> format_bytes(3 * 1024**3)
+    """Bytes as a short human unit.
+
+    >>> format_bytes(3 * 1024**3)
     '3.0 GB'
     """
     for unit, size in (("TB", 1024**4), ("GB", 1024**3), ("MB", 1024**2), ("kB", 1024)):
@@ -117,14 +119,18 @@ def codec_ladder(dim: int) -> list[Codec]:
     return sorted(out, key=lambda c: c.loss)
 
 
-# One query, one thread, faiss-cpu, at n=1e5 clustered 512-d vectors (measured once on the 2-core dev VM).
+# One query, one thread, faiss-cpu, expressed at n=1e5 clustered 512-d vectors: benchmarks/ann.py's 1e6 run
+# (2-core EPYC, 2026-11-24) re-based by the cost laws below (flat 67 ms, HNSW 0.48 ms and IVF-PQ 0.94 ms at
+# recall@10 0.95 at 1e6; the int8 flat scan measured 1.4x slower than float32 at 1e5, float16 assumed alike).
+# A checkout's benchmarks/results/*.json replace these when present (load_benchmarks).
 ANN_REFERENCE = {
     "n": 100_000,
     "dim": 512,
-    "flat": {"fp32": 15.0, "fp16": 6.0, "int8": 8.3, "pq": 4.0},
-    "hnsw": 0.9,  # M=32, efSearch=128
-    "ivfpq": 0.16,  # nlist=1024, nprobe=32, 64-byte codes
-    "source": "estimate (faiss-cpu, 1 thread, 2-core VM; see docs/readme/quality.md)",
+    "flat": {"fp32": 6.7, "fp16": 9.2, "int8": 9.2, "pq": 1.8},
+    "hnsw": 0.40,  # M=32, efConstruction=80, efSearch at recall@10 0.95
+    "ivfpq": 0.21,  # 64-byte codes, nprobe and shortlist at recall@10 0.95 (+ the coarse scan, see _search_ms)
+    "source": "estimate from visdex's own benchmarks (benchmarks/results/ann-1e6.json: faiss-cpu, 1 thread, "
+              "2-core EPYC)",
 }
 
 
@@ -222,7 +228,8 @@ def _finish_plan(index, codec, n, dim, mem, ref, milvus, fits, why, budget) -> S
     params = {"flat": {}, "hnsw": {"M": HNSW_M, "efSearch": HNSW_EF_SEARCH},
               "ivfpq": {"nlist": _nlist(n), "nprobe": 32, "m": codec.bytes}}[index]  # fmt: skip
     if codec.dim != dim:
-        params["reduce"] = f"{dim} -> {codec.dim} (PCA, or a {codec.dim}-d head trained with metric learning)"
+        params["reduce"] = (f"{dim} -> {codec.dim} (visdex finetune pca, or a {codec.dim}-d head from visdex finetune "
+                            "labelled)")
     search = _search_ms(index, n, codec, ref) + (MILVUS_OVERHEAD_MS if milvus else 0.0)
     if codec.name != "fp32":
         room = "no limit" if budget == math.inf else f"the {format_bytes(budget)} budget"

@@ -20,6 +20,7 @@ from ..cli import app, err, out
 class TuneKind(str, Enum):
     labelled = "labelled"
     captions = "captions"
+    pca = "pca"
 
 
 class Tower(str, Enum):
@@ -81,7 +82,10 @@ def _check_options(kind: TuneKind, model: str, freeze: list[Tower], lora: int, l
     from ..models import get_spec, list_models
     from ..train.common import TrainSetupError
 
-    if kind is TuneKind.labelled:
+    if kind is TuneKind.pca:
+        wrong = [n for n, v in (("--freeze", freeze), ("--lora", lora), ("--lora-alpha", lora_alpha)) if v]
+        wrong += [n for n, v in (("--loss", loss), ("--augment", augment)) if v is not None]
+    elif kind is TuneKind.labelled:
         wrong = [n for n, v in (("--freeze", freeze), ("--lora", lora), ("--lora-alpha", lora_alpha)) if v]
     else:
         wrong = [n for n, v in (("--loss", loss), ("--dim", dim), ("--augment", augment)) if v is not None]
@@ -98,9 +102,11 @@ def _check_options(kind: TuneKind, model: str, freeze: list[Tower], lora: int, l
 @app.command("finetune")
 def finetune(
     kind: TuneKind = typer.Argument(
-        ..., help="labelled: one subfolder per class, or a CSV of path,label. captions: a CSV/JSONL of image,caption."
+        ...,
+        help="labelled: one subfolder per class, or a CSV of path,label. captions: a CSV/JSONL of image,caption. "
+        "pca: a folder of images (or an index built with the model): fewer dimensions, no labels.",
     ),
-    data: Path = typer.Argument(..., help="The training set (folder or file)."),
+    data: Path = typer.Argument(..., help="The training set (folder or file; pca: folder or index)."),
     out_dir: Path = typer.Option(..., "--out", "-o", help="Output directory: becomes the fine-tuned model."),
     model: str | None = typer.Option(None, "--model", "-m", help="The model to start from (see `visdex models`)."),
     val: Path | None = typer.Option(None, "--val", help="Held-out set that picks the best epoch (same format)."),
@@ -129,8 +135,10 @@ def finetune(
         None,
         "--dim",
         min=0,
-        help="labelled: output dimension of the head; 0 = no head, keep the base's (default: 128).",
+        help="labelled: output dimension of the head; 0 = no head, keep the base's (default: 128). "
+        "pca: dimensions kept (default: 128).",
     ),
+    sample: int = typer.Option(20_000, "--sample", min=100, help="pca: images (or vectors) to fit on, at most."),
     augment: int | None = typer.Option(
         None, "--augment", min=0, help="labelled: extra random views per training image, cached (default: 0)."
     ),
@@ -149,13 +157,24 @@ def finetune(
 
     labelled: metric learning (projection head, optionally the last blocks) for image search.
     captions: contrastive image-text training of a CLIP / SigLIP model (towers, last blocks or LoRA).
-    Ends with the held-out evaluation of `visdex eval`, before and after. Use the result with
+    pca: no labels, fewer dimensions (--dim) for a memory budget; reports what the reduction keeps.
+    labelled and captions end with the held-out evaluation of `visdex eval`, before and after. Use the result with
     `visdex index PHOTOS --model OUT`."""
     from .. import config
 
     name = model or config.get("model")
     _check_options(kind, name, freeze, lora, lora_alpha, loss, dim, augment)
     bar = _RichTrainProgress(quiet or as_json)
+    if kind is TuneKind.pca:
+        from ..train.pca import fit_pca
+
+        try:
+            result = fit_pca(name, data, out_dir, dim=128 if dim is None else dim, sample=sample, seed=seed,
+                             device=device or config.get("device"), progress=bar)  # fmt: skip
+        finally:
+            bar.stop()
+        _print_pca(result, as_json)
+        return
     common = dict(val=val, val_fraction=val_fraction, test=test, epochs=epochs, lr=lr, seed=seed, resume=resume,
                   device=device or config.get("device"), progress=bar)  # fmt: skip
     try:
@@ -174,6 +193,20 @@ def finetune(
     finally:
         bar.stop()
     _print_result(result, as_json)
+
+
+def _print_pca(result, as_json: bool) -> None:
+    if as_json:
+        out.print_json(json.dumps(result.to_dict(), default=str))
+        return
+    out.print(f"PCA {result.in_dim} -> {result.dim} dimensions, fitted on {result.fitted_on} images "
+              f"({result.failed} unreadable skipped) in {result.seconds:.1f}s", highlight=False)  # fmt: skip
+    out.print(f"variance kept           {result.variance_kept:.1%}", highlight=False)
+    out.print(f"neighbours kept (R@10)  {result.neighbour_recall_at_10:.3f}  (of each held-out image's 10 nearest at "
+              f"{result.in_dim}-d, the share still among its 10 nearest at {result.dim}-d; {result.heldout} images)",
+              highlight=False)  # fmt: skip
+    out.print(f"model saved in {escape(result.model_dir)}; use it with: visdex index PHOTOS --model "
+              f"{escape(result.model_dir)}", highlight=False)  # fmt: skip
 
 
 def _fmt(x) -> str:

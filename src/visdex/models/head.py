@@ -9,11 +9,14 @@
     name, ``hf:<repo-id>`` or the absolute path of a local model directory; ``base_revision`` is the
     base's weights hash at training time, checked on load, so a changed base fails loudly.
 ``head.safetensors``
-    ``proj.weight`` (``dim x in_dim``; absent when ``dim`` is 0: no projection) and
+    ``proj.weight`` (``dim x in_dim``; absent when ``dim`` is 0: no projection), ``proj.bias``
+    (``dim``; version 2, written by ``visdex finetune pca``: ``-W @ mean``) and
     ``backbone.<name>`` for every base tensor fine-tuning changed (``<name>`` as in the base
     network's ``state_dict``). Nothing else of the base is copied: the base loads as usual.
 
-An image is embedded as ``normalise(W @ base_vector)``, with the base vector L2-normalised first.
+An image is embedded as ``normalise(W @ base_vector + b)``, with the base vector L2-normalised first.
+A head whose config says ``"text": true`` (a PCA of a text-and-image model) projects text vectors the
+same way; other heads are image only (metric learning trains on images alone).
 The fingerprint's revision hashes the base revision, the head file and the head's shape, so an index
 built with the base model refuses the fine-tuned one (and the other way round) with ``ModelMismatch``.
 
@@ -37,8 +40,9 @@ from .hf import cached_hash_files, json_safe, short_reason
 HEAD_FILE = "visdex_head.json"
 WEIGHTS_FILE = "head.safetensors"
 FORMAT = "visdex-head"
-VERSION = 1
+VERSION = 2  # 2: an optional projection bias and text vectors (``visdex finetune pca``)
 PROJ_KEY = "proj.weight"
+PROJ_BIAS_KEY = "proj.bias"
 BACKBONE_PREFIX = "backbone."
 
 
@@ -89,21 +93,32 @@ def apply_backbone_tensors(module, tensors: dict, where: str) -> None:
 class HeadEmbedder(Embedder):
     """A base :class:`Embedder` whose image vectors go through a learnt linear projection; image only."""
 
-    def __init__(self, path: Path, base: Embedder, proj: np.ndarray | None, revision: str, config: dict):
+    def __init__(self, path: Path, base: Embedder, proj: np.ndarray | None, revision: str, config: dict,
+                 bias: np.ndarray | None = None):  # fmt: skip
         self.path = path
         self.name = str(path)
         self.base = base
         self.proj = None if proj is None else np.ascontiguousarray(proj, dtype=np.float32)
+        self.bias = None if bias is None or proj is None else np.asarray(bias, dtype=np.float32)
         self.dim = int(self.proj.shape[0]) if self.proj is not None else int(base.dim)
-        self.modalities = frozenset({"image"})
+        text = bool(config.get("text")) and base.supports_text
+        self.modalities = frozenset({"image", "text"} if text else {"image"})
         self.preprocess = base.preprocess
         self.device = base.device
         self.config = config
         self._revision = revision
 
     def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
-        vectors = self.base.embed_pixels(pixels)
-        return vectors if self.proj is None else l2_normalize(vectors @ self.proj.T)
+        return self._project(self.base.embed_pixels(pixels))
+
+    def _embed_texts(self, texts: list[str]) -> np.ndarray:
+        return self._project(self.base.embed_texts(texts))
+
+    def _project(self, vectors: np.ndarray) -> np.ndarray:
+        if self.proj is None:
+            return vectors
+        out = vectors @ self.proj.T
+        return l2_normalize(out if self.bias is None else out + self.bias)
 
     def fingerprint(self) -> Fingerprint:
         return Fingerprint(
@@ -112,7 +127,7 @@ class HeadEmbedder(Embedder):
             revision=self._revision,
             dim=self.dim,
             preprocessing=json_safe(self.base.preprocess.to_dict()),
-            modalities=("image",),
+            modalities=tuple(sorted(self.modalities)),
         )
 
 
@@ -160,5 +175,10 @@ def load_head(path: str | Path, device: str = "cpu", batch_size: int | None = No
         proj = proj.float().numpy()
         if proj.ndim != 2 or proj.shape[1] != base.dim:
             raise ModelLoadError(f"{weights}: projection {tuple(proj.shape)} does not take {base.dim}-d base vectors")
+    bias = tensors.get(PROJ_BIAS_KEY)
+    if bias is not None:
+        bias = bias.float().numpy()
+        if proj is None or bias.shape != (proj.shape[0],):
+            raise ModelLoadError(f"{weights}: a bias {tuple(bias.shape)} that does not fit the projection")
     revision = head_revision(base_revision, cached_hash_files([weights]), cfg)
-    return HeadEmbedder(path, base, proj, revision, cfg)
+    return HeadEmbedder(path, base, proj, revision, cfg, bias)
