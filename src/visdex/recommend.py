@@ -14,7 +14,7 @@ Speeds come from ``benchmarks/results/*.json`` when such files are present (see
 
 >>> rec = recommend(Constraints(query="visual", catalog_size=50_000_000, memory_gb=2, hardware="cpu"))
 >>> rec.model.name, rec.store.codec
-('dinov2-small', '128-d PQ32')
+('dinov2-small', '128-d PQ16')
 """
 
 from __future__ import annotations
