@@ -7,7 +7,7 @@ field op value | field "in" "(" value, ... ")"``; ops ``= != < <= > >= ~`` (``~`
 case-insensitive). Values are bare words or quoted strings.
 
 >>> compile_where("format = jpeg and width >= 1000")
-("(lower(files.format) = lower(?)) AND (files.width >= ?)", ['jpeg', 1000.0])
+('(lower(files.format) = lower(?)) AND (files.width >= ?)', ['jpeg', 1000.0])
 
 Folder indexes: ``path``, ``folder``, ``name``, ``format``, ``width``, ``height``, ``size``
 (``5MB``, ``200KB``), ``taken`` / ``date`` (EXIF date: ``taken >= 2023-01-01``, ``taken = 2023-05``),
@@ -56,6 +56,21 @@ class _Tok:
     pos: int
 
 
+@dataclass
+class WhereLeaf:
+    """One comparison of a parsed filter: as written, and compiled to SQL (``sql`` with its ``params``)."""
+
+    field: _Tok
+    op: str  # "=", "!=", "<", "<=", ">", ">=", "~", or "in"
+    values: list[str]
+    sql: str
+    params: list
+
+
+# A parsed filter: ("and" | "or", [node, ...]) | ("not", node) | ("leaf", WhereLeaf); "and" binds tighter.
+WhereNode = tuple
+
+
 def _lex(expr: str) -> list[_Tok]:
     toks, pos = [], 0
     while pos < len(expr):
@@ -74,6 +89,9 @@ def _lex(expr: str) -> list[_Tok]:
 
 
 class _Parser:
+    """The grammar, once: builds the tree, compiling each comparison to SQL as it is read (so errors come
+    in the order they appear in the filter)."""
+
     def __init__(self, expr: str, catalog: bool):
         self.toks, self.i, self.expr, self.catalog = _lex(expr), 0, expr, catalog
         self.params: list = []
@@ -92,17 +110,23 @@ class _Parser:
         tok = self.peek()
         return tok is not None and tok.kind == "word" and tok.value.lower() == word
 
-    def expr_(self) -> str:
-        parts = [self.term()]
-        while self.is_word("and") or self.is_word("or"):
-            parts.append(self.take().value.upper())
-            parts.append(self.term())
-        return " ".join(parts)
+    def expr_(self) -> WhereNode:
+        return self._chain("or", self.and_)
 
-    def term(self) -> str:
+    def and_(self) -> WhereNode:
+        return self._chain("and", self.term)
+
+    def _chain(self, word: str, part) -> WhereNode:
+        parts = [part()]
+        while self.is_word(word):
+            self.take()
+            parts.append(part())
+        return parts[0] if len(parts) == 1 else (word, parts)
+
+    def term(self) -> WhereNode:
         if self.is_word("not"):
             self.take()
-            return f"NOT ({self.term()})"
+            return ("not", self.term())
         tok = self.peek()
         if tok is not None and tok.kind == "op" and tok.value == "(":
             self.take()
@@ -110,25 +134,28 @@ class _Parser:
             close = self.take()
             if close.value != ")":
                 raise BadQuery(f"--where: expected ')' at position {close.pos}")
-            return f"({inner})"
-        return self.comparison()
+            return inner
+        return ("leaf", self.comparison())
 
-    def comparison(self) -> str:
+    def comparison(self) -> WhereLeaf:
         ftok = self.take()
         if ftok.kind != "word":
             raise BadQuery(f"--where: expected a field name at position {ftok.pos}, got {ftok.value!r}")
         sql, kind = self.field(ftok)
+        start = len(self.params)
         if self.is_word("in"):
             self.take()
             values = self.value_list()
-            return "(" + " OR ".join(self.compare(sql, kind, "=", v, ftok) for v in values) + ")"
+            cond = "(" + " OR ".join(self.compare(sql, kind, "=", v, ftok) for v in values) + ")"
+            return WhereLeaf(ftok, "in", values, cond, self.params[start:])
         op = self.take()
         if op.kind != "op" or op.value in "(),":
             raise BadQuery(f"--where: expected an operator (= != < <= > >= ~ in) after {ftok.value!r} at {op.pos}")
         val = self.take()
         if val.kind == "op":
             raise BadQuery(f"--where: expected a value after {ftok.value} {op.value} at position {val.pos}")
-        return f"({self.compare(sql, kind, op.value, val.value, ftok)})"
+        cond = f"({self.compare(sql, kind, op.value, val.value, ftok)})"
+        return WhereLeaf(ftok, op.value, [val.value], cond, self.params[start:])
 
     def value_list(self) -> list[str]:
         if self.take().value != "(":
@@ -209,16 +236,34 @@ def _number(raw: str, kind: str, tok: _Tok) -> float:
     return float(m.group(1)) * (_UNITS[unit] if kind == "size" else 1)
 
 
-def compile_where(expr: str, *, catalog: bool = False) -> tuple[str, list]:
-    """``expr`` -> (SQL boolean expression over ``files`` (or ``items``), parameters)."""
+def parse_where(expr: str, *, catalog: bool = False) -> WhereNode:
+    """``expr`` -> its tree (see :data:`WhereNode`), every comparison already checked and compiled to SQL;
+    :class:`BadQuery` for a filter that cannot be read. Other back ends (Milvus) walk this tree."""
     if not expr or not expr.strip():
         raise BadQuery("--where is empty")
     p = _Parser(expr, catalog)
-    sql = p.expr_()
+    tree = p.expr_()
     if p.peek() is not None:
         tok = p.peek()
         raise BadQuery(f"--where: unexpected {tok.value!r} at position {tok.pos} (join conditions with and / or)")
-    return sql, p.params
+    return tree
+
+
+def _sql(node: WhereNode, params: list) -> str:
+    kind, arg = node
+    if kind == "leaf":
+        params += arg.params
+        return arg.sql
+    if kind == "not":
+        return f"NOT ({_sql(arg, params)})"
+    parts = [_sql(n, params) for n in arg]  # nested and / or parenthesised; comparisons already are
+    return f" {kind.upper()} ".join(p if n[0] == "leaf" else f"({p})" for n, p in zip(arg, parts, strict=True))
+
+
+def compile_where(expr: str, *, catalog: bool = False) -> tuple[str, list]:
+    """``expr`` -> (SQL boolean expression over ``files`` (or ``items``), parameters)."""
+    params: list = []
+    return _sql(parse_where(expr, catalog=catalog), params), params
 
 
 def allowed_ids(db, expr: str) -> np.ndarray:

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..filters import _TOKEN, FILE_FIELDS, ITEM_FIELDS, _is_number, _number, _Tok, compile_where
+from ..filters import FILE_FIELDS, ITEM_FIELDS, WhereLeaf, WhereNode, _is_number, _number, _Tok, parse_where
 from .db import IndexDB
 
 # -- the filter fields stored with each vector ---------------------------------------------
@@ -150,89 +150,15 @@ def _num(x: float) -> str:
     return repr(float(x))
 
 
-@dataclass
-class _Leaf:
-    field: _Tok
-    op: str  # "=", "!=", "<", ..., "~", or "in"
-    values: list[str]
-    text: str  # the comparison as written, for the SQL fallback
-
-
-def _lex(expr: str) -> list[tuple[_Tok, int]]:
-    """filters' tokens, each with the offset where it ends (to cut a comparison's text out)."""
-    out, pos = [], 0
-    while pos < len(expr) and expr[pos:].strip():
-        m = _TOKEN.match(expr, pos)
-        kind = m.lastgroup
-        val = m.group(kind)
-        if kind == "str":
-            val = re.sub(r"\\(.)", r"\1", val[1:-1])
-        out.append((_Tok(kind, val, m.start(kind)), m.end()))
-        pos = m.end()
-    return out
-
-
 class _Translator:
-    def __init__(self, db, expr: str):
-        self.db, self.expr, self.catalog = db, expr, db.kind == "catalog"
-        self.toks, self.i = _lex(expr), 0
+    """Walks :func:`visdex.filters.parse_where`'s tree (the one grammar) and emits Milvus expressions."""
+
+    def __init__(self, db):
+        self.db, self.catalog = db, db.kind == "catalog"
         self.fallbacks = 0
 
-    # -- parsing (the grammar of visdex.filters; SQL precedence: "and" binds tighter than "or") --
-    def peek(self) -> _Tok | None:
-        return self.toks[self.i][0] if self.i < len(self.toks) else None
-
-    def take(self) -> _Tok:
-        self.i += 1
-        return self.toks[self.i - 1][0]
-
-    def is_word(self, word: str) -> bool:
-        tok = self.peek()
-        return tok is not None and tok.kind == "word" and tok.value.lower() == word
-
-    def or_(self):
-        parts = [self.and_()]
-        while self.is_word("or"):
-            self.take()
-            parts.append(self.and_())
-        return parts[0] if len(parts) == 1 else ("or", parts)
-
-    def and_(self):
-        parts = [self.term()]
-        while self.is_word("and"):
-            self.take()
-            parts.append(self.term())
-        return parts[0] if len(parts) == 1 else ("and", parts)
-
-    def term(self):
-        if self.is_word("not"):
-            self.take()
-            return ("not", self.term())
-        tok = self.peek()
-        if tok.kind == "op" and tok.value == "(":
-            self.take()
-            inner = self.or_()
-            self.take()  # ")": compile_where checked the syntax already
-            return inner
-        start = self.i
-        ftok = self.take()
-        if self.is_word("in"):
-            self.take()
-            self.take()  # "("
-            values = []
-            while True:
-                values.append(self.take().value)
-                if self.take().value == ")":
-                    break
-            op = "in"
-        else:
-            op = self.take().value
-            values = [self.take().value]
-        text = self.expr[self.toks[start][0].pos : self.toks[self.i - 1][1]]
-        return ("leaf", _Leaf(ftok, op, values, text))
-
     # -- emitting ------------------------------------------------------------------------
-    def emit(self, node, positive: bool) -> str:
+    def emit(self, node: WhereNode, positive: bool) -> str:
         """The expression true exactly where SQL evaluates ``node`` to TRUE (positive) or FALSE."""
         kind, arg = node
         if kind == "not":
@@ -242,7 +168,7 @@ class _Translator:
             return "(" + joiner.join(self.emit(n, positive) for n in arg) + ")"
         return self.leaf(arg, positive)
 
-    def leaf(self, leaf: _Leaf, positive: bool) -> str:
+    def leaf(self, leaf: WhereLeaf, positive: bool) -> str:
         ops = ["="] * len(leaf.values) if leaf.op == "in" else [leaf.op]
         conds = [self.compare(leaf.field, op, v) for op, v in zip(ops, leaf.values, strict=True)]
         if any(c is None for c in conds):
@@ -252,13 +178,12 @@ class _Translator:
         body = cond if positive else f"not ({cond})"
         return "(" + " and ".join([*sorted(guards), body]) + ")" if guards else f"({body})"
 
-    def fallback(self, leaf: _Leaf, positive: bool) -> str:
+    def fallback(self, leaf: WhereLeaf, positive: bool) -> str:
         """SQL answers this comparison: the ids where it is TRUE (or FALSE), as ``id in [...]``."""
         self.fallbacks += 1
-        sql, params = compile_where(leaf.text, catalog=self.catalog)
         table = "items" if self.catalog else "files"
-        where = f"({sql})" if positive else f"NOT ({sql})"
-        rows = self.db.conn.execute(f"SELECT id FROM {table} WHERE status = 'ok' AND {where}", params)
+        where = f"({leaf.sql})" if positive else f"NOT ({leaf.sql})"
+        rows = self.db.conn.execute(f"SELECT id FROM {table} WHERE status = 'ok' AND {where}", leaf.params)
         ids = np.fromiter((r[0] for r in rows), np.int64)
         return f"id in [{','.join(map(str, ids.tolist()))}]"
 
@@ -337,8 +262,7 @@ def _attr(name: str, op: str, raw: str) -> tuple[str, str | None] | None:
 
 def translate_where(db, where: str) -> MilvusFilter:
     """``--where`` -> a :class:`MilvusFilter` for the index ``db`` (files or catalog). Bad filters raise
-    the same :class:`~visdex.errors.BadQuery` as the SQL compiler, which checks them first."""
-    compile_where(where, catalog=db.kind == "catalog")
-    t = _Translator(db, where)
-    tree = t.or_()
+    the same :class:`~visdex.errors.BadQuery` as the SQL compiler: both use one parser."""
+    t = _Translator(db)
+    tree = parse_where(where, catalog=t.catalog)
     return MilvusFilter(t.emit(tree, True), t.fallbacks)
