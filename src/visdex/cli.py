@@ -247,7 +247,12 @@ def status(
         out.print(f"files     {st.files_ok} indexed, {st.files_failed} failed; {st.vectors} vectors")
     if st.store:
         dead = st.store.get("dead_nodes")
-        extra = f", {dead} dead graph nodes (rebuilt at 25%)" if dead else ""
+        if dead:
+            from .store.local import HNSW_MAX_DEAD
+
+            extra = f", {dead} dead graph nodes (rebuilt at {HNSW_MAX_DEAD:.0%})"
+        else:
+            extra = ""
         out.print(f"store     {escape(str(st.store.get('backend', '?')))}{extra}", highlight=False)
     for r in st.roots:
         out.print(f"root      {escape(r)}", highlight=False)

@@ -435,15 +435,15 @@ def _ann_flag(store: StorePlan, n: int) -> str:
 
     if store.backend == "milvus":
         return " --store milvus://MILVUS_HOST:19530"
-    codec = {"fp16": "-fp16", "int8": "-sq8"}.get(next((k for k in ("fp16", "int8") if k in store.codec), ""), "")
     if store.index == "ivfpq":
         return " --ann ivfpq"
+    codec = "-fp16" if "fp16" in store.codec else "-sq8" if "int8" in store.codec else ""  # e.g. "128-d int8"
     auto = "hnsw" if n >= AUTO_HNSW_FROM else "flat"
     kind = store.index + codec
     return "" if kind == auto else f" --ann {kind}"
 
 
-def _commands(c: Constraints, model: ModelChoice, store: StorePlan | None = None) -> list[str]:
+def _commands(c: Constraints, model: ModelChoice, store: StorePlan) -> list[str]:
     cmds = []
     if c.labels == "classes" or c.query == "visual":
         cmds.append(f"visdex eval labelled LABELLED_DIR --model {model.name} --model "
@@ -452,8 +452,8 @@ def _commands(c: Constraints, model: ModelChoice, store: StorePlan | None = None
         other = "clip-vit-b-32" if model.name != "clip-vit-b-32" else "siglip2-base"
         cmds.append(f"visdex eval captions CAPTIONS.csv --model {model.name} --model {other}")
     runs_as = f"onnx-int8:{model.name}" if model.runtime.startswith("ONNX") else model.name
-    ann = "" if store is None else _ann_flag(store, c.catalog_size)
-    if store is not None and store.dim < model.dim:  # the plan reduces the dimension: make that model first
+    ann = _ann_flag(store, c.catalog_size)
+    if store.dim < model.dim:  # the plan reduces the dimension: make that model first
         reduced = f"runs/{model.name}-{store.dim}"
         if c.labels == "classes":
             cmds.append(f"visdex finetune labelled LABELLED_DIR --model {model.name} -o {reduced} --dim {store.dim}")

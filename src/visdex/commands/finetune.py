@@ -82,13 +82,12 @@ def _check_options(kind: TuneKind, model: str, freeze: list[Tower], lora: int, l
     from ..models import get_spec, list_models
     from ..train.common import TrainSetupError
 
-    if kind is TuneKind.pca:
-        wrong = [n for n, v in (("--freeze", freeze), ("--lora", lora), ("--lora-alpha", lora_alpha)) if v]
-        wrong += [n for n, v in (("--loss", loss), ("--augment", augment)) if v is not None]
-    elif kind is TuneKind.labelled:
-        wrong = [n for n, v in (("--freeze", freeze), ("--lora", lora), ("--lora-alpha", lora_alpha)) if v]
-    else:
+    if kind is TuneKind.captions:
         wrong = [n for n, v in (("--loss", loss), ("--dim", dim), ("--augment", augment)) if v is not None]
+    else:
+        wrong = [n for n, v in (("--freeze", freeze), ("--lora", lora), ("--lora-alpha", lora_alpha)) if v]
+        if kind is TuneKind.pca:
+            wrong += [n for n, v in (("--loss", loss), ("--augment", augment)) if v is not None]
     if wrong:
         raise TrainSetupError(f"{', '.join(wrong)} do(es) not apply to `visdex finetune {kind.value}`")
     if kind is TuneKind.captions:

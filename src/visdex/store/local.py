@@ -180,7 +180,7 @@ class LocalVectorStore(VectorStore):
         generation, n = self.db.generation, self.count()
         kind = self.kind_for(n)
         try:
-            meta = json.loads(self.meta_path.read_text())
+            meta = self._disk_meta()
             if meta.get("generation") == generation and meta.get("dim") == self.dim and meta.get("kind") == kind:
                 index = faiss.read_index(str(self.faiss_path))
                 dead = _count_dead(index)
@@ -213,11 +213,15 @@ class LocalVectorStore(VectorStore):
             ids = np.sort(np.random.default_rng(0).choice(ids, size, replace=False))
         return self._get_present(ids)[1]
 
-    def _disk_generation(self) -> int | None:
+    def _disk_meta(self) -> dict:
+        """What the saved FAISS file records (generation, kind, dead nodes...); {} when unreadable."""
         try:
-            return json.loads(self.meta_path.read_text()).get("generation")
+            return json.loads(self.meta_path.read_text())
         except (OSError, ValueError):
-            return None
+            return {}
+
+    def _disk_generation(self) -> int | None:
+        return self._disk_meta().get("generation")
 
     def flush(self) -> None:
         """Save the FAISS index (atomically) if it lags behind SQLite; a stale one is rebuilt first."""
@@ -429,13 +433,8 @@ class LocalVectorStore(VectorStore):
                              f"max({HNSW_EF_SEARCH}, 4k)"}  # fmt: skip
             if self._index is not None and not self._stale:
                 out["dead_nodes"] = self._built.get("dead", 0)  # deleted / replaced, until the graph is rebuilt
-            else:  # not loaded: what the saved graph recorded, when it is current
-                try:
-                    meta = json.loads(self.meta_path.read_text())
-                    if meta.get("generation") == self.db.generation and "dead" in meta:
-                        out["dead_nodes"] = int(meta["dead"])
-                except (OSError, ValueError):
-                    pass
+            elif (meta := self._disk_meta()).get("generation") == self.db.generation and "dead" in meta:
+                out["dead_nodes"] = int(meta["dead"])  # not loaded: what the saved graph recorded, being current
         elif kind == "ivfpq":
             fresh = self._index is not None and not self._stale
             p = ivfpq_params(self._built["trained_on"] if fresh else out["count"], self.dim)

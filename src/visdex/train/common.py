@@ -166,6 +166,21 @@ def write_text_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def write_head_dir(root: Path, tensors: dict, config: dict) -> None:
+    """A head directory (see :mod:`visdex.models.head`): ``head.safetensors`` first, then ``visdex_head.json``
+    (format and version added), each written to a temp file and renamed into place."""
+    from safetensors.torch import save_file
+
+    from ..models.head import FORMAT, HEAD_FILE, VERSION, WEIGHTS_FILE
+
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = root / f".{WEIGHTS_FILE}.tmp"
+    save_file(tensors, str(tmp))
+    os.replace(tmp, root / WEIGHTS_FILE)
+    write_text_atomic(root / HEAD_FILE, json.dumps({"format": FORMAT, "version": VERSION, **config}, indent=2,
+                                                   default=str))  # fmt: skip
+
+
 def save_state(run: RunDir, state: dict) -> None:
     """The epoch checkpoint, written to a temp file and renamed: a crash keeps the previous one whole."""
     import torch

@@ -15,7 +15,6 @@ model and with the saved model: the before / after numbers are those ``visdex ev
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Sequence
@@ -327,18 +326,12 @@ def _loadable(model: str) -> str:
 
 
 def _save_head_dir(root: Path, net: _Model, config: dict) -> None:
-    """Weights first, then ``visdex_head.json``, each written to a temp file and renamed into place."""
-    from safetensors.torch import save_file
-
-    from ..models.head import BACKBONE_PREFIX, FORMAT, HEAD_FILE, PROJ_KEY, VERSION, WEIGHTS_FILE
-    from .common import write_text_atomic
+    """The trained tensors (changed backbone tensors + the head) and their config, as a head directory."""
+    from ..models.head import BACKBONE_PREFIX, PROJ_KEY
+    from .common import write_head_dir
 
     tensors = {BACKBONE_PREFIX + k: v for k, v in net.backbone.trained_tensors().items()}
     if net.head is not None:
         tensors[PROJ_KEY] = net.head.weight.detach().cpu().contiguous()
-    tmp = root / f".{WEIGHTS_FILE}.tmp"
-    save_file(tensors, str(tmp))
-    os.replace(tmp, root / WEIGHTS_FILE)
-    cfg = {"format": FORMAT, "version": VERSION, **config, "dim": net.head.out_features if net.head is not None else 0,
-           "backbone_tensors": len(tensors) - (net.head is not None)}  # fmt: skip
-    write_text_atomic(root / HEAD_FILE, json.dumps(cfg, indent=2, default=str))
+    write_head_dir(root, tensors, {**config, "dim": net.head.out_features if net.head is not None else 0,
+                                   "backbone_tensors": len(tensors) - (net.head is not None)})  # fmt: skip

@@ -19,7 +19,6 @@ of each image's 10 nearest neighbours at full dimension are still found at the r
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -28,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from ..models.base import l2_normalize
-from .common import TrainProgress, TrainSetupError, write_text_atomic
+from .common import TrainProgress, TrainSetupError, write_head_dir
 
 HELDOUT = 0.1  # of the sample: the queries of the neighbour check, never fitted on
 HELDOUT_MIN = 50
@@ -112,9 +111,11 @@ def fit_pca(
 ) -> PcaResult:
     """Fit a ``dim``-d PCA of ``model``'s vectors on a folder of images (or an index built with ``model``)
     and save it in ``out`` as a model directory. :class:`TrainSetupError` for impossible settings."""
+    import torch
+
     from ..evaluate import embed_image_files
     from ..models import load_embedder
-    from ..models.head import FORMAT, HEAD_FILE, PROJ_BIAS_KEY, PROJ_KEY, WEIGHTS_FILE
+    from ..models.head import PROJ_BIAS_KEY, PROJ_KEY
     from .metric import _loadable
 
     t0 = time.perf_counter()
@@ -152,23 +153,13 @@ def fit_pca(
     bias = (-(w @ mean)).astype(np.float32)
     reduced = l2_normalize(vectors @ w.T + bias)
     recall = neighbour_recall(vectors, reduced, np.sort(held))
-    _save(out, w, bias, {
-        "format": FORMAT, "version": 2, "base": _loadable(model), "base_revision": emb.fingerprint().revision,
+    tensors = {PROJ_KEY: torch.from_numpy(w).contiguous(), PROJ_BIAS_KEY: torch.from_numpy(bias).contiguous()}
+    write_head_dir(out, tensors, {
+        "base": _loadable(model), "base_revision": emb.fingerprint().revision,
         "in_dim": int(emb.dim), "dim": dim, "backbone_tensors": 0, "text": emb.supports_text,
         "training": {"kind": "pca", "fitted_on": len(fit), "seed": seed, "source": str(data),
                      "variance_kept": round(kept, 4), "neighbour_recall_at_10": round(recall, 4)},
-    }, (HEAD_FILE, WEIGHTS_FILE, PROJ_KEY, PROJ_BIAS_KEY))  # fmt: skip
+    })  # fmt: skip
     return PcaResult(model, str(out), int(emb.dim), dim, len(fit), len(held), round(kept, 4), round(recall, 4),
                      failed, round(time.perf_counter() - t0, 1))  # fmt: skip
 
-
-def _save(out: Path, w: np.ndarray, bias: np.ndarray, config: dict, names: tuple) -> None:
-    import torch
-    from safetensors.torch import save_file
-
-    head_file, weights_file, proj_key, bias_key = names
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / f".{weights_file}.tmp"
-    save_file({proj_key: torch.from_numpy(w).contiguous(), bias_key: torch.from_numpy(bias).contiguous()}, str(tmp))
-    os.replace(tmp, out / weights_file)
-    write_text_atomic(out / head_file, json.dumps(config, indent=2, default=str))
