@@ -120,6 +120,17 @@ def write_photo(
     return path
 
 
+def write_shots(root: str | Path, shots: dict) -> Path:
+    """A photo folder with metadata: ``shots`` maps a name to (scikit-image photo, subfolder, EXIF date or
+    None, (make, model) or None, format); each is written under ``root/subfolder``. Returns ``root``."""
+    photos = real_photos()
+    for name, (photo, sub, date, cam, fmt) in shots.items():
+        (Path(root) / sub).mkdir(parents=True, exist_ok=True)
+        make, model = cam or (None, None)
+        write_photo(Path(root) / sub, name, photos[photo], fmt=fmt, exif_datetime=date, make=make, model=model)
+    return Path(root)
+
+
 def _register_heif() -> None:
     import pillow_heif
 

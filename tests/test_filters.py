@@ -11,7 +11,7 @@ from visdex.errors import BadQuery, UnsupportedModality
 from visdex.filters import allowed_ids, compile_where
 
 from clihelp import run_cli
-from imagefactory import real_photos, write_photo
+from imagefactory import real_photos, write_photo, write_shots
 
 SHOTS = {  # name: (photo, subfolder, EXIF date, camera, format)
     "cat2021": ("chelsea", "2021", "2021-07-04T10:00:00", ("Canon", "Canon EOS R5"), "JPEG"),
@@ -25,11 +25,7 @@ SHOTS = {  # name: (photo, subfolder, EXIF date, camera, format)
 @pytest.fixture(scope="module")
 def meta_index(tmp_path_factory):
     d = tmp_path_factory.mktemp("f")
-    photos = real_photos()
-    for name, (photo, sub, date, cam, fmt) in SHOTS.items():
-        (d / "p" / sub).mkdir(parents=True, exist_ok=True)
-        make, model = cam or (None, None)
-        write_photo(d / "p" / sub, name, photos[photo], fmt=fmt, exif_datetime=date, make=make, model=model)
+    write_shots(d / "p", SHOTS)
     ix = open_index(d / "ix", model="lite0-minilm")
     ix.add([d / "p"])
     yield ix, d

@@ -23,7 +23,7 @@ from visdex.store.milvus import MilvusVectorStore, parse_milvus_url  # noqa: E40
 from visdex.store.milvus_where import glob_to_like, translate_where  # noqa: E402
 
 from clihelp import run_cli  # noqa: E402
-from imagefactory import real_photos, write_photo  # noqa: E402
+from imagefactory import real_photos, write_photo, write_shots  # noqa: E402
 from store_contract import StoreContract, rand_vecs  # noqa: E402
 
 
@@ -116,11 +116,7 @@ FALLBACK = ["tag = cat", "name ~ '[cm]*'", "path < /zzz", "width ~ '5*'"]
 def two_indexes(tmp_path_factory, lite):
     """The same photos in a local index and a Milvus one."""
     d = tmp_path_factory.mktemp("f")
-    photos = real_photos()
-    for name, (photo, sub, date, cam, fmt) in SHOTS.items():
-        (d / "p" / sub).mkdir(parents=True, exist_ok=True)
-        make, model = cam or (None, None)
-        write_photo(d / "p" / sub, name, photos[photo], fmt=fmt, exif_datetime=date, make=make, model=model)
+    write_shots(d / "p", SHOTS)
     local = open_index(d / "local", model="lite0-minilm")
     local.add([d / "p"])
     mil = open_index(d / "milvus", model="lite0-minilm", store=lite)
