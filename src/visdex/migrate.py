@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
-
-import numpy as np
 
 from .errors import BadQuery, StoreError, VisdexError
 from .store.backends import LOCAL, check_store, parse_store, record_store, recorded_store, store_url
@@ -70,7 +68,7 @@ def migrate_store(ix, to: str, progress: Callable[[int, int], None] | None = Non
         dst = MilvusVectorStore(ix.db, fp.dim, target, collection=target.collection or new_collection_name(),
                                 install=False)  # fmt: skip
         try:
-            for ids, vecs in _source_vectors(ix, source):
+            for ids, vecs in source.iter_vectors(CHUNK):
                 dst.write_direct(ids, vecs)
                 report.vectors += len(ids)
                 if progress:
@@ -86,7 +84,7 @@ def migrate_store(ix, to: str, progress: Callable[[int, int], None] | None = Non
     else:
         with ix.db.transaction() as c:  # the vectors and the switch commit together
             c.execute("DELETE FROM vectors")
-            for ids, vecs in _source_vectors(ix, source):
+            for ids, vecs in source.iter_vectors(CHUNK):
                 c.executemany("INSERT INTO vectors VALUES (?, ?)",
                               [(int(i), v.tobytes()) for i, v in zip(ids, vecs, strict=True)])  # fmt: skip
                 report.vectors += len(ids)
@@ -96,17 +94,6 @@ def migrate_store(ix, to: str, progress: Callable[[int, int], None] | None = Non
     _cleanup(ix, source, report)
     report.seconds = time.perf_counter() - t0
     return report
-
-
-def _source_vectors(ix, source) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    if isinstance(source, MilvusVectorStore):
-        yield from source.iter_vectors(CHUNK)
-        return
-    dim = source.dim
-    cur = ix.db.conn.execute("SELECT id, vec FROM vectors ORDER BY id")  # the local store's truth
-    while rows := cur.fetchmany(CHUNK):
-        ids = np.fromiter((r[0] for r in rows), np.int64, len(rows))
-        yield ids, np.frombuffer(b"".join(r[1] for r in rows), np.float32).reshape(len(rows), dim)
 
 
 def _switch(ix, target, collection: str | None, source_url: str) -> None:

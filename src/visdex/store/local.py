@@ -193,13 +193,14 @@ class LocalVectorStore(VectorStore):
         index = self._new_index(kind, n)
         if not index.is_trained and n:
             index.train(self._sample(n, ivfpq_params(n, self.dim).train_size if kind == "ivfpq" else SQ_TRAIN_MAX))
-        for ids, vecs in self._iter_vectors():
+        for ids, vecs in self.iter_vectors():
             index.add_with_ids(vecs, ids)
         self._built = {"kind": kind, "trained_on": n, "dead": 0}
         self._dirty = True
         return index
 
-    def _iter_vectors(self, chunk: int = 65536):
+    def iter_vectors(self, chunk: int = 65536):
+        """(ids, vectors) batches of every stored vector, by id, read from SQLite (the truth)."""
         cur = self.db.conn.execute("SELECT id, vec FROM vectors ORDER BY id")
         while rows := cur.fetchmany(chunk):
             ids = np.fromiter((r[0] for r in rows), np.int64, len(rows))
