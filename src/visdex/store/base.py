@@ -66,3 +66,8 @@ def pad_results(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray
     i = np.full((q, k), -1, np.int64)
     s[:, :m], i[:, :m] = scores, ids
     return s, i
+
+
+def empty_results(q: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(q, k) results with nothing found: every score -inf, every id -1."""
+    return pad_results(np.zeros((q, 0), np.float32), np.zeros((q, 0), np.int64), k)

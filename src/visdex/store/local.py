@@ -42,7 +42,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from ..errors import BadQuery, MissingDependency
-from .base import VectorStore, as_ids, pad_results
+from .base import VectorStore, as_ids, empty_results, pad_results
 from .db import IndexDB
 
 log = logging.getLogger(__name__)
@@ -319,7 +319,7 @@ class LocalVectorStore(VectorStore):
         n = live if allowed is None else min(live, len(allowed))
         kk = min(k, n)
         if kk <= 0:
-            return _empty(len(queries), k)
+            return empty_results(len(queries), k)
         kind = self._built["kind"]
         if allowed is not None:
             allowed = as_ids(allowed)
@@ -388,7 +388,7 @@ class LocalVectorStore(VectorStore):
     def _exact_among(self, queries: np.ndarray, allowed: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         present, vecs = self._get_present(allowed)
         if not len(present):
-            return _empty(len(queries), k)
+            return empty_results(len(queries), k)
         sims = queries @ vecs.T
         kk = min(k, len(present))
         top = np.argpartition(-sims, kk - 1, axis=1)[:, :kk]
@@ -482,7 +482,3 @@ def _selector(allowed: np.ndarray | None):
         sel.referenced_bits = bits  # the selector reads this buffer: keep it alive as long as the selector
         return sel
     return faiss.IDSelectorBatch(allowed)
-
-
-def _empty(q: int, k: int) -> tuple[np.ndarray, np.ndarray]:
-    return pad_results(np.zeros((q, 0), np.float32), np.zeros((q, 0), np.int64), k)

@@ -30,7 +30,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import numpy as np
 
 from ..errors import BadQuery, MissingDependency, StoreError
-from .base import VectorStore, as_ids, pad_results
+from .base import VectorStore, as_ids, empty_results, pad_results
 from .db import IndexDB
 from .milvus_where import INT_FIELDS, JSON_FIELDS, VARCHAR_FIELDS, scalar_fields
 
@@ -405,7 +405,7 @@ class MilvusVectorStore(VectorStore):
             exprs = [f"id in [{','.join(map(str, allowed[s : s + ID_FILTER_CHUNK].tolist()))}]"
                      for s in range(0, len(allowed), ID_FILTER_CHUNK)]  # fmt: skip
         if not len(queries) or not exprs:
-            return _empty(len(queries), k)
+            return empty_results(len(queries), k)
         params = {"metric_type": "IP"}
         if self.index_type == "HNSW":
             params["params"] = {"ef": min(32_768, max(kk, self.ef_search or max(HNSW_EF_SEARCH, 4 * kk)))}
@@ -549,7 +549,3 @@ def uninstall_outbox(db: IndexDB) -> None:
         c.execute(f"DROP TRIGGER IF EXISTS {OUTBOX}_files")
         c.execute(f"DROP TRIGGER IF EXISTS {OUTBOX}_items")
         c.execute(f"DROP TABLE IF EXISTS {OUTBOX}")
-
-
-def _empty(q: int, k: int) -> tuple[np.ndarray, np.ndarray]:
-    return pad_results(np.zeros((q, 0), np.float32), np.zeros((q, 0), np.int64), k)
