@@ -34,6 +34,9 @@ def _isolated_data_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg-data"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
     monkeypatch.setenv("VISDEX_WORKERS", "1")
+    # Text queries through the exported ONNX text tower are tested where asked (test_textquery.py); elsewhere
+    # the model itself answers, and no command starts a background export.
+    monkeypatch.setenv("VISDEX_QUERY_EXPORT", "off")
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from . import config
-from .errors import BadQuery, ModelMismatch, NotFound
+from .errors import BadQuery, IndexEmpty, ModelMismatch, NotFound
 from .ingest import IngestReport, Progress, ingest
 from .models.base import Embedder, Fingerprint, l2_normalize
 from .query import Crop, parse_query
@@ -90,6 +90,7 @@ class Index:
         apply_store(self.db, self._store_spec)
         self.device = device or config.get("device")
         self._embedder: Embedder | None = None
+        self._text_embedder: Embedder | None = None
         self._store: VectorStore | None = None
         if ann is not None and ann not in ANN_KINDS:
             raise BadQuery(f"unknown --ann {ann!r}: one of {', '.join(ANN_KINDS)}")
@@ -136,6 +137,40 @@ class Index:
         return self._embedder
 
     @property
+    def text_embedder(self) -> Embedder:
+        """What embeds text queries: the model's cached ONNX text tower when there is one (no torch import,
+        see :mod:`visdex.models.textquery`), else the model itself."""
+        if self._text_embedder is None:
+            emb = None
+            if self._embedder is None:
+                from .models.textquery import fast_text_embedder
+
+                emb = fast_text_embedder(self._query_model or self.model_name, self.db.fingerprint)
+            self._text_embedder = emb if emb is not None else self.embedder
+        return self._text_embedder
+
+    @property
+    def model_loaded(self) -> bool:
+        """Whether this index had to load its full model (torch) so far -- a search answered by the fast
+        text path did not."""
+        return self._embedder is not None
+
+    def prepare_text_queries(self, background: bool = False) -> bool:
+        """Export the model's text tower to ONNX once, so later text queries need neither torch nor the
+        whole model. Uses the model if it is loaded already; ``background``: in a detached process.
+        Returns whether an export was made or started. A no-op without the ``onnx`` extra, with
+        ``VISDEX_QUERY_EXPORT=off``, for image-only models and when the export is cached."""
+        from . import config
+        from .models.textquery import export_in_background, export_text_tower
+
+        fp = self.db.fingerprint
+        if fp is None or "text" not in fp.modalities or config.get("query_export") != "auto":
+            return False
+        if background:
+            return export_in_background(self.model_name) is not None
+        return export_text_tower(self.model_name, self._embedder) is not None
+
+    @property
     def store(self) -> VectorStore:
         """The index's vector store: local (SQLite + FAISS) or Milvus, as recorded by the index."""
         if self._store is None:
@@ -152,10 +187,16 @@ class Index:
             prune: bool = True) -> IngestReport:
         """Index (or bring up to date) the images under ``paths``. Bad files are recorded, never fatal."""
         self.ensure_kind("files")
-        emb = self.embedder
-        self._check_writable(emb)
-        self.ensure_fingerprint()
-        return ingest(self.db, self.store, emb, [str(p) for p in paths], include=include, exclude=exclude,
+
+        def model() -> Embedder:  # loaded only when a file needs embedding: a re-scan of an unchanged folder needs none
+            emb = self.embedder
+            self._check_writable(emb)
+            self.ensure_fingerprint()
+            return emb
+
+        if self.db.fingerprint is None:
+            model()  # a new index: its store needs the model's dimension
+        return ingest(self.db, self.store, model, [str(p) for p in paths], include=include, exclude=exclude,
                       batch_size=batch_size, workers=workers, progress=progress, prune=prune)
 
     def add_catalog(self, path: str | os.PathLike, *, text_weight: float = 0.0, id_column: str | None = None,
@@ -245,6 +286,7 @@ class Index:
         """A query as one normalised vector: a text, an image (path or PIL image), or a composed query
         ``"beach.jpg + 'at night' - people"`` (see :mod:`visdex.query`); ``crop`` applies to the image term."""
         crop = Crop.parse(crop) if isinstance(crop, str) else crop
+        self._require_vectors()
         if isinstance(query, Image.Image):
             return self._embed_image(query, crop)
         if isinstance(query, os.PathLike):
@@ -253,7 +295,7 @@ class Index:
             raise BadQuery("empty query: give a text or the path of an image")
         parsed = parse_query(query, crop=crop)
         texts = [t for t in parsed.terms if t.kind == "text"]
-        text_vecs = dict(zip([t.value for t in texts], self.embedder.embed_texts([t.value for t in texts]),
+        text_vecs = dict(zip([t.value for t in texts], self.text_embedder.embed_texts([t.value for t in texts]),
                              strict=True)) if texts else {}  # fmt: skip
         total = np.zeros(self.embedder.dim if self.db.fingerprint is None else self.db.fingerprint.dim, np.float32)
         for t in parsed.terms:
@@ -276,6 +318,7 @@ class Index:
         """
         if k < 1:
             raise BadQuery("k must be at least 1")
+        self._require_vectors()
         allowed = self._allowed(where)
         if isinstance(allowed, np.ndarray) and not len(allowed):
             return []
@@ -285,6 +328,7 @@ class Index:
     def similar(self, item: str | os.PathLike | int, k: int = 10, *, where: str | None = None,
                 min_score: float | None = None, within: float | None = None) -> list[Hit]:
         """Images most like an indexed item (by id or path) or any image file, the item itself left out."""
+        self._require_vectors()
         exclude: list[int] = []
         if isinstance(item, int):
             try:
@@ -302,6 +346,15 @@ class Index:
             return []
         hits = search_vectors(self.db, self.store, vec, k, allowed=allowed, exclude_ids=exclude)
         return cut_hits(hits, min_score, within)
+
+    def _require_vectors(self) -> None:
+        """A search needs the index's model, which an index learns with its first vectors: without them
+        there is nothing to search, and no model to load (never the default one from the hub)."""
+        if self.db.fingerprint is None:
+            raise IndexEmpty(
+                f"the index at {self.path} is empty: nothing has been indexed into it yet (or its first run was "
+                f"interrupted before any image was saved). Index a folder first: visdex index FOLDER --index {self.path}"
+            )
 
     def _allowed(self, where: str | None):
         """The ids matching ``where`` -- or, for a store that filters itself (Milvus), the filter in its terms."""

@@ -4,6 +4,7 @@ terminal; library errors become one-line messages and exit codes here.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
@@ -16,7 +17,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from . import __version__
-from .errors import VisdexError
+from .errors import NotFound, VisdexError
+from .query import MAX_K
 
 app = typer.Typer(
     name="visdex",
@@ -32,6 +34,16 @@ err = Console(stderr=True, soft_wrap=True)
 _state = {"index": None, "traceback": False}
 
 IndexOpt = typer.Option(None, "--index", "-i", help="Index directory [env: VISDEX_INDEX].", envvar="VISDEX_INDEX")
+
+
+def _quietly(fn) -> None:
+    """Run an optional speed-up; its failure is logged, never fatal (the command's work is done)."""
+    import logging
+
+    try:
+        fn()
+    except Exception as exc:  # noqa: BLE001 -- an export that fails only costs speed later
+        logging.getLogger("visdex").debug("optional step failed: %s", exc)
 
 
 def _version(value: bool) -> None:
@@ -142,6 +154,14 @@ def index(
         else:
             report = ix.add(targets, include=include, exclude=exclude, progress=bar, batch_size=batch_size,
                             workers=workers, prune=not no_prune)
+        bar.stop()
+        if ix.model_loaded:  # the model is in memory now: export its text tower once for fast text queries
+            from .models.textquery import has_fast_text
+
+            if not has_fast_text(ix.model_name):
+                with err.status("preparing fast text queries (once)", spinner="dots") if not (quiet or as_json) \
+                        else contextlib.nullcontext():
+                    _quietly(ix.prepare_text_queries)
     finally:
         bar.stop()
         ix.close()
@@ -189,6 +209,7 @@ def _print_hits(hits, as_json: bool) -> None:
 
 WhereOpt = typer.Option(None, "--where", "-w", help="Filter, e.g. \"taken >= 2023 and format = jpeg\".")
 MinScoreOpt = typer.Option(None, "--min-score", help="Drop hits scoring below this cosine.")
+TopOpt = typer.Option(10, "-n", "--top", "-k", min=1, max=MAX_K, help=f"How many results (at most {MAX_K:,}).")
 WithinOpt = typer.Option(None, "--within", help="Keep hits within this much of the top score (e.g. 0.05).")
 
 
@@ -197,7 +218,7 @@ WithinOpt = typer.Option(None, "--within", help="Keep hits within this much of t
 def search(
     query: list[str] = typer.Argument(..., help="Text, image, or terms joined by + and -: a.jpg + 'blue' - people"),
     index: Path | None = IndexOpt,
-    k: int = typer.Option(10, "-n", "--top", "-k", min=1, help="How many results."),
+    k: int = TopOpt,
     model: str | None = typer.Option(None, "--model", "-m", help="Must match the index's model if given."),
     where: str | None = WhereOpt,
     crop: str | None = typer.Option(None, "--crop", help="Region of the image term: x,y,w,h in pixels or fractions."),
@@ -208,21 +229,27 @@ def search(
     """Search by text ("dog on a beach"), by an example image (photo.jpg), or both: beach.jpg + "at night" - people."""
     with _open(index, model) as ix:
         _print_hits(ix.search(query, k=k, where=where, crop=crop, min_score=min_score, within=within), as_json)
+        if ix.model_loaded:  # this query needed the whole model: make the next one fast, without waiting for it
+            ix.prepare_text_queries(background=True)
 
 
 @app.command()
 def similar(
     image: str = typer.Argument(..., help="An image file (indexed or not) or an indexed item id."),
     index: Path | None = IndexOpt,
-    k: int = typer.Option(10, "-n", "--top", "-k", min=1, help="How many results."),
+    k: int = TopOpt,
     where: str | None = WhereOpt,
     min_score: float | None = MinScoreOpt,
     within: float | None = WithinOpt,
     as_json: bool = typer.Option(False, "--json", help="One JSON object per line: path, score, id."),
 ) -> None:
     """Images that look like IMAGE (itself left out)."""
+    item: int | Path = Path(image)
+    if image.isascii() and image.isdigit() and not item.exists():
+        item = int(image)
+        if item >= 2**63:  # ids are SQLite integers (int64)
+            raise NotFound(f"no item with id {image} in the index")
     with _open(index) as ix:
-        item = int(image) if image.isdigit() and not Path(image).exists() else Path(image)
         _print_hits(ix.similar(item, k=k, where=where, min_score=min_score, within=within), as_json)
 
 
@@ -293,11 +320,22 @@ def _load_command_modules() -> None:
         importlib.import_module(f"{commands.__name__}.{mod}")
 
 
+INTERRUPTED = 130  # 128 + SIGINT, what shells report for a command stopped with Ctrl-C
+
+
+def _interrupted() -> None:
+    err.print("interrupted; everything committed so far is kept — run the same command again to resume")
+    sys.exit(INTERRUPTED)
+
+
 def main() -> None:
-    """Console entry point: runs the app and turns library errors into messages and exit codes."""
-    _load_command_modules()
+    """Console entry point: runs the app and turns library errors into messages and exit codes
+    (0 ok, 1 unexpected error, 2 bad input, 3 model, 4 missing extra, 5 unreadable index, 130 Ctrl-C)."""
     try:
-        app(standalone_mode=False)
+        _load_command_modules()
+        # standalone_mode=False hands back, as the return value, the code of a typer.Exit -- including
+        # the Exit(130) that typer makes of a KeyboardInterrupt; our commands themselves return None
+        code = app(standalone_mode=False)
     except VisdexError as e:
         if _state["traceback"]:
             raise
@@ -309,8 +347,7 @@ def main() -> None:
         err.print(f"[red]error:[/] {escape(str(e))}", highlight=False)
         sys.exit(2)
     except KeyboardInterrupt:
-        err.print("interrupted; everything committed so far is kept — run the same command again to resume")
-        sys.exit(130)
+        _interrupted()
     except typer.Exit as e:
         sys.exit(e.exit_code)
     except typer.Abort:
@@ -319,4 +356,13 @@ def main() -> None:
         if callable(getattr(e, "show", None)) and isinstance(getattr(e, "exit_code", None), int):
             e.show()
             sys.exit(e.exit_code)
-        raise
+        if _state["traceback"]:
+            raise
+        # a bug, not the user's input: one line that says so, the traceback on request
+        err.print(f"[red]error:[/] unexpected {type(e).__name__}: {escape(str(e)[:500])} (a bug in visdex; run "
+                  "again with --traceback for the details, and please report it)", highlight=False)  # fmt: skip
+        sys.exit(1)
+    if code == INTERRUPTED:
+        _interrupted()
+    if isinstance(code, int) and code:
+        sys.exit(code)

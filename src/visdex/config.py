@@ -45,6 +45,8 @@ SETTINGS: tuple[Setting, ...] = (
             lambda v: v.strip().lower() in ("1", "true", "yes", "on")),
     Setting("store", "local", "Where a new index keeps its vectors: local, milvus:./vectors.db (milvus-lite), "
             "milvus://host:19530 (a Milvus server); an existing index keeps its own."),
+    Setting("query_export", "auto", "Text queries without torch: auto (export the model's text tower to ONNX once, "
+            "at the end of `visdex index` or in the background after a search; needs visdex[onnx]), off."),
     Setting("milvus_token", None, "Token for a Milvus server that requires one (user:password or an API key); "
             "never written to the index."),
 )

@@ -109,3 +109,10 @@ class BadDataset(VisdexError):
 
     exit_code = 2
     http_status = 400
+
+
+class IndexEmpty(VisdexError):
+    """A search on an index that has no vectors yet (never indexed, or its first run was interrupted)."""
+
+    exit_code = 2
+    http_status = 409

@@ -34,7 +34,7 @@ from . import config
 from .decode import hash_file, read_and_decode
 from .errors import BadImage, VisdexError
 from .files import FileInfo, scan
-from .models.base import Preprocess
+from .models.base import Embedder, Preprocess
 
 # In-process decoding is faster than starting a pool for small jobs.
 POOL_MIN_FILES = 48
@@ -255,12 +255,12 @@ def ingest(
     progress: Progress | None = None,
     prune: bool = True,
 ) -> IngestReport:
-    """Bring the index up to date with ``roots``. Returns counts of what changed."""
+    """Bring the index up to date with ``roots``. Returns counts of what changed.
+
+    ``embedder`` may be a zero-argument callable that loads the model: it is called only when some
+    file needs embedding, so re-scanning an unchanged folder never loads a model."""
     t0 = time.perf_counter()
     progress = progress or Progress()
-    gpu = _gpu_stages(embedder, batch_size)
-    batch_size = batch_size or (gpu.batcher.staging.shape[0] if gpu else config.get("batch_size"))
-    workers = default_workers() if workers is None else workers
     abs_roots = [str(Path(r).expanduser().resolve()) for r in roots]
     seen = {info.path: info for info in scan(abs_roots, include=include, exclude=exclude)}
     db.add_roots(abs_roots)
@@ -275,6 +275,16 @@ def ingest(
             db.delete_files(plan.gone)
             report.removed = len(plan.gone)
 
+    if not plan.todo:
+        progress.start(0)
+        store.flush()
+        report.seconds = time.perf_counter() - t0
+        return report
+    if callable(embedder) and not isinstance(embedder, Embedder):
+        embedder = embedder()
+    gpu = _gpu_stages(embedder, batch_size)
+    batch_size = batch_size or (gpu.batcher.staging.shape[0] if gpu else config.get("batch_size"))
+    workers = default_workers() if workers is None else workers
     existing = {path for path in (i.path for i in plan.todo) if db.file_by_path(path) is not None}
     progress.start(len(plan.todo))
     if gpu is not None:

@@ -146,7 +146,7 @@ class OnnxEmbedder(Embedder):
     """
 
     def __init__(self, folder: Path, manifest: dict, *, backend: str, name: str, batch_size: int | None = None,
-                 threads: int = 0, raw_int8: bool = False):  # fmt: skip
+                 threads: int = 0, raw_int8: bool = False, towers: Sequence[str] | None = None):  # fmt: skip
         ort = require_onnxruntime()
         if backend not in ONNX_BACKENDS:
             raise ValueError(f"not an ONNX backend: {backend!r}")
@@ -169,6 +169,8 @@ class OnnxEmbedder(Embedder):
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self._sessions = {}
         for tower, info in manifest["towers"].items():
+            if towers is not None and tower not in towers:  # a text query needs the text tower alone
+                continue
             path = self.folder / info["files"]["int8" if self.raw_int8 and "int8" in info["files"] else backend]
             self._sessions[tower] = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
         self._classes = np.load(self.folder / "classes.npy") if (self.folder / "classes.npy").is_file() else None

@@ -429,17 +429,20 @@ def _cosines(a: np.ndarray, b: np.ndarray) -> dict:
 
 
 def _quality(emb: Embedder, folder: Path, manifest: dict) -> dict:
-    """Cosine of ONNX fp32 / int8 vectors to torch fp32 vectors on probe images and texts."""
+    """Cosine of ONNX fp32 / int8 vectors to torch fp32 vectors on probe images and texts (the towers exported)."""
     from .onnx import OnnxEmbedder
 
-    pixels = emb.preprocess.batch(synthetic_images(PROBE_IMAGES, seed=1))
+    towers = manifest["towers"]
     texts = [t for t in PROBE_TEXTS if t]
-    ref_img = emb.embed_pixels(pixels)
-    ref_txt = emb.embed_texts(texts) if emb.supports_text else None
+    pixels = emb.preprocess.batch(synthetic_images(PROBE_IMAGES, seed=1)) if "image" in towers else None
+    ref_img = emb.embed_pixels(pixels) if pixels is not None else None
+    ref_txt = emb.embed_texts(texts) if "text" in towers else None
     out = {}
-    for backend in ("onnx", "onnx-int8"):
+    for backend in sorted({b for info in towers.values() for b in info["files"] if b in ("onnx", "onnx-int8")}):
         onnx_emb = OnnxEmbedder(folder, manifest, backend=backend, name=emb.name)
-        out[backend] = {"image": _cosines(onnx_emb.embed_pixels(pixels), ref_img)}
+        out[backend] = {}
+        if ref_img is not None:
+            out[backend]["image"] = _cosines(onnx_emb.embed_pixels(pixels), ref_img)
         if ref_txt is not None:
             out[backend]["text"] = _cosines(onnx_emb.embed_texts(texts), ref_txt)
     return out
@@ -481,8 +484,12 @@ def versions() -> dict:
     return out
 
 
-def export_onnx(base_name: str, folder: Path, identity: dict, emb: Embedder | None = None) -> dict:
+def export_onnx(base_name: str, folder: Path, identity: dict, emb: Embedder | None = None,
+                text_only: bool = False) -> dict:  # fmt: skip
     """Export ``base_name``'s towers into ``folder`` (fp32 + int8 + tokenizer + manifest); returns the manifest.
+
+    ``text_only``: the text tower in fp32 alone -- what a text query needs (:mod:`visdex.models.textquery`),
+    a fraction of the full export's time.
 
     Written into a temporary sibling folder and renamed into place, so a crash never leaves a
     half export that looks complete, and two processes exporting at once both end up with one.
@@ -493,7 +500,7 @@ def export_onnx(base_name: str, folder: Path, identity: dict, emb: Embedder | No
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=folder.name + ".tmp-"))
     try:
-        manifest = _export_into(emb, tmp, identity)
+        manifest = _export_into(emb, tmp, identity, text_only=text_only)
         try:
             os.replace(tmp, folder)
         except OSError:  # another process finished first: use its export
@@ -505,7 +512,7 @@ def export_onnx(base_name: str, folder: Path, identity: dict, emb: Embedder | No
         raise
 
 
-def _export_into(emb: Embedder, tmp: Path, identity: dict) -> dict:
+def _export_into(emb: Embedder, tmp: Path, identity: dict, text_only: bool = False) -> dict:
     fp = emb.fingerprint()
     manifest: dict = {
         "format": FORMAT_VERSION, "identity": identity, "base_fingerprint": json.loads(fp.to_json()),
@@ -515,20 +522,29 @@ def _export_into(emb: Embedder, tmp: Path, identity: dict) -> dict:
     }  # fmt: skip
     for name, (module, example, names, kind) in _towers(emb).items():
         text = name == "text"
+        if text_only and not text:
+            continue
         fp32, int8 = tmp / f"{name}.onnx", tmp / f"{name}.int8.onnx"
         exporter = _export(module, example, names, fp32, text)
-        with _quiet():
-            method = _quantise(fp32, int8, kind, emb.preprocess, names[0])
-        files = {"onnx": fp32.name, "onnx-int8": int8.name, "int8": int8.name}  # "int8": kept if gated
-        manifest["towers"][name] = {"inputs": names, "exporter": exporter, "int8": method, "files": files}
+        if text_only:
+            manifest["towers"][name] = {"inputs": names, "exporter": exporter, "int8": None,
+                                        "files": {"onnx": fp32.name}}  # fmt: skip
+        else:
+            with _quiet():
+                method = _quantise(fp32, int8, kind, emb.preprocess, names[0])
+            files = {"onnx": fp32.name, "onnx-int8": int8.name, "int8": int8.name}  # "int8": kept if gated
+            manifest["towers"][name] = {"inputs": names, "exporter": exporter, "int8": method, "files": files}
         if text:
             settings = _tokenizer_settings(emb, names)
             settings["backend"] = _save_tokenizer(emb, tmp, settings)
             manifest["tokenizer"] = settings
+    if not manifest["towers"]:
+        raise ModelLoadError(f"{emb.name} has no text tower to export")
     if hasattr(emb, "class_embeddings"):  # lite0-minilm: ConSE needs the class texts' MiniLM vectors (fp32)
         np.save(tmp / "classes.npy", np.asarray(emb.class_embeddings, np.float32))
         manifest["conse_top_k"] = int(emb.top_k)
     manifest["quality"] = _quality(emb, tmp, manifest)
-    _gate_int8(manifest)
+    if not text_only:
+        _gate_int8(manifest)
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True))
     return manifest

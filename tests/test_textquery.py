@@ -1,0 +1,139 @@
+"""Start-up: commands load only what they use.
+
+A re-scan of an unchanged folder loads no model; a text search on an index whose model's text
+tower was exported answers with ``tokenizers`` + ``onnxruntime`` alone (torch and transformers
+never imported) and gives the torch model's results; an empty index says so at once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from visdex import open_index
+from visdex.errors import IndexEmpty, ModelLoadError
+from visdex.models.textquery import export_text_tower, fast_text_embedder, has_fast_text
+
+from clihelp import SRC, run_cli
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxscript")
+
+QUERIES = ["a red car on the beach at night", "a photo of a cat", "coffee"]
+
+
+@pytest.fixture
+def fast_queries(tmp_path, monkeypatch):
+    """Text-tower exports switched on, into a cache of this test's own."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("VISDEX_CACHE_DIR", str(cache))
+    monkeypatch.setenv("VISDEX_QUERY_EXPORT", "auto")
+    return cache
+
+
+def _model_copy(src, tmp_path):
+    dst = tmp_path / "model"
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_unchanged_folder_loads_no_model(tmp_path, folder, tiny_clip):
+    model = _model_copy(tiny_clip, tmp_path)
+    with open_index(tmp_path / "ix", model=str(model)) as ix:
+        first = ix.add([folder])
+    assert first.new > 0
+    for weights in model.glob("*.safetensors"):  # the model can no longer be loaded...
+        weights.unlink()
+    with open_index(tmp_path / "ix") as ix:
+        again = ix.add([folder])  # ...and an unchanged folder does not need it
+        assert not ix.model_loaded
+    assert (again.new, again.updated, again.unchanged) == (0, 0, first.new)
+    shutil.copy(next(iter(folder.iterdir())), folder / "new-copy.jpg")
+    with open_index(tmp_path / "ix") as ix, pytest.raises(ModelLoadError):
+        ix.add([folder])  # a new file does need it: the model is loaded then, and only then
+
+
+def test_text_search_without_torch_equals_torch(fast_queries, tmp_path, folder, tiny_clip):
+    with open_index(tmp_path / "ix", model=str(tiny_clip)) as ix:
+        ix.add([folder])
+        want = {q: [(h.path, h.score) for h in ix.search(q, k=5)] for q in QUERIES}
+        assert ix.model_loaded
+        assert ix.prepare_text_queries()
+        assert not ix.prepare_text_queries()  # cached: exported once
+    assert has_fast_text(str(tiny_clip))
+    code = (
+        "import json, sys\n"
+        "from visdex import open_index\n"
+        f"ix = open_index({str(tmp_path / 'ix')!r})\n"
+        f"hits = {{q: [(h.path, h.score) for h in ix.search(q, k=5)] for q in {QUERIES!r}}}\n"
+        "print(json.dumps({'hits': hits, 'loaded': ix.model_loaded,\n"
+        "                  'heavy': sorted(m for m in ('torch', 'transformers') if m in sys.modules)}))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": SRC}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout)
+    assert got["heavy"] == [] and got["loaded"] is False
+    for q in QUERIES:
+        assert [p for p, _ in got["hits"][q]] == [p for p, _ in want[q]]
+        np.testing.assert_allclose([s for _, s in got["hits"][q]], [s for _, s in want[q]], atol=1e-5)
+
+
+def test_fast_path_is_off_when_asked(fast_queries, tmp_path, folder, tiny_clip, monkeypatch):
+    with open_index(tmp_path / "ix", model=str(tiny_clip)) as ix:
+        ix.add([folder])
+        assert ix.prepare_text_queries()
+        fp = ix.fingerprint
+    assert fast_text_embedder(str(tiny_clip), fp) is not None
+    monkeypatch.setenv("VISDEX_QUERY_EXPORT", "off")
+    assert fast_text_embedder(str(tiny_clip), fp) is None
+    with open_index(tmp_path / "ix") as ix:
+        ix.search("a cat", k=1)
+        assert ix.model_loaded
+
+
+def test_image_only_model_has_no_text_export(fast_queries, tmp_path, folder, tiny_dinov2):
+    with open_index(tmp_path / "ix", model=str(tiny_dinov2)) as ix:
+        ix.add([folder])
+        assert not ix.prepare_text_queries()
+    assert export_text_tower(str(tiny_dinov2)) is None
+    assert not (fast_queries / "onnx").exists()
+
+
+def test_cli_index_exports_the_text_tower(fast_queries, capsys, tmp_path, folder, tiny_clip):
+    code, out, err = run_cli(capsys, "index", folder, "--index", tmp_path / "ix", "--model", tiny_clip, "-q")
+    assert code == 0, err
+    assert has_fast_text(str(tiny_clip))
+
+
+def test_cli_search_exports_in_the_background(fast_queries, capsys, tmp_path, folder, tiny_clip, monkeypatch):
+    """An index made without the export (older visdex, or exports off) gets it after its first text search."""
+    monkeypatch.setenv("VISDEX_QUERY_EXPORT", "off")
+    code, _, err = run_cli(capsys, "index", folder, "--index", tmp_path / "ix", "--model", tiny_clip, "-q")
+    assert code == 0, err
+    assert not has_fast_text(str(tiny_clip))
+    monkeypatch.setenv("VISDEX_QUERY_EXPORT", "auto")
+    monkeypatch.setenv("PYTHONPATH", SRC + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    code, out, err = run_cli(capsys, "search", "a cat", "--index", tmp_path / "ix", "-n", "2")
+    assert code == 0, err
+    assert len(out.strip().splitlines()) == 2  # answered at once; the export runs on in another process
+    deadline = time.monotonic() + 120
+    while not has_fast_text(str(tiny_clip)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert has_fast_text(str(tiny_clip))
+
+
+def test_search_on_an_empty_index_says_so(capsys, tmp_path):
+    with open_index(tmp_path / "ix", model="clip-vit-b-32") as ix, pytest.raises(IndexEmpty, match="is empty"):
+        ix.search("a cat")
+    t0 = time.perf_counter()
+    code, _, err = run_cli(capsys, "search", "a cat", "--index", tmp_path / "ix")
+    assert code == IndexEmpty.exit_code and "is empty" in err and "visdex index" in err
+    assert time.perf_counter() - t0 < 10  # no model was loaded, nothing was fetched from a hub
