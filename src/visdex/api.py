@@ -353,7 +353,8 @@ class Index:
         if self.db.fingerprint is None:
             raise IndexEmpty(
                 f"the index at {self.path} is empty: nothing has been indexed into it yet (or its first run was "
-                f"interrupted before any image was saved). Index a folder first: visdex index FOLDER --index {self.path}"
+                f"interrupted before any image was saved). Index a folder first: "
+                f"visdex index FOLDER --index {self.path}"
             )
 
     def _allowed(self, where: str | None):

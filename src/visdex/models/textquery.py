@@ -19,6 +19,7 @@ with ``VISDEX_QUERY_EXPORT=off``, text queries simply use the model itself.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import subprocess
@@ -165,10 +166,8 @@ def _main(argv: list[str]) -> int:
     if len(argv) != 1:
         sys.stderr.write("usage: python -m visdex.models.textquery MODEL\n")
         return 2
-    try:
+    with contextlib.suppress(OSError):  # lower priority: the user's next command comes first
         os.nice(10)
-    except OSError:
-        pass
     try:
         export_text_tower(argv[0])
     except VisdexError as exc:
