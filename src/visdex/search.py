@@ -9,6 +9,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from .errors import BadQuery
+from .query import MAX_K
 from .store.base import VectorStore
 from .store.db import IndexDB
 
@@ -49,6 +51,8 @@ def search_vectors(
     exclude_ids: Sequence[int] = (),
 ) -> list[Hit]:
     """Top-``k`` hits for one query vector, ``exclude_ids`` left out (e.g. the query image itself)."""
+    if k > MAX_K:  # stores allocate k-sized results: -n 10**12 would ask for terabytes
+        raise BadQuery(f"at most {MAX_K:,} results per query, not {k:,}")
     exclude = {int(i) for i in exclude_ids}
     scores, ids = store.search(query.reshape(1, -1), k + len(exclude), allowed=allowed)
     pairs = [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i >= 0 and int(i) not in exclude][:k]
@@ -83,8 +87,6 @@ def cut_hits(hits: list[Hit], min_score: float | None = None, within: float | No
         hits = [h for h in hits if h.score >= min_score]
     if within is not None and hits:
         if within < 0:
-            from .errors import BadQuery
-
             raise BadQuery("--within must be >= 0")
         top = hits[0].score
         hits = [h for h in hits if h.score >= top - within]
