@@ -10,7 +10,7 @@ derived files (the FAISS index).
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -282,9 +282,11 @@ class Index:
             image = image.crop(crop.box(*image.size))
         return self.embedder.embed_images([image])[0]
 
-    def query_vector(self, query: QueryLike | Sequence[str], crop: str | Crop | None = None) -> np.ndarray:
+    def query_vector(self, query: QueryLike | Sequence[str], crop: str | Crop | None = None,
+                     text_vectors: Mapping[str, np.ndarray] | None = None) -> np.ndarray:  # fmt: skip
         """A query as one normalised vector: a text, an image (path or PIL image), or a composed query
-        ``"beach.jpg + 'at night' - people"`` (see :mod:`visdex.query`); ``crop`` applies to the image term."""
+        ``"beach.jpg + 'at night' - people"`` (see :mod:`visdex.query`); ``crop`` applies to the image term.
+        ``text_vectors``: the text terms' vectors, embedded by the caller (a server batches concurrent queries)."""
         crop = Crop.parse(crop) if isinstance(crop, str) else crop
         self._require_vectors()
         if isinstance(query, Image.Image):
@@ -294,10 +296,11 @@ class Index:
         if isinstance(query, str) and not query.strip():
             raise BadQuery("empty query: give a text or the path of an image")
         parsed = parse_query(query, crop=crop)
-        texts = [t for t in parsed.terms if t.kind == "text"]
-        text_vecs = dict(zip([t.value for t in texts], self.text_embedder.embed_texts([t.value for t in texts]),
-                             strict=True)) if texts else {}  # fmt: skip
-        total = np.zeros(self.embedder.dim if self.db.fingerprint is None else self.db.fingerprint.dim, np.float32)
+        texts = [t.value for t in parsed.terms if t.kind == "text" and t.value not in (text_vectors or {})]
+        text_vecs = dict(text_vectors or {})
+        if texts:
+            text_vecs.update(zip(texts, self.text_embedder.embed_texts(texts), strict=True))
+        total = np.zeros(self.db.fingerprint.dim, np.float32)
         for t in parsed.terms:
             vec = text_vecs[t.value] if t.kind == "text" else self._image_vector(t.value, t.crop)
             total += t.weight * vec
@@ -307,7 +310,7 @@ class Index:
 
     def search(self, query: QueryLike | Sequence[str], k: int = 10, *, where: str | None = None,
                crop: str | Crop | None = None, min_score: float | None = None,
-               within: float | None = None) -> list[Hit]:
+               within: float | None = None, text_vectors: Mapping[str, np.ndarray] | None = None) -> list[Hit]:
         """Top-``k`` images for a text, an example image (path or PIL image) or a composed query.
 
         ``where`` filters inside the search (:mod:`visdex.filters`); ``min_score`` drops hits under a
@@ -322,7 +325,8 @@ class Index:
         allowed = self._allowed(where)
         if isinstance(allowed, np.ndarray) and not len(allowed):
             return []
-        hits = search_vectors(self.db, self.store, self.query_vector(query, crop), k, allowed=allowed)
+        vec = self.query_vector(query, crop, text_vectors)
+        hits = search_vectors(self.db, self.store, vec, k, allowed=allowed)
         return cut_hits(hits, min_score, within)
 
     def similar(self, item: str | os.PathLike | int, k: int = 10, *, where: str | None = None,

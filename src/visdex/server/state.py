@@ -14,6 +14,12 @@ its own connection and their own lock, so a map being computed never stalls a se
 results are cached until the index changes (its generation counter moves). File lookups for
 thumbnails and originals use a third connection, so they never wait behind a search either.
 
+Text queries are embedded outside that lock, by one :class:`TextBatcher` thread: the texts of
+every request that arrives while a batch is being embedded go into the next batch, so sixteen
+concurrent clients cost about one forward pass of sixteen texts, not sixteen passes one after
+another. The text tower is the exported ONNX one when there is one (see
+:mod:`visdex.models.textquery`; ``serve`` exports it once at start-up).
+
 When another process (``visdex index``) changes the index while it is served, the next request
 notices the new generation and reloads the vectors, so new photos show up without a restart.
 """
@@ -21,16 +27,89 @@ notices the new generation and reloads the vectors, so new photos show up withou
 from __future__ import annotations
 
 import logging
+import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, TypeVar
+
+import numpy as np
 
 from ..api import Index, open_index
 from ..store.db import IndexDB
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+
+class TextBatcher:
+    """Embeds texts for many threads at once: callers block in :meth:`embed`; one worker thread takes
+    everything queued (up to ``max_batch`` texts) and embeds it in one call.
+
+    >>> batcher = TextBatcher(lambda: index.text_embedder)                  # doctest: +SKIP
+    >>> batcher.embed(["a cat"]).shape                                       # doctest: +SKIP
+    (1, 512)
+    """
+
+    def __init__(self, embedder: Callable[[], Any], max_batch: int = 64):
+        self._embedder = embedder  # called on the worker thread each batch: follows a re-opened index
+        self.max_batch = max_batch
+        self._queue: queue.Queue[tuple[list[str], Future] | None] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+        self.batches = 0  # how many forward passes ran (the tests check that concurrent texts share them)
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, 0), np.float32)
+        self._ensure_thread()
+        fut: Future = Future()
+        self._queue.put((list(texts), fut))
+        return fut.result()
+
+    def _ensure_thread(self) -> None:
+        with self._start_lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="visdex-text-batcher", daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            jobs, n = [first], len(first[0])
+            while n < self.max_batch:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    self._queue.put(None)  # stop after this batch
+                    break
+                jobs.append(nxt)
+                n += len(nxt[0])
+            self._embed_jobs(jobs)
+
+    def _embed_jobs(self, jobs: list[tuple[list[str], Future]]) -> None:
+        texts = [t for job_texts, _ in jobs for t in job_texts]
+        try:
+            vectors = self._embedder().embed_texts(texts)
+        except BaseException as exc:  # every waiting request gets the error, none hangs
+            for _, fut in jobs:
+                fut.set_exception(exc)
+            return
+        self.batches += 1
+        start = 0
+        for job_texts, fut in jobs:
+            fut.set_result(vectors[start : start + len(job_texts)])
+            start += len(job_texts)
+
+    def close(self) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join(timeout=5)
 
 
 class ServedIndex:
@@ -54,6 +133,7 @@ class ServedIndex:
         self._warm = False
         self._files_lock = threading.Lock()
         self._files_db: IndexDB | None = None
+        self.texts = TextBatcher(self._text_embedder)
 
     def warm(self) -> None:
         """Load the model and the vectors now, so the first query is not a cold one (once; later calls return).
@@ -64,8 +144,40 @@ class ServedIndex:
             emb = self.ix.embedder  # loads and checks the model against the index's fingerprint
             _ = self.ix.store.index  # builds or loads FAISS once, not inside a racing request
             if "text" in emb.modalities:
-                emb.embed_texts(["warm up"])  # first forward pays one-off allocations
+                try:  # the model is loaded now: export its text tower once (no-op when cached or switched off)
+                    self.ix.prepare_text_queries()
+                except Exception as exc:  # noqa: BLE001 -- only speed is lost: torch answers text queries
+                    log.warning("could not export the text tower to ONNX (%s); text queries use the model", exc)
+                self.ix._text_embedder = None  # pick up the export just made
+                from ..models.textquery import fast_text_embedder
+
+                fast = fast_text_embedder(self.ix.model_name, self.ix.fingerprint)
+                self.ix._text_embedder = fast if fast is not None else emb
+                self.ix.text_embedder.embed_texts(["warm up"])  # first forward pays one-off allocations
             self._warm = True
+
+    def _text_embedder(self):
+        with self.lock:
+            self.warm()
+            return self.ix.text_embedder
+
+    # -- searches: texts embedded in shared batches, outside the lock ---------------------
+    def search(self, query, k: int, **opts) -> list:
+        """``Index.search`` with the query's text terms embedded by :attr:`texts` (batched with other
+        requests' texts) before the lock is taken for the search itself."""
+        from ..query import parse_query
+
+        vectors = None
+        if isinstance(query, str):
+            crop = opts.get("crop")
+            texts = list(dict.fromkeys(t.value for t in parse_query(query, crop=crop).terms if t.kind == "text"))
+            if texts and self.call(lambda ix: ix.fingerprint is not None):
+                vectors = dict(zip(texts, self.texts.embed(texts), strict=True))
+        def run(ix: Index) -> list:
+            ok = vectors and ix.fingerprint is not None and next(iter(vectors.values())).shape[-1] == ix.fingerprint.dim
+            return ix.search(query, k=k, text_vectors=vectors if ok else None, **opts)  # re-indexed meanwhile: redo
+
+        return self.call(run)
 
     # -- the main index -------------------------------------------------------------------
     def call(self, fn: Callable[[Index], T]) -> T:
@@ -120,6 +232,7 @@ class ServedIndex:
             return self._cache[key]
 
     def close(self) -> None:
+        self.texts.close()
         with self.lock:
             self.ix.close()
         with self._analysis_lock:
