@@ -2,7 +2,10 @@
 messages, exit codes and statuses.
 
 Every error carries a one-line, user-facing message (``str(err)``) and an ``exit_code``
-the CLI uses; ``http_status`` is what the HTTP layer answers with.
+the CLI uses; ``http_status`` is what the HTTP layer answers with. An error about one argument
+names it in ``field`` (as the Python API names it: ``where``, ``k``, ``crop``), so the HTTP layer
+can report the field without reading the message; an error about a file named by the caller
+carries it in ``path``.
 """
 
 from __future__ import annotations
@@ -13,6 +16,11 @@ class VisdexError(Exception):
 
     exit_code = 1
     http_status = 500
+
+    def __init__(self, *args, field: str | None = None, path: str | None = None):
+        super().__init__(*args)
+        self.field = field
+        self.path = path
 
 
 class UnknownModel(VisdexError):
@@ -71,9 +79,13 @@ class BadImage(VisdexError):
 
 
 class ImageTooLarge(BadImage):
-    """More pixels than the configured limit (decompression-bomb guard)."""
+    """More pixels than the configured limit (decompression-bomb guard); ``size`` is (width, height) when known."""
 
     http_status = 413
+
+    def __init__(self, *args, size: tuple[int, int] | None = None, **kw):
+        super().__init__(*args, **kw)
+        self.size = size
 
 
 class BadQuery(VisdexError):
