@@ -209,7 +209,8 @@ def _decode_unguarded(data: bytes, max_pixels: int | None, draft_size: int | Non
     if max_pixels is not None and width * height > max_pixels:
         raise ImageTooLarge(
             f"image is {width}x{height} = {_sci(width * height)} pixels, which exceeds the limit of "
-            f"{_sci(max_pixels)} (set VISDEX_MAX_PIXELS to raise it)"
+            f"{_sci(max_pixels)} (set VISDEX_MAX_PIXELS to raise it)",
+            size=(width, height),
         )
     fmt = "JPEG" if img.format == "MPO" else (img.format or "unknown")  # MPO: a JPEG with extras
     if draft_size and fmt == "JPEG":
