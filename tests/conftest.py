@@ -37,6 +37,7 @@ def _isolated_data_dir(tmp_path, monkeypatch):
     # Text queries through the exported ONNX text tower are tested where asked (test_textquery.py); elsewhere
     # the model itself answers, and no command starts a background export.
     monkeypatch.setenv("VISDEX_QUERY_EXPORT", "off")
+    monkeypatch.setenv("VISDEX_CPU_BACKEND", "torch")  # likewise CPU indexing on ONNX (test_textquery.py)
 
 
 @pytest.fixture(scope="session")

@@ -137,3 +137,38 @@ def test_search_on_an_empty_index_says_so(capsys, tmp_path):
     code, _, err = run_cli(capsys, "search", "a cat", "--index", tmp_path / "ix")
     assert code == IndexEmpty.exit_code and "is empty" in err and "visdex index" in err
     assert time.perf_counter() - t0 < 10  # no model was loaded, nothing was fetched from a hub
+
+
+def test_cpu_indexing_runs_onnx_fp32_with_the_models_own_fingerprint(fast_queries, tmp_path, folder, tiny_clip,
+                                                                      monkeypatch):
+    """The default CPU backend: ONNX fp32 once its export pays for itself; the vectors and the fingerprint are
+    the torch model's, so one index takes vectors from either (a GPU later, the CPU now)."""
+    import visdex.api
+    from visdex.models.onnx import OnnxEmbedder
+
+    files = sorted(folder.iterdir())
+    half = tmp_path / "half"
+    half.mkdir()
+    for f in files[: len(files) // 2]:
+        shutil.copy(f, half / f.name)
+    monkeypatch.setenv("VISDEX_CPU_BACKEND", "torch")
+    with open_index(tmp_path / "torch", model=str(tiny_clip)) as ix:
+        ix.add([folder])
+        want = {h.path.rsplit("/", 1)[-1]: ix.store.get([h.id])[0] for h in ix.search("a cat", k=100)}
+        torch_fp = ix.fingerprint
+    monkeypatch.setenv("VISDEX_CPU_BACKEND", "auto")
+    monkeypatch.setattr(visdex.api, "ONNX_MIN_IMAGES", 10_000)  # too few images to pay for an export: torch
+    with open_index(tmp_path / "ix", model=str(tiny_clip)) as ix:
+        ix.add([half])
+        assert not isinstance(ix._embedder, OnnxEmbedder)
+    monkeypatch.setattr(visdex.api, "ONNX_MIN_IMAGES", 1)  # enough: export once, then ONNX Runtime embeds
+    with open_index(tmp_path / "ix") as ix:
+        report = ix.add([half, folder])
+        assert (report.new, report.unchanged) == (len(files), len(files) // 2)
+        assert isinstance(ix._embedder, OnnxEmbedder) and ix._embedder.same_as_model
+        assert ix.fingerprint.compatible(torch_fp)
+        got = {h.path.rsplit("/", 1)[-1]: ix.store.get([h.id])[0] for h in ix.search("a cat", k=100)}
+    assert set(got) == set(want)
+    for name, vec in want.items():
+        assert float(vec @ got[name]) > 0.9999, name
+    assert has_fast_text(str(tiny_clip))  # the fp32 export's text tower answers text queries too

@@ -9,6 +9,7 @@ derived files (the FAISS index).
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from . import config
-from .errors import BadQuery, IndexEmpty, ModelMismatch, NotFound
+from .errors import BadQuery, IndexEmpty, ModelMismatch, NotFound, VisdexError
 from .ingest import IngestReport, Progress, ingest
 from .models.base import Embedder, Fingerprint, l2_normalize
 from .query import Crop, parse_query
@@ -26,6 +27,8 @@ from .search import Hit, cut_hits, search_vectors
 from .store.base import VectorStore
 from .store.db import IndexDB
 from .store.local import ANN_KINDS
+
+log = logging.getLogger(__name__)
 
 QueryLike = str | os.PathLike | Image.Image
 
@@ -188,16 +191,36 @@ class Index:
         """Index (or bring up to date) the images under ``paths``. Bad files are recorded, never fatal."""
         self.ensure_kind("files")
 
-        def model() -> Embedder:  # loaded only when a file needs embedding: a re-scan of an unchanged folder needs none
-            emb = self.embedder
+        def model(todo: int = 0) -> Embedder:  # called only when files need embedding: a re-scan of an unchanged
+            emb = self._indexing_embedder(todo)  # folder loads no model
             self._check_writable(emb)
-            self.ensure_fingerprint()
+            self.ensure_fingerprint(emb)
             return emb
 
-        if self.db.fingerprint is None:
-            model()  # a new index: its store needs the model's dimension
-        return ingest(self.db, self.store, model, [str(p) for p in paths], include=include, exclude=exclude,
+        # a new index's store needs the model's dimension: opened once the model is
+        store = self.store if self.db.fingerprint is not None else (lambda: self.store)
+        return ingest(self.db, store, model, [str(p) for p in paths], include=include, exclude=exclude,
                       batch_size=batch_size, workers=workers, progress=progress, prune=prune)
+
+    def _indexing_embedder(self, todo: int) -> Embedder:
+        """The model that embeds ``todo`` images: on a CPU, by default, its fp32 ONNX Runtime towers (the same
+        vectors, faster; see :func:`visdex.models.onnx.load_reference_onnx`) when the one-time export is
+        cached or pays for itself; else the model itself."""
+        if self._embedder is not None:
+            return self._embedder
+        if self._query_model is None and _cpu_onnx_wanted(self.model_name, self.device, todo):
+            from .models.onnx import load_reference_onnx
+
+            try:
+                emb = load_reference_onnx(self.model_name, export=todo >= ONNX_MIN_IMAGES)
+            except VisdexError as exc:  # an export that fails costs only speed: torch indexes
+                log.info("indexing with torch: %s", exc)
+                emb = None
+            fp = self.db.fingerprint
+            if emb is not None and (fp is None or emb.fingerprint().compatible(fp)):
+                self._embedder = emb
+                return emb
+        return self.embedder
 
     def add_catalog(self, path: str | os.PathLike, *, text_weight: float = 0.0, id_column: str | None = None,
                     image_column: str | None = None, title_column: str | None = None,
@@ -234,10 +257,10 @@ class Index:
                 "Use another --index for it."
             )
 
-    def ensure_fingerprint(self) -> None:
+    def ensure_fingerprint(self, emb: Embedder | None = None) -> None:
         """Record the model's fingerprint when the index gets its first vectors."""
         if self.db.fingerprint is None:
-            fp = self.embedder.fingerprint()
+            fp = (emb or self.embedder).fingerprint()
             self.db.set_fingerprint(Fingerprint(loadable_name(self.model_name), fp.source, fp.revision, fp.dim,
                                                 fp.preprocessing, fp.modalities))
 
@@ -245,19 +268,22 @@ class Index:
         """Re-scan every root this index has seen."""
         return self.add(self.db.roots(), **kwargs)
 
-    def rebuild(self, model: str) -> None:
-        """Switch the index to another model: drops all vectors; the next :meth:`add` re-embeds every file."""
-        from .store.backends import open_store
+    def rebuild(self, model: str, *, progress: Progress | None = None, workers: int | None = None,
+                batch_size: int | None = None):
+        """Switch the index to another model (or re-embed with its own): every indexed file or item is
+        re-embedded aside while the index stays searchable with its old model, then the new vectors are
+        swapped in by one transaction. Interrupted, it leaves the old index whole; run again with the same
+        model it resumes. A following :meth:`add` picks up files that changed. See :mod:`visdex.rebuild`.
 
-        fp = self.db.fingerprint
-        with self.db.transaction() as c:
-            c.execute("DELETE FROM meta WHERE key = 'fingerprint'")
-            c.execute("UPDATE files SET mtime = -1")  # forces a re-embed of every file
-            if fp is not None:  # after the UPDATE: a Milvus store's clear also drops the changes it queued
-                open_store(self.db, fp.dim, spec=self._store_spec).clear()
-        self.model_name = loadable_name(model)
-        self._embedder = None
-        self._store = None
+        >>> ix.rebuild("clip-vit-b-32").embedded                               # doctest: +SKIP
+        1200
+        """
+        from .rebuild import rebuild_index
+
+        report = rebuild_index(self, model, progress=progress, workers=workers, batch_size=batch_size)
+        if self.db.fingerprint is None:  # nothing indexed yet: the next add embeds with the model
+            self.model_name, self._embedder, self._store = loadable_name(model), None, None
+        return report
 
     # -- reading --------------------------------------------------------------------------
     def _image_vector(self, path: str | os.PathLike, crop: Crop | None = None) -> np.ndarray:
@@ -387,15 +413,41 @@ class Index:
         return self.store.count() if self.db.fingerprint is not None else 0
 
     def close(self) -> None:
-        if self._store is not None:
-            self._store.flush()
-        self.db.close()
+        """Close the index. Only a writer saves derived data (the ANN file): a search or status writes nothing,
+        so it works on a read-only folder or a full disk."""
+        try:
+            if self._store is not None and self.db.holds_writer:
+                self._store.flush()
+        finally:
+            self.db.close()
 
     def __enter__(self) -> Index:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+#: Images to embed from which CPU indexing exports the model to ONNX (once, ~30-60 s for CLIP B/32 on two
+#: cores) rather than run torch: about where the faster forward pass has paid for the export.
+ONNX_MIN_IMAGES = 200
+
+
+def _cpu_onnx_wanted(model_name: str, device: str | None, todo: int) -> bool:
+    """Whether CPU indexing should try the ONNX fp32 towers: a torch model, on a machine without a GPU, with
+    the ``onnx`` extra installed, and ``cpu_backend`` not ``torch``. Imports nothing heavy."""
+    import importlib.util
+    import sys
+
+    choice = config.get("cpu_backend")
+    if choice == "torch" or _backend(model_name) != "torch" or todo <= 0:
+        return False
+    if not all(importlib.util.find_spec(m) for m in ("onnxruntime", "onnx", "onnxscript")):
+        return False
+    device = device or "auto"
+    apple_gpu = sys.platform == "darwin" and os.uname().machine == "arm64"
+    no_gpu = not os.path.exists("/proc/driver/nvidia") and not apple_gpu
+    return device == "cpu" or (device == "auto" and no_gpu)
 
 
 def _backend(name: str) -> str:

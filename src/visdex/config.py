@@ -12,17 +12,45 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .errors import BadSetting
+
 
 @dataclass(frozen=True)
 class Setting:
     name: str
     default: Any
     help: str
-    parse: Callable[[str], Any] = str
+    parse: Callable[[str], Any] = str  # raises ValueError for a value it cannot use
+    expects: str = ""  # what a valid value looks like, for the error message
 
     @property
     def env(self) -> str:
         return f"VISDEX_{self.name.upper()}"
+
+
+def _integer(minimum: int) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw.strip())
+        except ValueError:
+            raise ValueError("not a whole number") from None  # get() names the variable
+        if value < minimum:
+            raise ValueError(f"must be at least {minimum}")
+        return value
+
+    return parse
+
+
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+_YES_NO = "1/0, true/false, yes/no or on/off"
+
+
+def _flag(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value not in _TRUE + _FALSE:
+        raise ValueError("not a yes/no value")
+    return value in _TRUE
+
 
 
 def _default_index_dir() -> str:
@@ -36,15 +64,21 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("cache_dir", None, "Derived caches: weight hashes, class embeddings (default: the user cache dir)."),
     Setting("model", "clip-vit-b-32", "Model used when a new index is created (an existing index keeps its own)."),
     Setting("device", "auto", "Where the model runs: auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps."),
-    Setting("batch_size", 32, "Images per model batch when indexing.", int),
-    Setting("workers", 0, "Decode worker processes (0 = one per CPU core, at most 8; 1 = decode in-process).", int),
-    Setting("max_pixels", 178_956_970, "Largest image (width x height) decoded; larger ones are skipped.", int),
+    Setting("batch_size", 32, "Images per model batch when indexing.", _integer(1), "a whole number >= 1"),
+    Setting("workers", 0, "Decode worker processes (0 = one per CPU core, at most 8; 1 = decode in-process).",
+            _integer(0), "a whole number >= 0"),
+    Setting("max_pixels", 178_956_970, "Largest image (width x height) decoded; larger ones are skipped.",
+            _integer(1), "a whole number >= 1"),
     Setting("token", None, "Bearer token that `visdex serve` requires on every API request (unset: no auth)."),
+    Setting("allowed_hosts", (), "Host names `visdex serve` answers to besides loopback and --host, comma-separated "
+            "(DNS-rebinding guard); * for any.", lambda v: tuple(h.strip() for h in v.split(",") if h.strip())),
     Setting("gpu_decode", "auto", "JPEG decoding when indexing on a GPU: auto (measure, pick the faster), gpu, cpu."),
-    Setting("compile", False, "Indexing on a GPU: torch.compile the model (slower start, faster long runs).",
-            lambda v: v.strip().lower() in ("1", "true", "yes", "on")),
+    Setting("compile", False, "Indexing on a GPU: torch.compile the model (slower start, faster long runs).", _flag,
+            _YES_NO),
     Setting("store", "local", "Where a new index keeps its vectors: local, milvus:./vectors.db (milvus-lite), "
             "milvus://host:19530 (a Milvus server); an existing index keeps its own."),
+    Setting("cpu_backend", "auto", "Indexing on a CPU: auto (ONNX Runtime fp32 -- the same vectors, faster -- when "
+            "visdex[onnx] is installed and its one-time export is cached or pays for itself), onnx, torch."),
     Setting("query_export", "auto", "Text queries without torch: auto (export the model's text tower to ONNX once, "
             "at the end of `visdex index` or in the background after a search; needs visdex[onnx]), off."),
     Setting("milvus_token", None, "Token for a Milvus server that requires one (user:password or an API key); "
@@ -63,7 +97,11 @@ def get(name: str) -> Any:
     s = _BY_NAME[name]
     raw = os.environ.get(s.env)
     if raw not in (None, ""):
-        return s.parse(raw)
+        try:
+            return s.parse(raw)
+        except ValueError as e:
+            raise BadSetting(f"{s.env}={raw!r}: {e}; it takes {s.expects or 'another value'} "
+                             f"({s.help.rstrip('.')})") from None
     if name == "index":
         return _default_index_dir()
     if name == "cache_dir":

@@ -20,6 +20,8 @@ import itertools
 import multiprocessing as mp
 import os
 import signal
+import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -95,11 +97,42 @@ class _Failed:
 _W: dict = {}
 
 
-def _init_worker(preprocess: Preprocess, max_pixels: int | None, in_pool: bool = False) -> None:
+def _init_worker(preprocess: Preprocess, max_pixels: int | None, in_pool: bool = False,
+                 parent: int | None = None, pdeathsig: bool = True) -> None:  # fmt: skip
     _W["preprocess"], _W["max_pixels"] = preprocess, max_pixels
     if in_pool:
         # Ctrl-C goes to the whole process group; only the parent handles it (it stops the run cleanly).
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if parent is not None:
+        _die_with_parent(parent, pdeathsig)
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent: int, pdeathsig: bool = True) -> None:
+    """A decode worker must not outlive the run that started it: a parent killed with SIGKILL runs no clean-up,
+    and the pool's workers would wait on their task queue forever. Linux: the kernel sends SIGKILL when the
+    parent dies (prctl PR_SET_PDEATHSIG; only for a pool made on the main thread: the signal comes when the
+    *thread* that started the worker ends). Everywhere: a thread that checks every second that the parent is
+    still the one that started this process, and exits at once when it is not."""
+    if pdeathsig and sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent:  # it died before the line above took effect
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="visdex-parent-watch", daemon=True).start()
 
 
 def _load(info: FileInfo) -> _Loaded | _Failed:
@@ -145,7 +178,8 @@ def _decoded(
 def _new_pool(workers: int, preprocess: Preprocess, max_pixels: int | None) -> ProcessPoolExecutor:
     # spawn: the parent may hold torch threads and CUDA state that fork would copy badly
     return ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
-                               initargs=(preprocess, max_pixels, True))  # fmt: skip
+                               initargs=(preprocess, max_pixels, True, os.getpid(),
+                                         threading.current_thread() is threading.main_thread()))  # fmt: skip
 
 
 def _pool_decoded(chunks: list[list[FileInfo]], preprocess: Preprocess, max_pixels: int | None, workers: int,
@@ -257,8 +291,9 @@ def ingest(
 ) -> IngestReport:
     """Bring the index up to date with ``roots``. Returns counts of what changed.
 
-    ``embedder`` may be a zero-argument callable that loads the model: it is called only when some
-    file needs embedding, so re-scanning an unchanged folder never loads a model."""
+    ``embedder`` may be a callable that loads the model, given how many files need embedding: it is
+    called only when some do, so re-scanning an unchanged folder never loads a model. ``store`` may be
+    a zero-argument callable too (a new index's store needs the model's dimension)."""
     t0 = time.perf_counter()
     progress = progress or Progress()
     abs_roots = [str(Path(r).expanduser().resolve()) for r in roots]
@@ -271,17 +306,21 @@ def ingest(
         for file_id, info in plan.moves:
             db.move_file(file_id, info.path, info.root, info.mtime)
         if prune and plan.gone:
+            if callable(store):  # rows of files that never got a vector (all failed) in an index without a model
+                store = store()
             store.delete(plan.gone)
             db.delete_files(plan.gone)
             report.removed = len(plan.gone)
 
     if not plan.todo:
         progress.start(0)
-        store.flush()
+        if not callable(store):
+            store.flush()
         report.seconds = time.perf_counter() - t0
         return report
     if callable(embedder) and not isinstance(embedder, Embedder):
-        embedder = embedder()
+        embedder = embedder(len(plan.todo))
+    store = store() if callable(store) else store
     gpu = _gpu_stages(embedder, batch_size)
     batch_size = batch_size or (gpu.batcher.staging.shape[0] if gpu else config.get("batch_size"))
     workers = default_workers() if workers is None else workers

@@ -485,11 +485,12 @@ def versions() -> dict:
 
 
 def export_onnx(base_name: str, folder: Path, identity: dict, emb: Embedder | None = None,
-                text_only: bool = False) -> dict:  # fmt: skip
+                text_only: bool = False, int8: bool = True) -> dict:  # fmt: skip
     """Export ``base_name``'s towers into ``folder`` (fp32 + int8 + tokenizer + manifest); returns the manifest.
 
     ``text_only``: the text tower in fp32 alone -- what a text query needs (:mod:`visdex.models.textquery`),
-    a fraction of the full export's time.
+    a fraction of the full export's time. ``int8=False``: fp32 towers only (what CPU indexing runs by
+    default, see :func:`visdex.models.onnx.load_reference_onnx`), no quantisation.
 
     Written into a temporary sibling folder and renamed into place, so a crash never leaves a
     half export that looks complete, and two processes exporting at once both end up with one.
@@ -500,7 +501,7 @@ def export_onnx(base_name: str, folder: Path, identity: dict, emb: Embedder | No
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=folder.name + ".tmp-"))
     try:
-        manifest = _export_into(emb, tmp, identity, text_only=text_only)
+        manifest = _export_into(emb, tmp, identity, text_only=text_only, int8=int8 and not text_only)
         try:
             os.replace(tmp, folder)
         except OSError:  # another process finished first: use its export
@@ -512,7 +513,7 @@ def export_onnx(base_name: str, folder: Path, identity: dict, emb: Embedder | No
         raise
 
 
-def _export_into(emb: Embedder, tmp: Path, identity: dict, text_only: bool = False) -> dict:
+def _export_into(emb: Embedder, tmp: Path, identity: dict, text_only: bool = False, int8: bool = True) -> dict:
     fp = emb.fingerprint()
     manifest: dict = {
         "format": FORMAT_VERSION, "identity": identity, "base_fingerprint": json.loads(fp.to_json()),
@@ -526,7 +527,7 @@ def _export_into(emb: Embedder, tmp: Path, identity: dict, text_only: bool = Fal
             continue
         fp32, int8 = tmp / f"{name}.onnx", tmp / f"{name}.int8.onnx"
         exporter = _export(module, example, names, fp32, text)
-        if text_only:
+        if not int8:
             manifest["towers"][name] = {"inputs": names, "exporter": exporter, "int8": None,
                                         "files": {"onnx": fp32.name}}  # fmt: skip
         else:
@@ -544,7 +545,7 @@ def _export_into(emb: Embedder, tmp: Path, identity: dict, text_only: bool = Fal
         np.save(tmp / "classes.npy", np.asarray(emb.class_embeddings, np.float32))
         manifest["conse_top_k"] = int(emb.top_k)
     manifest["quality"] = _quality(emb, tmp, manifest)
-    if not text_only:
+    if int8:
         _gate_int8(manifest)
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True))
     return manifest

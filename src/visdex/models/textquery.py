@@ -55,7 +55,7 @@ def _base_and_backend(model_name: str) -> tuple[str, str]:
 
 def _candidates(model_name: str) -> list[tuple[Path, dict, str]]:
     """(folder, identity, backend) of the exports that could answer text queries for ``model_name``, best first."""
-    from .onnx import export_folder, model_identity
+    from .onnx import FP32_VARIANT, export_folder, model_identity
 
     backend, base = _base_and_backend(model_name)
     identity = model_identity(base)
@@ -64,8 +64,8 @@ def _candidates(model_name: str) -> list[tuple[Path, dict, str]]:
     full = (export_folder(identity), identity, "onnx" if backend == "torch" else backend)
     if backend != "torch":  # an onnx / onnx-int8 index: its own export's text tower, whatever it is
         return [full]
-    text_identity = {**identity, **TEXT_ONLY}
-    return [full, (export_folder(text_identity), text_identity, "onnx")]
+    fp32, text = {**identity, **FP32_VARIANT}, {**identity, **TEXT_ONLY}  # CPU indexing's export has a text tower
+    return [full, (export_folder(fp32), fp32, "onnx"), (export_folder(text), text, "onnx")]
 
 
 def fast_text_embedder(model_name: str, fp: Fingerprint | None) -> Embedder | None:
@@ -119,13 +119,15 @@ def export_text_tower(model_name: str, emb: Embedder | None = None) -> Path | No
         return None  # an onnx: model's own export (made when it was loaded) has its text tower already
     if emb is not None and not emb.supports_text:
         return None
-    from .onnx import _read_manifest, export_folder, model_identity
+    from .onnx import OnnxEmbedder, _read_manifest, export_folder, model_identity
     from .onnx_export import export_onnx
 
     identity = {**model_identity(base), **TEXT_ONLY}
     folder = export_folder(identity)
     if has_fast_text(model_name):
         return None
+    if isinstance(emb, OnnxEmbedder):
+        emb = None  # the export traces the torch model
     if emb is None:
         from . import load_embedder
 
