@@ -139,8 +139,9 @@ def test_search_on_an_empty_index_says_so(capsys, tmp_path):
     assert time.perf_counter() - t0 < 10  # no model was loaded, nothing was fetched from a hub
 
 
-def test_cpu_indexing_runs_onnx_fp32_with_the_models_own_fingerprint(fast_queries, tmp_path, folder, tiny_clip,
-                                                                      monkeypatch):
+def test_cpu_indexing_runs_onnx_fp32_with_the_models_own_fingerprint(
+    fast_queries, tmp_path, folder, tiny_clip, monkeypatch
+):
     """The default CPU backend: ONNX fp32 once its export pays for itself; the vectors and the fingerprint are
     the torch model's, so one index takes vectors from either (a GPU later, the CPU now)."""
     import visdex.api

@@ -212,7 +212,8 @@ class Index:
             from .models.onnx import load_reference_onnx
 
             try:
-                emb = load_reference_onnx(self.model_name, export=todo >= ONNX_MIN_IMAGES)
+                forced = config.get("cpu_backend") == "onnx"
+                emb = load_reference_onnx(self.model_name, export=forced or todo >= ONNX_MIN_IMAGES)
             except VisdexError as exc:  # an export that fails costs only speed: torch indexes
                 log.info("indexing with torch: %s", exc)
                 emb = None
