@@ -139,8 +139,13 @@ def pixel_similarity(a: np.ndarray, b: np.ndarray) -> float:
     return best
 
 
-def _candidate_pairs(ix, threshold: float, progress=None) -> list[tuple[int, int, float]]:
-    """(a, b, cosine) with a < b for every k-NN pair at or above ``threshold``."""
+def _candidate_pairs(ix, threshold: float, progress=None, device: str | None = None) -> list[tuple[int, int, float]]:
+    """(a, b, cosine) with a < b for every k-NN pair at or above ``threshold``. ``device`` (e.g. ``"cuda"``):
+    exact k-NN by matrix products on that torch device (:mod:`visdex.gpu_dupes`) instead of the store's search."""
+    if device is not None:
+        from .gpu_dupes import candidate_pairs
+
+        return candidate_pairs(ix.store, threshold, NEIGHBOURS, device=device, progress=progress)
     ids = ix.store.ids()
     if progress is not None:
         progress.start(len(ids))
@@ -173,9 +178,11 @@ def _keeper(members: list[DupeMember]) -> DupeMember:
 
 
 def find_duplicates(ix, *, threshold: float | None = None, exact_only: bool = False, verify: bool = True,
-                    verify_threshold: float = VERIFY_THRESHOLD, progress=None) -> list[DupeGroup]:
+                    verify_threshold: float = VERIFY_THRESHOLD, progress=None,
+                    device: str | None = None) -> list[DupeGroup]:  # fmt: skip
     """Groups of exact and near duplicates, largest groups first. ``threshold`` is the candidate
-    cosine (default: the model's, :func:`default_threshold`); ``verify=False`` trusts embeddings alone."""
+    cosine (default: the model's, :func:`default_threshold`); ``verify=False`` trusts embeddings alone;
+    ``device``: find candidates by exact k-NN on that torch device (see :func:`_candidate_pairs`)."""
     if ix.db.kind == "catalog":
         raise BadQuery("duplicates are found among files; this index holds a catalog")
     if threshold is not None and not -1.0 <= threshold <= 1.0:
@@ -191,7 +198,7 @@ def find_duplicates(ix, *, threshold: float | None = None, exact_only: bool = Fa
     if not exact_only and ix.db.fingerprint is not None:
         t = default_threshold(ix.model_name) if threshold is None else threshold
         sigs: dict[int, np.ndarray | None] = {}
-        for a, b, _ in _candidate_pairs(ix, t, progress):
+        for a, b, _ in _candidate_pairs(ix, t, progress, device):
             if uf.find(a) == uf.find(b):
                 continue
             if verify and hashes.get(a) != hashes.get(b):
