@@ -7,6 +7,7 @@ import io
 import os
 import pickle
 import sys
+import threading
 import time
 import warnings
 
@@ -84,6 +85,66 @@ def test_permission_denied_is_a_bad_image(tmp_path, bad):
     p.chmod(0)
     with pytest.raises(BadImage, match="Permission denied"):
         decode_image(p)
+
+
+def _in_thread(fn, seconds: float = 10):
+    """fn() in a daemon thread: a regression that blocks fails the test instead of hanging the run."""
+    box: dict = {}
+
+    def target():
+        try:
+            box["value"] = fn()
+        except BaseException as e:
+            box["error"] = e
+
+    t = threading.Thread(target=target, daemon=True)
+    t.start()
+    t.join(seconds)
+    return t.is_alive(), box
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
+@pytest.mark.parametrize("call", ["decode_image", "read_and_decode", "hash_file"])
+def test_a_fifo_is_refused_at_once_not_waited_on(tmp_path, call):
+    # A file swapped for a FIFO after the folder was listed: opening it for reading used to wait for a writer forever.
+    fifo = tmp_path / "x.jpg"
+    os.mkfifo(fifo)
+    fn = {"decode_image": decode_image, "read_and_decode": read_and_decode, "hash_file": hash_file}[call]
+    hung, box = _in_thread(lambda: fn(fifo))
+    if hung:  # let the stuck open() finish so the thread ends
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+    assert not hung, f"{call} blocked on a FIFO"
+    expected = OSError if call == "hash_file" else BadImage
+    assert isinstance(box.get("error"), expected), box
+    assert "not a regular file but a FIFO" in str(box["error"])
+
+
+def test_special_files_and_links_say_what_they_are(tmp_path):
+    with pytest.raises(BadImage, match="not a regular file but a directory"):
+        decode_image(tmp_path)
+    if os.path.exists("/dev/null"):  # read as an empty file before: the reason was wrong
+        with pytest.raises(BadImage, match="not a regular file but a character device"):
+            decode_image("/dev/null")
+    if hasattr(os, "symlink") and sys.platform != "win32":
+        (tmp_path / "broken.jpg").symlink_to(tmp_path / "gone.jpg")
+        with pytest.raises(BadImage, match="cannot read file: broken symbolic link"):
+            decode_image(tmp_path / "broken.jpg")
+        (tmp_path / "loop.jpg").symlink_to(tmp_path / "loop.jpg")
+        with pytest.raises(BadImage, match="cannot read file: Too many levels of symbolic links"):
+            decode_image(tmp_path / "loop.jpg")
+
+
+def test_a_file_too_big_for_the_pixel_limit_is_refused_unread(tmp_path):
+    p = tmp_path / "huge.jpg"
+    with open(p, "wb") as f:  # sparse: no disk, but 100 MB of memory if it were read
+        f.truncate(100 << 20)
+    rss_before = _max_rss_kb()
+    with pytest.raises(ImageTooLarge, match=r"file is 1.05e8 bytes, more than an image within the pixel limit of 1e3"):
+        read_and_decode(p, max_pixels=1000)
+    if sys.platform == "linux":
+        assert _max_rss_kb() - rss_before < 50_000
+    with pytest.raises(BadImage, match="not a recognised image format"):
+        decode_image(p, max_pixels=None)  # no limit: read, and found to be no image
 
 
 def test_mislabelled_png_decodes_by_content(bad):
@@ -169,6 +230,27 @@ def test_exif_rotated_sample_shows_portrait_with_marker_top_right(bad):
     assert not _close(_px(dec, (10, 10)), RED, tol=80)
 
 
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_gives_the_pixels_of_a_physically_rotated_copy(orientation):
+    from badfiles import ORIENTED, upright_image
+
+    upright = upright_image()  # 96x64 with a red corner; ORIENTED makes the stored pixels per the EXIF spec
+    stored = np.ascontiguousarray(ORIENTED[orientation](upright))
+    exif = Image.Exif()
+    exif[274] = orientation
+    png = decode_image(_encode(Image.fromarray(stored), "PNG", exif=exif.tobytes()))
+    assert np.array_equal(np.asarray(png.image), upright)  # lossless: exactly the upright pixels
+    assert (png.width, png.height) == (96, 64)
+    # JPEG, decoded at reduced scale: the same pixels as the untagged file's, turned upright by numpy
+    big = np.asarray(Image.fromarray(stored).resize((stored.shape[1] * 8, stored.shape[0] * 8)))
+    tagged = _encode(Image.fromarray(big), "JPEG", quality=90, exif=exif.tobytes())
+    untagged = _encode(Image.fromarray(big), "JPEG", quality=90)
+    got = np.asarray(decode_image(tagged, draft_size=64).image)
+    raw = np.asarray(decode_image(untagged, draft_size=64).image)
+    undo = ORIENTED[{6: 8, 8: 6}.get(orientation, orientation)]  # the others undo themselves
+    assert np.array_equal(got, undo(raw)) and (got.shape[1], got.shape[0]) == (96, 64)
+
+
 # -- draft decoding -------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def big_jpeg() -> bytes:
@@ -230,6 +312,56 @@ def test_non_jpeg_is_reduced_when_much_larger_than_draft():
     assert (dec.width, dec.height) == (1200, 900) and 224 <= min(dec.image.size) < 448
     assert decode_image(png, draft_size=500).image.size == (1200, 900)  # not over 2x: left alone
     assert decode_image(png).image.size == (1200, 900)
+
+
+# -- extreme aspect ratios ------------------------------------------------------------------
+def _strip(w: int, h: int) -> bytes:
+    arr = np.zeros((h, w, 3), np.uint8)
+    arr[..., 2] = 255  # blue, with a red band across the middle
+    if w > h:
+        arr[:, w // 2 - 2 : w // 2 + 2] = RED
+    else:
+        arr[h // 2 - 2 : h // 2 + 2] = RED
+    return _encode(Image.fromarray(arr), "PNG", optimize=True)
+
+
+STRIPS = [((1, 20000), (1, 32)), ((1, 100000), (1, 32)), ((20000, 10), (320, 10)), ((3000, 100), (3000, 100)),
+          ((10, 320), (10, 320)), ((10, 321), (10, 320))]  # fmt: skip
+
+
+@pytest.mark.parametrize("size, kept", STRIPS)
+def test_extreme_aspect_ratios_keep_their_centre(size, kept):
+    data = _strip(*size)
+    assert len(data) < 2000  # a few hundred bytes...
+    dec = decode_image(data, draft_size=224)
+    assert (dec.width, dec.height) == size  # the file's size is reported
+    assert dec.image.size == kept  # ...that a model's resize would have blown up to gigabytes
+    assert max(kept) <= decode.MAX_ASPECT * min(kept)
+    w, h = dec.image.size
+    assert _px(dec, (w // 2, h // 2)) == RED  # the centre is what is kept
+    assert decode_image(data, max_aspect=None).image.size == size
+
+
+def test_aspect_crop_comes_before_the_exif_turn():
+    stored = Image.open(io.BytesIO(_strip(1000, 10)))  # wide as stored, tall as shown
+    exif = Image.Exif()
+    exif[274] = 6
+    dec = decode_image(_encode(stored, "PNG", exif=exif.tobytes()))
+    assert (dec.width, dec.height) == (10, 1000) and dec.image.size == (10, 320)
+
+
+def test_a_1x100000_png_embeds_in_little_memory():
+    from visdex.models.base import HALF, Preprocess
+
+    pre = Preprocess(size=224, resize_to=256, mode="shortest", mean=HALF, std=HALF)  # as effnet-lite0
+    rss_before = _max_rss_kb()
+    t0 = time.perf_counter()
+    dec = decode_image(_strip(1, 100000), draft_size=pre.resize_to)
+    pixels = pre.to_uint8(dec.image)  # uncropped, this resize alone needs 256 x 25.6e6 x 3 bytes = 20 GB
+    assert pixels.shape == (224, 224, 3) and tuple(pixels[112, 112]) == RED
+    assert time.perf_counter() - t0 < 2
+    if sys.platform == "linux":
+        assert _max_rss_kb() - rss_before < 100_000
 
 
 # -- formats and modes ----------------------------------------------------------------------

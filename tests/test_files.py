@@ -163,13 +163,41 @@ def test_symlinked_folder_outside_the_root_is_followed_with_real_paths(tmp_path)
 
 
 @needs_symlinks
-def test_broken_link_is_reported_not_raised(tmp_path):
+def test_broken_links_and_link_loops_are_yielded_under_their_own_names(tmp_path):
+    # yielded, not dropped: ingest then records why each cannot be read ("visdex status" lists it)
     root = tmp_path / "r"
     _touch(root, "a.jpg")
     (root / "gone.jpg").symlink_to(tmp_path / "nothing.jpg")
+    (root / "loop.jpg").symlink_to(root / "loop.jpg")
+    (root / "ping.jpg").symlink_to(root / "pong.jpg")
+    (root / "pong.jpg").symlink_to(root / "ping.jpg")
     errors: list[tuple[str, str]] = []
-    assert _rels(root, on_error=lambda p, why: errors.append((p, why))) == ["a.jpg"]
-    assert errors == [(os.path.join(os.path.realpath(root), "gone.jpg"), "broken symbolic link")]
+    infos = list(scan([root], on_error=lambda p, why: errors.append((p, why))))
+    base = os.path.realpath(root)
+    assert [i.path for i in infos] == [os.path.join(base, n) for n in ("a.jpg", "gone.jpg", "loop.jpg", "ping.jpg",
+                                                                          "pong.jpg")]  # fmt: skip
+    assert errors == []
+    gone = infos[1]
+    assert gone.size == os.lstat(root / "gone.jpg").st_size and gone.root == base
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
+def test_fifo_named_like_an_image_is_yielded_and_a_folder_so_named_is_walked(tmp_path):
+    root = tmp_path / "r"
+    _touch(root, "x.jpg/inside.png", "z.jpg")
+    os.mkfifo(root / "pipe.jpg")
+    assert _rels(root) == ["pipe.jpg", "x.jpg/inside.png", "z.jpg"]
+
+
+def test_unusual_names_round_trip(tmp_path):
+    root = tmp_path / "r"
+    names = ["with space.jpg", "üñíçødé 写真.jpg", "new\nline.jpg", "tab\tand'quote\".jpg"]
+    if sys.platform == "linux":  # a name that is not UTF-8: os.fsdecode hands it over with surrogates
+        names.append(os.fsdecode(b"bad_\xff\xfe.jpg"))
+    _touch(root, *names)
+    infos = list(scan([root]))
+    assert sorted(os.path.basename(i.path) for i in infos) == sorted(names)
+    assert all(os.path.exists(i.path) for i in infos)
 
 
 @pytest.mark.skipif(sys.platform == "win32" or os.geteuid() == 0, reason="root reads any folder")

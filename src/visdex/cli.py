@@ -328,9 +328,19 @@ def _interrupted() -> None:
     sys.exit(INTERRUPTED)
 
 
+def _print_any_file_name() -> None:
+    # A file name that is not UTF-8 arrives from os.fsdecode with surrogates, which a strict stream cannot encode
+    # (stdout under LANG=en_US.UTF-8 or PYTHONIOENCODING=utf-8). The process's own stdout writes it back as the
+    # bytes it was, as ls does; stderr and captured streams, which must stay text, escape it as stderr does.
+    for stream in (sys.stdout, sys.stderr):
+        if getattr(stream, "errors", None) == "strict" and hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="surrogateescape" if stream is sys.__stdout__ else "backslashreplace")
+
+
 def main() -> None:
     """Console entry point: runs the app and turns library errors into messages and exit codes
     (0 ok, 1 unexpected error, 2 bad input, 3 model, 4 missing extra, 5 unreadable index, 130 Ctrl-C)."""
+    _print_any_file_name()
     try:
         _load_command_modules()
         # standalone_mode=False hands back, as the return value, the code of a typer.Exit -- including

@@ -6,22 +6,30 @@ record it and go on. Formats are recognised by content, never by extension.
 
 What decoding does, in order:
 
-1. check the pixel count in the header against ``max_pixels`` before any pixel is decoded;
-2. with ``draft_size``, let libjpeg decode JPEGs at 1/2, 1/4 or 1/8 scale, and shrink other
+1. open without blocking and read regular files only (a FIFO or a device named like an image
+   would hang the run), and no file larger than an image within ``max_pixels`` can be;
+2. check the pixel count in the header against ``max_pixels`` before any pixel is decoded;
+3. with ``draft_size``, let libjpeg decode JPEGs at 1/2, 1/4 or 1/8 scale, and shrink other
    formats with a box filter, always keeping the short side >= ``draft_size``;
-3. take the first frame of animations, composite alpha on white, map palette, CMYK, 16-bit
+4. crop an image longer than ``max_aspect`` times its width (or the reverse) to its centre
+   ``max_aspect``:1 part: a model resizes the short side up to its input size, so a 164-byte
+   1x20000 PNG would become a 256x5120000 image (4 GB); a centre-crop model only looks at the
+   centre square anyway;
+5. take the first frame of animations, composite alpha on white, map palette, CMYK, 16-bit
    and float modes to 8-bit RGB;
-4. apply the EXIF orientation, so width and height are the ones a viewer shows.
+6. apply the EXIF orientation, so width and height are the ones a viewer shows.
 
 Everything here is a plain module-level function so it can run in worker processes.
 """
 
 from __future__ import annotations
 
+import errno
 import functools
 import hashlib
 import io
 import os
+import stat
 import threading
 import warnings
 from dataclasses import dataclass
@@ -34,6 +42,7 @@ from .errors import BadImage, ImageTooLarge, MissingDependency, VisdexError
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
+    "MAX_ASPECT",
     "DecodedImage",
     "content_hash",
     "decode_image",
@@ -44,6 +53,14 @@ __all__ = [
 #: Largest image (width x height) decoded by default: twice Pillow's own warning threshold,
 #: i.e. the point where Pillow itself refuses. ``VISDEX_MAX_PIXELS`` overrides it in the CLI.
 DEFAULT_MAX_PIXELS = 178_956_970
+
+#: Longest side over shortest side beyond which the image is cropped to its centre part of this shape.
+#: A panorama is 4-12:1, a phone's scrolling screenshot 20-30:1; at 32:1 a 518 px model input is 26 MB.
+MAX_ASPECT = 32
+
+# Bytes per pixel of the widest uncompressed image we decode (float32 RGBA TIFF), plus room for metadata: a
+# file larger than this for max_pixels cannot be an image we would decode, so it is refused before it is read.
+_MAX_BYTES_PER_PIXEL, _MAX_METADATA_BYTES = 16, 64 << 20
 
 _CHUNK = 1 << 20  # 1 MiB: large enough for fast sequential reads, small enough to not matter
 
@@ -106,7 +123,7 @@ def hash_file(path: str | os.PathLike) -> str:
     True
     """
     h = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as f:
+    with _open_regular(path) as f:
         while chunk := f.read(_CHUNK):
             h.update(chunk)
     return h.hexdigest()
@@ -118,11 +135,13 @@ def decode_image(
     *,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     draft_size: int | None = None,
+    max_aspect: float | None = MAX_ASPECT,
 ) -> DecodedImage:
     """Decode a file path or in-memory bytes to an RGB image with EXIF orientation applied.
 
     ``max_pixels`` (None: no limit) is checked against the header before decoding;
-    ``draft_size`` allows decoding smaller, with the short side kept >= ``draft_size``.
+    ``draft_size`` allows decoding smaller, with the short side kept >= ``draft_size``;
+    ``max_aspect`` (None: no limit) crops a longer image to its centre part of that shape.
     Raises :class:`BadImage` (:class:`ImageTooLarge` for bombs) and nothing else, except
     :class:`MissingDependency` for a HEIC file without pillow-heif.
 
@@ -130,8 +149,8 @@ def decode_image(
     >>> dec.image.mode, dec.format, (dec.width, dec.height)  # doctest: +SKIP
     ('RGB', 'HEIF', (3024, 4032))
     """
-    data = bytes(src) if isinstance(src, (bytes, bytearray, memoryview)) else _read_file(src)
-    return _decode_bytes(data, max_pixels, draft_size)
+    data = bytes(src) if isinstance(src, (bytes, bytearray, memoryview)) else _read_file(src, max_pixels)
+    return _decode_bytes(data, max_pixels, draft_size, max_aspect)
 
 
 def read_and_decode(
@@ -139,31 +158,74 @@ def read_and_decode(
     *,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     draft_size: int | None = None,
+    max_aspect: float | None = MAX_ASPECT,
 ) -> tuple[str, DecodedImage]:
     """Read a file once; return its :func:`content_hash` and the decoded image.
 
     >>> digest, dec = read_and_decode("cat.jpg", draft_size=224)  # doctest: +SKIP
     """
-    data = _read_file(path)
-    return content_hash(data), _decode_bytes(data, max_pixels, draft_size)
+    data = _read_file(path, max_pixels)
+    return content_hash(data), _decode_bytes(data, max_pixels, draft_size, max_aspect)
 
 
-def _read_file(path: str | os.PathLike) -> bytes:
+def _read_file(path: str | os.PathLike, max_pixels: int | None = None) -> bytes:
     try:
-        with open(path, "rb") as f:
+        with _open_regular(path) as f:
+            size = os.fstat(f.fileno()).st_size
+            if max_pixels is not None and size > max_pixels * _MAX_BYTES_PER_PIXEL + _MAX_METADATA_BYTES:
+                raise ImageTooLarge(
+                    f"file is {_sci(size)} bytes, more than an image within the pixel limit of {_sci(max_pixels)} "
+                    f"can be (set VISDEX_MAX_PIXELS to raise it)"
+                )
             return f.read()
-    except OSError as e:  # missing, permission denied, a directory, I/O error
-        raise BadImage(f"cannot read file: {e.strerror or e}") from e
+    except OSError as e:  # missing, permission denied, a directory, a FIFO, I/O error
+        raise BadImage(f"cannot read file: {_os_reason(path, e)}") from e
+
+
+_FILE_TYPES = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+               (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))  # fmt: skip
+
+
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0)  # absent on Windows, where FIFOs have no names in the file system
+
+
+def _open_regular(path: str | os.PathLike) -> io.BufferedReader:
+    """Open a regular file for reading; anything else raises ``OSError`` at once.
+
+    O_NONBLOCK: opening a FIFO without a writer would otherwise wait forever (a file can be
+    swapped for one after the folder was listed), and a signal does not end that wait. The
+    type is checked on the open descriptor, so no swap can come between check and read.
+    O_NONBLOCK has no effect on reading a regular file.
+    """
+    fd = os.open(path, os.O_RDONLY | _NONBLOCK | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = next((name for test, name in _FILE_TYPES if test(mode)), "a special file")
+            raise OSError(errno.EINVAL, f"not a regular file but {kind}", os.fspath(path))
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _os_reason(path: str | os.PathLike, e: OSError) -> str:
+    if e.errno == errno.ENOENT and os.path.islink(path):
+        return "broken symbolic link"
+    return e.strerror or str(e)
 
 
 # -- the decoder ----------------------------------------------------------------------------
-def _decode_bytes(data: bytes, max_pixels: int | None, draft_size: int | None) -> DecodedImage:
+def _decode_bytes(data: bytes, max_pixels: int | None, draft_size: int | None,
+                  max_aspect: float | None = MAX_ASPECT) -> DecodedImage:  # fmt: skip
     if not data:
         raise BadImage("empty file")
     if draft_size is not None and draft_size < 1:
         raise ValueError(f"draft_size must be >= 1, got {draft_size}")
+    if max_aspect is not None and max_aspect < 1:
+        raise ValueError(f"max_aspect must be >= 1, got {max_aspect}")
     try:
-        return _decode_guarded(data, max_pixels, draft_size)
+        return _decode_guarded(data, max_pixels, draft_size, max_aspect)
     except Image.DecompressionBombError:
         # Pillow's own process-wide guard fired. Our max_pixels is the authority (it may be
         # higher, or None), so decode again with Pillow's guard off; our check still runs.
@@ -172,19 +234,20 @@ def _decode_bytes(data: bytes, max_pixels: int | None, draft_size: int | None) -
         with _pil_guard_lock:
             saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
             try:
-                return _decode_guarded(data, max_pixels, draft_size)
+                return _decode_guarded(data, max_pixels, draft_size, max_aspect)
             finally:
                 Image.MAX_IMAGE_PIXELS = saved
 
 
-def _decode_guarded(data: bytes, max_pixels: int | None, draft_size: int | None) -> DecodedImage:
+def _decode_guarded(data: bytes, max_pixels: int | None, draft_size: int | None,
+                    max_aspect: float | None) -> DecodedImage:  # fmt: skip
     """Decode, turning every decoder failure into BadImage (Pillow's bomb error passes through)."""
     with warnings.catch_warnings():
         # Pillow warns about corrupt EXIF and large images; the BadImage reasons and our own
         # pixel limit carry that information, and a warning per file would flood a big run.
         warnings.simplefilter("ignore")
         try:
-            return _decode_unguarded(data, max_pixels, draft_size)
+            return _decode_unguarded(data, max_pixels, draft_size, max_aspect)
         except (VisdexError, Image.DecompressionBombError):
             raise
         except UnidentifiedImageError as e:
@@ -197,7 +260,8 @@ def _decode_guarded(data: bytes, max_pixels: int | None, draft_size: int | None)
             raise BadImage(f"corrupt image data ({type(e).__name__}: {e})") from e
 
 
-def _decode_unguarded(data: bytes, max_pixels: int | None, draft_size: int | None) -> DecodedImage:
+def _decode_unguarded(data: bytes, max_pixels: int | None, draft_size: int | None,
+                      max_aspect: float | None) -> DecodedImage:  # fmt: skip
     heif_missing = _looks_like_heif(data) and not _heif_opener_registered()
     try:
         img = Image.open(io.BytesIO(data))
@@ -220,6 +284,8 @@ def _decode_unguarded(data: bytes, max_pixels: int | None, draft_size: int | Non
     img.load()  # pixel errors (truncation, corrupt streams) surface here, not in open()
     exif = _safe_exif(img)
     orientation = exif.get(_TAG_ORIENTATION) if exif is not None else None
+    if max_aspect is not None:
+        img = _crop_aspect(img, max_aspect)
     rgb = _to_rgb(img)
     if draft_size:
         rgb = _shrink(rgb, draft_size)
@@ -305,6 +371,23 @@ def _high_depth_to_l(img: Image.Image) -> Image.Image:
     elif arr.size and arr.max() > 255:  # 16-bit data (stored as uint16 or int32)
         arr = arr.astype(np.float64) / 257.0
     return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), "L")
+
+
+def _crop_aspect(img: Image.Image, max_aspect: float) -> Image.Image:
+    """The centre part of an image longer than ``max_aspect``:1 (either way), of exactly that shape.
+
+    Centred on both axes, so it commutes with the EXIF transposes applied after it.
+    """
+    w, h = img.size
+    if max(w, h) <= max_aspect * min(w, h):
+        return img
+    if w > h:
+        keep = max(1, int(max_aspect * h))
+        left = (w - keep) // 2
+        return img.crop((left, 0, left + keep, h))
+    keep = max(1, int(max_aspect * w))
+    top = (h - keep) // 2
+    return img.crop((0, top, w, top + keep))
 
 
 def _shrink(img: Image.Image, draft_size: int) -> Image.Image:

@@ -4,13 +4,16 @@
 each directory, depth first), skips hidden files and OS junk, filters by extension and by
 include/exclude globs, follows directory symlinks at most once, and never raises for an
 unreadable directory (it reports it through ``on_error`` instead).
+
+An entry named like an image that is not a regular file (a FIFO, a device, a broken link, a link
+loop) is yielded all the same, so that ingest records why it cannot be read (decoding says) rather
+than it vanishing without a word.
 """
 
 from __future__ import annotations
 
 import os
 import re
-import stat
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -34,8 +37,9 @@ OnError = Callable[[str, str], None]
 class FileInfo:
     """One image file found by :func:`scan`.
 
-    ``path`` is absolute with symlinks resolved; ``root`` is the (resolved) root it was
-    found under; ``mtime`` is seconds since the epoch.
+    ``path`` is absolute with symlinks resolved (a link that does not resolve, broken or a
+    loop, keeps its own name); ``root`` is the (resolved) root it was found under; ``mtime``
+    is seconds since the epoch. ``size`` and ``mtime`` come from ``lstat`` when ``stat`` fails.
     """
 
     path: str
@@ -125,7 +129,9 @@ def scan(
     Hidden names (leading ".") and OS junk (``JUNK_NAMES``) are skipped, except a root named
     explicitly. A file is yielded once even when reachable through several symlinks.
 
-    Unreadable folders and broken links are passed to ``on_error(path, reason)`` and skipped.
+    Unreadable folders are passed to ``on_error(path, reason)`` and skipped. Files named like
+    images that cannot be read as images (FIFOs, devices, broken links, link loops) are
+    yielded, for the decoder to refuse with a reason.
     A root that does not exist raises ``FileNotFoundError`` (before anything is yielded).
 
     >>> for f in scan(["~/Pictures"], include=["2023/**"], exclude=["**/raw/**", "*.png"]):  # doctest: +SKIP
@@ -220,12 +226,15 @@ class _Scan:
     def _file_info(self, path: str, root: str, entry: os.DirEntry | None, resolve: bool) -> FileInfo | None:
         try:
             st = entry.stat(follow_symlinks=True) if entry is not None else os.stat(path)
-        except OSError as e:
-            self.on_error(path, "broken symbolic link" if os.path.islink(path) else (e.strerror or str(e)))
-            return None
-        if not stat.S_ISREG(st.st_mode):  # a fifo or device named like an image
-            return None
-        real = os.path.realpath(path) if resolve else path
+            real = os.path.realpath(path) if resolve else path
+        except OSError:
+            try:  # a broken link or a link loop: yielded under its own name, the decoder says why it fails
+                st = os.lstat(path)
+            except OSError as e:  # gone since the folder was listed
+                self.on_error(path, e.strerror or str(e))
+                return None
+            head, name = os.path.split(path)
+            real = os.path.join(os.path.realpath(head), name) if resolve else path
         if real in self.seen_files:  # a second link to a file already yielded
             return None
         self.seen_files.add(real)

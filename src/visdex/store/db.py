@@ -9,6 +9,7 @@ rather than misread.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -114,6 +115,7 @@ class IndexDB:
         self.dir.mkdir(parents=True, exist_ok=True)
         try:
             self.conn = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
+            self.conn.text_factory = _db_text  # file names that are not UTF-8 come back as os.fsdecode gave them
             self.conn.execute("PRAGMA journal_mode=WAL")
             self.conn.execute("PRAGMA synchronous=NORMAL")
             self.conn.execute("PRAGMA foreign_keys=ON")
@@ -217,7 +219,8 @@ class IndexDB:
     # -- roots ----------------------------------------------------------------------------
     def add_roots(self, roots: Iterable[str]) -> None:
         with self.transaction() as c:
-            c.executemany("INSERT OR IGNORE INTO roots VALUES (?, ?)", [(r, time.time()) for r in roots])
+            rows = [(os.fsencode(r), time.time()) for r in roots]
+            c.executemany("INSERT OR IGNORE INTO roots VALUES (CAST(? AS TEXT), ?)", rows)
 
     def roots(self) -> list[str]:
         return [r[0] for r in self.conn.execute("SELECT path FROM roots ORDER BY path")]
@@ -231,13 +234,14 @@ class IndexDB:
         """Rows whose root is one of ``roots`` or whose path lies below one of them."""
         out: dict[int, FileRow] = {}
         for r in roots:
-            prefix = r.rstrip("/") + "/"
-            for row in self._rows("WHERE root = ? OR path = ? OR substr(path, 1, ?) = ?", (r, r, len(prefix), prefix)):
+            raw, prefix = os.fsencode(r), os.fsencode(r.rstrip("/") + "/")
+            sql = "WHERE root = CAST(? AS TEXT) OR path = CAST(? AS TEXT) OR substr(CAST(path AS BLOB), 1, ?) = ?"
+            for row in self._rows(sql, (raw, raw, len(prefix), prefix)):
                 out[row.id] = row
         return list(out.values())
 
     def file_by_path(self, path: str) -> FileRow | None:
-        rows = self._rows("WHERE path = ?", (path,))
+        rows = self._rows("WHERE path = CAST(? AS TEXT)", (os.fsencode(path),))
         return rows[0] if rows else None
 
     def files_by_ids(self, ids: Sequence[int]) -> dict[int, FileRow]:
@@ -280,18 +284,20 @@ class IndexDB:
     def upsert_file(self, rec: dict) -> int:
         """Insert or update by path; returns the row id (kept across updates)."""
         cols = [c for c in FILE_COLUMNS if c != "id"]
-        values = [rec.get(c) for c in cols]
+        values = [os.fsencode(rec[c]) if c in ("path", "root") else rec.get(c) for c in cols]
+        marks = ", ".join("CAST(? AS TEXT)" if c in ("path", "root") else "?" for c in cols)
         sets = ", ".join(f"{c} = excluded.{c}" for c in cols if c != "path")
         with self.transaction() as c:
             return c.execute(
-                f"INSERT INTO files ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))}) "
+                f"INSERT INTO files ({', '.join(cols)}) VALUES ({marks}) "
                 f"ON CONFLICT(path) DO UPDATE SET {sets} RETURNING id",
                 values,
             ).fetchone()[0]
 
     def move_file(self, file_id: int, path: str, root: str, mtime: float) -> None:
         with self.transaction() as c:
-            c.execute("UPDATE files SET path = ?, root = ?, mtime = ? WHERE id = ?", (path, root, mtime, file_id))
+            sql = "UPDATE files SET path = CAST(? AS TEXT), root = CAST(? AS TEXT), mtime = ? WHERE id = ?"
+            c.execute(sql, (os.fsencode(path), os.fsencode(root), mtime, file_id))
 
     def delete_files(self, ids: Sequence[int]) -> None:
         with self.transaction() as c:
@@ -300,6 +306,12 @@ class IndexDB:
     def close(self) -> None:
         with suppress(sqlite3.Error):
             self.conn.close()
+
+
+def _db_text(raw: bytes) -> str:
+    """TEXT values back to str. Paths are bound as their file-system bytes (``os.fsencode``) and cast to TEXT, so a
+    name that is not UTF-8 is stored as it is on disk; surrogateescape gives back what ``os.fsdecode`` gave."""
+    return raw.decode("utf-8", "surrogateescape")
 
 
 def _split_sql(script: str) -> list[str]:
