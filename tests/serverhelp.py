@@ -1,5 +1,6 @@
-"""Helpers for the server tests: a small photo gallery with known duplicates, and a real uvicorn
-server on a free loopback port, in a thread, that stops when the ``with`` block ends.
+"""Helpers for the server tests: a small photo gallery with known duplicates, a TestClient that
+names the server as a browser on this machine would, and a real uvicorn server on a free loopback
+port, in a thread, that stops when the ``with`` block ends.
 
 >>> with LiveServer(create_app(index_dir)) as server:                 # doctest: +SKIP
 ...     httpx.get(server.url + "/api/status").json()
@@ -34,6 +35,23 @@ def make_gallery(folder: Path) -> dict[str, Path]:
     arr[:40, :40] = (255, 0, 0)
     photos["rotated"] = write_photo(folder, "rotated", arr, exif_orientation=6)
     return photos
+
+
+def index_gallery(root: Path, model: Path) -> tuple[Path, dict[str, Path]]:
+    """An index (``model``) of :func:`make_gallery` under ``root``: (index dir, photo name -> path)."""
+    from visdex import open_index
+
+    photos = make_gallery(root / "photos")
+    with open_index(root / "ix", model=str(model)) as ix:
+        ix.add([root / "photos"], workers=1)
+    return root / "ix", photos
+
+
+def local_client(app, **kw):
+    """FastAPI's TestClient with ``Host: 127.0.0.1`` (its default, ``testserver``, fails the Host check)."""
+    from fastapi.testclient import TestClient
+
+    return TestClient(app, base_url="http://127.0.0.1", **kw)
 
 
 def free_port() -> int:

@@ -13,7 +13,6 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from fastapi.testclient import TestClient
 from PIL import Image
 
 from visdex import open_index
@@ -22,7 +21,7 @@ from visdex.server import create_app
 
 from clihelp import run_cli
 from imagefactory import write_bad_files
-from serverhelp import LiveServer, make_gallery
+from serverhelp import LiveServer, index_gallery, local_client
 
 TOKEN = "s3cret-token"
 
@@ -30,16 +29,12 @@ TOKEN = "s3cret-token"
 @pytest.fixture(scope="module")
 def gallery(tmp_path_factory, tiny_clip) -> tuple[Path, dict[str, Path]]:
     """An index (tiny CLIP) of the gallery: real photos, an exact copy, a near copy, a rotated photo."""
-    root = tmp_path_factory.mktemp("served")
-    photos = make_gallery(root / "photos")
-    with open_index(root / "ix", model=str(tiny_clip)) as ix:
-        ix.add([root / "photos"], workers=1)
-    return root / "ix", photos
+    return index_gallery(tmp_path_factory.mktemp("served"), tiny_clip)
 
 
 @pytest.fixture(scope="module")
 def client(gallery):
-    with TestClient(create_app(gallery[0])) as c:
+    with local_client(create_app(gallery[0])) as c:
         yield c
 
 
@@ -54,11 +49,14 @@ def _jpeg(path: Path) -> bytes:
     return path.read_bytes()
 
 
-def _error(r, status: int) -> str:
-    """Every error has the one shape {"error": message, "status": code}."""
+def _error(r, status: int, field: str | None = None) -> str:
+    """Every error has the one shape {"error": message, "status": code, "field": name or null}; a bad value of a
+    request field is a 422 that names the field."""
     assert r.status_code == status, r.text
     body = r.json()
-    assert set(body) == {"error", "status"} and body["status"] == status and body["error"]
+    assert set(body) == {"error", "status", "field"} and body["status"] == status and body["error"]
+    if field is not None:
+        assert body["field"] == field, body
     return body["error"]
 
 
@@ -134,8 +132,9 @@ def test_crop_region_changes_the_query(client, gallery, ids):
     ]
     whole_up = client.post("/api/search", files={"image": ("a.jpg", data, "image/jpeg")}).json()["results"]
     assert whole_up[0]["score"] > 0.999 > lib[0].score  # the region, not the whole photo
-    assert "outside" in _error(client.get("/api/search", params={"id": ids["astronaut"], "crop": "900,900,50,50"}), 400)
-    assert "needs an image" in _error(client.get("/api/search", params={"q": "cat", "crop": "0,0,.5,.5"}), 400)
+    outside = _error(client.get("/api/search", params={"id": ids["astronaut"], "crop": "900,900,50,50"}), 422, "crop")
+    assert "outside" in outside and "Crop(" not in outside
+    assert "needs an image" in _error(client.get("/api/search", params={"q": "cat", "crop": "0,0,.5,.5"}), 422, "crop")
 
 
 def test_filters_k_and_cutoffs(client):
@@ -147,12 +146,13 @@ def test_filters_k_and_cutoffs(client):
     best = top[0]["score"]
     high = client.get("/api/search", params={"q": "a photo", "min_score": best + 1e-3}).json()
     assert high["count"] == 0
-    assert "where" in _error(client.get("/api/search", params={"q": "x", "where": "colour = red"}), 400).lower()
-    _error(client.get("/api/search", params={"q": "x", "k": 0}), 422)
-    _error(client.get("/api/search", params={"q": "x", "within": -1}), 422)
-    assert "empty query" in _error(client.get("/api/search"), 400)
+    where = _error(client.get("/api/search", params={"q": "x", "where": "colour = red"}), 422, "where")
+    assert "colour" in where
+    _error(client.get("/api/search", params={"q": "x", "k": 0}), 422, "k")
+    _error(client.get("/api/search", params={"q": "x", "within": -1}), 422, "within")
+    assert "empty query" in _error(client.get("/api/search"), 422, "q")
     assert "not both" in _error(
-        client.post("/api/search", files={"image": ("a.jpg", b"x", "image/jpeg")}, data={"id": "1"}), 400
+        client.post("/api/search", files={"image": ("a.jpg", b"x", "image/jpeg")}, data={"id": "1"}), 422, "id"
     )
 
 
@@ -180,8 +180,9 @@ def test_clusters_and_map(client, gallery):
         and xy.max() <= 1
         and {p["thumb"] for p in m["points"]} >= {f"api/files/{m['points'][0]['id']}/thumb"}
     )
-    _error(client.get("/api/map", params={"method": "magic"}), 422)
-    _error(client.get("/api/clusters", params={"k": 10_000}), 400)
+    _error(client.get("/api/map", params={"method": "magic"}), 422, "method")
+    too_many = _error(client.get("/api/clusters", params={"k": 10_000}), 422, "k")
+    assert "-k" not in too_many
 
 
 def test_zero_shot_tags_then_filter_by_tag(client, ids):
@@ -194,8 +195,8 @@ def test_zero_shot_tags_then_filter_by_tag(client, ids):
     assert len(hits) == counts[label] and all(label in h["tags"] for h in hits)
     item = client.get(f"/api/items/{hits[0]['id']}").json()
     assert item["tags"][0]["label"] == label and item["width"] > 0
-    assert "two labels" in _error(client.post("/api/tags", json={"labels": ["cat", "cat"]}), 400)
-    _error(client.post("/api/tags", json={"labels": "cat"}), 422)
+    assert "two different labels" in _error(client.post("/api/tags", json={"labels": ["cat", " cat"]}), 422, "labels")
+    _error(client.post("/api/tags", json={"labels": "cat"}), 422, "labels")
 
 
 def test_status(client, gallery):
@@ -216,7 +217,7 @@ def test_thumbnails_are_cached_rotated_and_sized(client, gallery, ids):
     assert client.get(f"/api/files/{ids['rotated']}/thumb", params={"size": 128}).content == cached[0].read_bytes()
     webp = client.get(f"/api/files/{ids['coffee']}/thumb", params={"format": "webp"})
     assert webp.headers["content-type"] == "image/webp" and max(Image.open(io.BytesIO(webp.content)).size) == 256
-    assert "size" in _error(client.get(f"/api/files/{ids['coffee']}/thumb", params={"size": 100}), 400)
+    assert "size" in _error(client.get(f"/api/files/{ids['coffee']}/thumb", params={"size": 100}), 422, "size")
 
 
 def test_originals_are_the_indexed_files(client, gallery, ids):
@@ -264,28 +265,28 @@ def test_paths_in_queries_are_refused_whether_or_not_they_exist(client, gallery)
     real = str(gallery[1]["coffee"])  # exists on the server
     answers = set()
     for q in (real, "/etc/passwd.jpg", "../../../etc/shadow.png", f"a cat + {real}", f"2:{real}"):
-        answers.add(_error(client.get("/api/search", params={"q": q}), 400))
-    answers.add(_error(client.get("/api/search", params={"id": 1, "q": f"+ {real}"}), 400))
+        answers.add(_error(client.get("/api/search", params={"q": q}), 422, "q"))
+    answers.add(_error(client.get("/api/search", params={"id": 1, "q": f"+ {real}"}), 422, "q"))
     assert len(answers) == 1 and "not accepted over HTTP" in answers.pop()  # one answer: no existence oracle
     ok = client.get(f"/api/files/1/original?path=../../../etc/passwd&file={real}")
     assert ok.status_code == 200 and b"root:" not in ok.content  # extra params are ignored: ids only
 
 
 # -- uploads ------------------------------------------------------------------------------
-def test_non_images_and_broken_uploads_are_400(client, tmp_path):
+def test_non_images_and_broken_uploads_are_422(client, tmp_path):
     bad = write_bad_files(tmp_path)
     for kind in ("empty", "truncated_jpeg", "random_bytes", "text_as_jpg", "corrupt_png"):
         r = client.post("/api/search", files={"image": (bad[kind].name, bad[kind].read_bytes(), "image/jpeg")})
-        _error(r, 400)
+        _error(r, 422, "image")
     r = client.post("/api/search", files={"image": ("x.pdf", b"%PDF-1.4 not an image", "application/pdf")})
-    assert "not an image" in _error(r, 400)
+    assert "not an image" in _error(r, 422, "image")
     ok = client.post("/api/search", files={"image": ("m.jpg", bad["mislabelled_png"].read_bytes(), "image/jpeg")})
     assert ok.status_code == 200  # recognised by content, not by name
 
 
 def test_upload_limits_are_413(gallery, tmp_path):
     data = gallery[1]["coffee"].read_bytes()  # ~70 kB, 600x400
-    with TestClient(create_app(gallery[0], max_upload_bytes=20_000, max_upload_pixels=100_000)) as c:
+    with local_client(create_app(gallery[0], max_upload_bytes=20_000, max_upload_pixels=100_000)) as c:
         assert "MiB" in _error(c.post("/api/search", files={"image": ("c.jpg", data, "image/jpeg")}), 413)
 
         def chunks():  # no Content-Length: the body is counted as it arrives
@@ -299,10 +300,10 @@ def test_upload_limits_are_413(gallery, tmp_path):
         assert c.post("/api/search", files={"image": ("s.jpg", small, "image/jpeg")}).status_code == 200
         big = io.BytesIO()
         Image.new("RGB", (1000, 1000), (200, 30, 30)).save(big, "PNG")  # ~4 kB, 1e6 pixels
-        msg = _error(c.post("/api/search", files={"image": ("big.png", big.getvalue(), "image/png")}), 413)
+        msg = _error(c.post("/api/search", files={"image": ("big.png", big.getvalue(), "image/png")}), 413, "image")
         assert "1000x1000" in msg and "100,000" in msg
     bomb = write_bad_files(tmp_path)["bomb"].read_bytes()  # 110 kB declaring 900 megapixels
-    with TestClient(create_app(gallery[0])) as c:
+    with local_client(create_app(gallery[0])) as c:
         _error(c.post("/api/search", files={"image": ("bomb.png", bomb, "image/png")}), 413)
 
 
@@ -315,7 +316,7 @@ def test_every_error_has_one_shape(client):
 
 
 def test_token_auth_on_every_endpoint(gallery, ids):
-    with TestClient(create_app(gallery[0], token=TOKEN)) as c:
+    with local_client(create_app(gallery[0], token=TOKEN)) as c:
         urls = [
             "/api/status",
             "/api/search?q=cat",
@@ -349,7 +350,7 @@ def test_token_auth_on_every_endpoint(gallery, ids):
 def test_model_is_loaded_at_start_up_and_docs_are_served(gallery):
     app = create_app(gallery[0])
     assert app.state.served.ix._embedder is None
-    with TestClient(app) as c:
+    with local_client(app) as c:
         assert app.state.served.ix._embedder is not None  # before any request: no cold first query
         assert c.get("/docs").status_code == 200
         paths = c.get("/openapi.json").json()["paths"]
@@ -384,7 +385,7 @@ def test_changes_by_another_process_are_picked_up(tmp_path, tiny_clip, photos):
     shutil.copy(photos["coffee"], folder)
     with open_index(tmp_path / "ix", model=str(tiny_clip)) as ix:
         ix.add([folder], workers=1)
-    with TestClient(create_app(tmp_path / "ix")) as c:
+    with local_client(create_app(tmp_path / "ix")) as c:
         assert c.get("/api/status").json()["files_ok"] == 1
         shutil.copy(photos["rocket"], folder)
         with open_index(tmp_path / "ix") as other:  # e.g. `visdex index` running while serving
@@ -395,7 +396,7 @@ def test_changes_by_another_process_are_picked_up(tmp_path, tiny_clip, photos):
 
 def test_an_empty_index_is_served_until_it_gets_its_first_images(tmp_path, tiny_clip, photos):
     open_index(tmp_path / "ix", model=str(tiny_clip)).close()  # created, nothing indexed yet
-    with TestClient(create_app(tmp_path / "ix")) as c:
+    with local_client(create_app(tmp_path / "ix")) as c:
         assert c.get("/api/status").json()["files_ok"] == 0
         assert c.get("/api/search", params={"q": "a photo"}).json()["count"] == 0  # no model loaded for nothing
         with open_index(tmp_path / "ix", model=str(tiny_clip)) as other:
@@ -413,7 +414,7 @@ def test_a_catalog_index_serves_items(tmp_path, tiny_clip, photos):
     (tmp_path / "items.csv").write_text("\n".join(rows) + "\n")
     with open_index(tmp_path / "ix", model=str(tiny_clip)) as ix:
         ix.add_catalog(tmp_path / "items.csv")
-    with TestClient(create_app(tmp_path / "ix")) as c:
+    with local_client(create_app(tmp_path / "ix")) as c:
         hits = c.get("/api/search", params={"q": "a photo", "where": "color = red"}).json()["results"]
         assert {h["key"]: h["name"] for h in hits} == {"mug": "coffee item", "poster": "rocket item"}
         mug = next(h for h in hits if h["key"] == "mug")
@@ -421,7 +422,7 @@ def test_a_catalog_index_serves_items(tmp_path, tiny_clip, photos):
         assert c.get("/" + mug["thumb"]).headers["content-type"] == "image/jpeg"
         assert c.get(f"/api/items/{mug['id']}").json()["key"] == "mug"
         assert c.get(f"/api/similar/{mug['id']}").json()["results"][0]["key"] == "poster"
-        assert "catalog" in _error(c.get("/api/duplicates"), 400)
+        assert "catalog" in _error(c.get("/api/duplicates"), 400)  # a fine request this index cannot answer
 
 
 def test_missing_server_extra_names_it(monkeypatch):

@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-import ipaddress
 from pathlib import Path
 
 import typer
 
 from ..cli import IndexOpt, _state, app, err, out
+from ..server.app import is_loopback  # light: the server's heavy imports wait for create_app
 
-
-def is_loopback(host: str) -> bool:
-    """True for addresses only this machine can reach (127.0.0.0/8, ::1, localhost)."""
-    if host.lower() in ("localhost", "localhost.localdomain"):
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False  # a host name: it may resolve to anything
+__all__ = ["is_loopback", "serve"]
 
 
 @app.command()
@@ -31,6 +23,20 @@ def serve(
     device: str | None = typer.Option(None, "--device", help="auto, cpu, cuda, mps."),
     max_upload_mb: float = typer.Option(25, "--max-upload-mb", min=0.001, help="Largest request body accepted."),
     max_upload_pixels: int = typer.Option(50_000_000, "--max-upload-pixels", min=1, help="Largest uploaded image."),
+    allow_host: list[str] | None = typer.Option(
+        None,
+        "--allow-host",
+        metavar="NAME",
+        help="Another name clients may use in the Host header (besides loopback and --host); repeatable; '*' for any. "
+        "[env: VISDEX_ALLOWED_HOSTS, comma-separated]",
+    ),
+    cors: list[str] | None = typer.Option(
+        None,
+        "--cors",
+        metavar="ORIGIN",
+        help="Let pages from ORIGIN (e.g. http://localhost:3000) call the API from a browser; repeatable; '*' for any. "
+        "Without it, no CORS headers are sent.",
+    ),
 ) -> None:
     """Serve the index over HTTP: a web UI at / and a JSON API under /api (docs at /docs)."""
     from .. import config
@@ -44,6 +50,9 @@ def serve(
 
         raise MissingDependency("uvicorn", extra="server", purpose="visdex serve") from e
     token = token or config.get("token")
+    for origin in cors or ():
+        if origin != "*" and not origin.startswith(("http://", "https://")):
+            raise typer.BadParameter(f"{origin!r} is not an origin: give scheme://host[:port]", param_hint="--cors")
     if not token and not is_loopback(host):
         err.print(
             f"[yellow]warning:[/] serving on {host} without a token: anyone who can reach this address can "
@@ -56,6 +65,8 @@ def serve(
         device=device,
         max_upload_bytes=int(max_upload_mb * 1024 * 1024),
         max_upload_pixels=max_upload_pixels,
+        allowed_hosts=[host, *(allow_host or ()), *config.get("allowed_hosts")],
+        cors_origins=cors or (),
     )
     with err.status("loading the model"):
         application.state.served.warm()  # errors here are visdex errors: one line, an exit code

@@ -12,12 +12,13 @@ import os
 import shlex
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ..errors import BadImage, BadQuery, ImageTooLarge, NotFound
+from ..errors import BadImage, BadQuery, ImageTooLarge, NotFound, VisdexError
 from ..query import Query, parse_query
 
 T = TypeVar("T")
@@ -47,6 +48,61 @@ class SearchRequest:
     within: float | None
 
 
+INT64 = 2**63  # SQLite's integer range: an id outside it is in no index (and would overflow the query)
+
+
+def known_id(item_id: int) -> int:
+    """``item_id`` if an index could hold it; NotFound (404, as for any unknown id) otherwise."""
+    if not -INT64 <= item_id < INT64:
+        raise NotFound(f"no item with id {item_id} in the index")
+    return item_id
+
+
+@contextmanager
+def about(field: str) -> Iterator[None]:
+    """Errors raised inside (400s that name no field) are about the request field ``field``."""
+    try:
+        yield
+    except VisdexError as e:
+        if getattr(e, "field", None) is None and e.http_status == 400:
+            e.field = field
+        raise
+
+
+def not_modified(if_none_match: str | None, etag: str) -> bool:
+    """Whether an ``If-None-Match`` header holds ``etag`` (weak comparison, as RFC 9110 asks) or is ``*``."""
+    if not if_none_match:
+        return False
+    given = {t.strip().removeprefix("W/") for t in if_none_match.split(",")}
+    return "*" in given or etag.removeprefix("W/") in given
+
+
+def check_where(served, where: str | None) -> None:
+    """Read the filter before the search does, so that its errors name the field ``where``
+    (parsing takes microseconds; the search parses it again). An empty one is no filter, as in the library."""
+    if not where:
+        return
+    from ..filters import parse_where
+
+    catalog = served.call(lambda ix: ix.db.kind == "catalog")
+    with about("where"):
+        parse_where(where, catalog=catalog)
+
+
+def check_labels(labels: Sequence[str]) -> list[str]:
+    """The labels of a tagging request, stripped, blanks and repeats dropped; fewer than two -> 422."""
+    names = list(dict.fromkeys(x.strip() for x in labels if x.strip()))
+    if len(names) < 2:
+        raise BadQuery("labels: give at least two different labels", field="labels")
+    return names
+
+
+def check_template(template: str) -> None:
+    """A prompt template holds one ``{}`` for the label (or none: the label goes after it) and no other braces."""
+    if template.count("{}") > 1 or any(c in template.replace("{}", "") for c in "{}"):
+        raise BadQuery("template: give one {} where the label goes (or none), and no other braces", field="template")
+
+
 def timed(fn: Callable[[], T]) -> tuple[T, float]:
     t0 = time.perf_counter()
     out = fn()
@@ -60,13 +116,13 @@ def check_query(query: str, image_path: str | None = None) -> Query:
     try:
         parsed = parse_query(query)
     except BadQuery as e:
-        if str(e).startswith("no such image file"):
-            raise BadQuery(PATHS_REFUSED) from None
-        raise
+        if getattr(e, "path", None) is not None:  # a missing image file: refused like an existing one
+            raise BadQuery(PATHS_REFUSED, field="q") from None
+        raise BadQuery(str(e), field="q") from None
     if any(t.value != image_path for t in parsed.image_terms) or len(parsed.image_terms) > (image_path is not None):
-        raise BadQuery(PATHS_REFUSED)
+        raise BadQuery(PATHS_REFUSED, field="q")
     if image_path is not None and not parsed.image_terms:  # e.g. a catalog image with an unusual extension
-        raise BadQuery("this item's image cannot be combined with text (its file type is not recognised)")
+        raise BadQuery("this item's image cannot be combined with text (its file type is not recognised)", field="q")
     return parsed
 
 
@@ -85,36 +141,44 @@ def decode_upload(data: bytes, max_pixels: int):
     from ..decode import decode_image
 
     if not data:
-        raise BadImage("the uploaded image is empty")
+        raise BadImage("the uploaded image is empty", field="image")
     try:
         return decode_image(data, max_pixels=max_pixels).image
     except ImageTooLarge as e:
-        size = str(e).split(", which")[0]
+        size = getattr(e, "size", None)
+        shown = f"{size[0]}x{size[1]} = {size[0] * size[1]:,} pixels" if size else "more pixels"
         raise ImageTooLarge(
-            f"uploaded {size}: more than this server accepts ({max_pixels:,} pixels; visdex serve --max-upload-pixels)"
+            f"the uploaded image has {shown}: more than this server accepts ({max_pixels:,} pixels; "
+            "visdex serve --max-upload-pixels)",
+            field="image",
         ) from None
     except BadImage as e:
-        raise BadImage(f"the upload is not an image visdex can read: {e}") from None
+        raise BadImage(f"the upload is not an image visdex can read: {e}", field="image") from None
 
 
 def run_search(served, settings, req: SearchRequest) -> tuple[list, float]:
     """Run one search request; returns (hits, milliseconds spent in the library)."""
     q = (req.q or "").strip()
+    if req.id is not None:
+        known_id(req.id)
     if served.call(lambda ix: ix.fingerprint is None):  # nothing indexed yet: no model to load, nothing to find
         return [], 0.0
     opts = {"where": req.where, "min_score": req.min_score, "within": req.within}
+    check_where(served, req.where)
     if req.image is not None and req.id is not None:
-        raise BadQuery("give an uploaded image or an indexed id as the image term, not both")
+        raise BadQuery("give an uploaded image or an indexed id as the image term, not both", field="id")
     if req.image is None and req.id is None:
         if not q:
-            raise BadQuery("empty query: give a text, upload an image, or give an indexed id")
+            raise BadQuery(
+                "empty query: give a text (q), upload an image (image) or give an indexed id (id)", field="q"
+            )
         if req.crop:
-            raise BadQuery("a crop needs an image: upload one or give an indexed id")
+            raise BadQuery("a crop needs an image: upload one or give an indexed id", field="crop")
         check_query(q)
-        return timed(lambda: served.call(lambda ix: ix.search(q, k=req.k, **opts)))
+        return timed(lambda: served.search(q, k=req.k, **opts))
     if req.image is not None:
         if len(req.image) > settings.max_upload_bytes:  # the middleware refuses these first; belt and braces
-            raise ImageTooLarge("upload too large")
+            raise ImageTooLarge("upload too large", field="image")
         image = decode_upload(req.image, settings.max_upload_pixels)
         if not q:  # a weight alone means nothing: the vector is normalised
             return timed(lambda: served.call(lambda ix: ix.search(image, k=req.k, crop=req.crop, **opts)))
@@ -126,7 +190,7 @@ def run_search(served, settings, req: SearchRequest) -> tuple[list, float]:
     path = served.call(lambda ix: thumb_source(ix, req.id)).path  # a path from the index, not the request
     query = compose(path, req.image_weight, q)
     check_query(query, path)
-    hits, took = timed(lambda: served.call(lambda ix: ix.search(query, k=req.k + 1, crop=req.crop, **opts)))
+    hits, took = timed(lambda: served.search(query, k=req.k + 1, crop=req.crop, **opts))
     return [h for h in hits if h.id != req.id][: req.k], took  # "more like this" leaves the item itself out
 
 
@@ -139,7 +203,7 @@ def _search_with_upload(served, req: SearchRequest, text: str, opts: dict) -> tu
             f.write(req.image)
         query = compose(tmp, req.image_weight, text)
         check_query(query, tmp)
-        return timed(lambda: served.call(lambda ix: ix.search(query, k=req.k, crop=req.crop, **opts)))
+        return timed(lambda: served.search(query, k=req.k, crop=req.crop, **opts))
     finally:
         Path(tmp).unlink(missing_ok=True)
 

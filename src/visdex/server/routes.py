@@ -3,36 +3,37 @@ and shapes its answer as JSON; none of them searches by itself.
 
 Endpoints are plain ``def`` functions: FastAPI runs them in its thread pool, so a slow model
 call never blocks the event loop and other requests go on meanwhile.
+
+Every parameter is declared with its range here, so FastAPI refuses a bad value (422, naming
+the field) before the library sees it, and the OpenAPI docs show the ranges.
 """
 
 from __future__ import annotations
 
-import hmac
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Body, Depends, File, Form, Query, Request, UploadFile
+from fastapi import APIRouter, Body, Depends, File, Form, Query, Request, Response, UploadFile
 from fastapi.responses import FileResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException
 
 from .. import thumbs
-from ..errors import MissingDependency, NotFound
+from ..errors import BadQuery, MissingDependency, NotFound
 from . import queries
+from .app import UNAUTHORIZED, token_matches
 
 bearer = HTTPBearer(auto_error=False, description="The token given to `visdex serve --token`.")
 
 
 def _check_token(request: Request, creds: HTTPAuthorizationCredentials | None, allow_query: bool) -> None:
+    """The app's TokenGate middleware has checked already, before the body was read; this repeats it
+    where the route is declared (and puts the scheme in the OpenAPI docs)."""
     expected = request.app.state.settings.token
     if not expected:
         return
-    given = creds.credentials if creds is not None else None
-    if given is None and allow_query:  # <img src> cannot send headers: files take ?token= too
-        given = request.query_params.get("token")
-    if not given or not hmac.compare_digest(given.encode(), expected.encode()):
-        raise HTTPException(
-            401, "missing or wrong token: send 'Authorization: Bearer <token>'", headers={"WWW-Authenticate": "Bearer"}
-        )
+    query_token = request.query_params.get("token") if allow_query else None
+    if not token_matches(expected, request.headers.get("authorization"), query_token):
+        raise HTTPException(401, UNAUTHORIZED, headers={"WWW-Authenticate": "Bearer"})
 
 
 def require_token(request: Request, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> None:
@@ -49,11 +50,22 @@ router = APIRouter(prefix="/api")
 api = APIRouter(dependencies=[Depends(require_token)])
 files = APIRouter(dependencies=[Depends(require_token_or_query)], tags=["files"])
 
+MAX_TEXT = 2000  # characters of a query or a filter: far past what anyone types, short of a denial of service
+FINITE = {"allow_inf_nan": False}
 K = Annotated[int, Query(ge=1, le=1000, description="How many results.")]
-Where = Annotated[str | None, Query(description='Filter, e.g. "taken >= 2023 and format = jpeg", "tag = beach".')]
-MinScore = Annotated[float | None, Query(description="Drop hits scoring below this cosine.")]
-Within = Annotated[float | None, Query(ge=0, description="Keep hits within this much of the top score.")]
-Crop = Annotated[str | None, Query(description="Region of the image: x,y,w,h in pixels, or fractions <= 1.")]
+Where = Annotated[
+    str | None,
+    Query(max_length=MAX_TEXT, description='Filter, e.g. "taken >= 2023 and format = jpeg", "tag = beach".'),
+]
+MinScore = Annotated[float | None, Query(**FINITE, description="Drop hits scoring below this cosine.")]
+Within = Annotated[float | None, Query(ge=0, **FINITE, description="Keep hits within this much of the top score.")]
+Crop = Annotated[
+    str | None, Query(max_length=100, description="Region of the image: x,y,w,h in pixels, or fractions <= 1.")
+]
+ImageWeight = Annotated[
+    float, Query(gt=0, le=1000, **FINITE, description="Weight of the image term against the texts.")
+]
+Seed = Annotated[int, Query(ge=0, le=2**32 - 1, description="Random seed (same seed, same answer).")]
 
 
 def _served(request: Request):
@@ -68,10 +80,12 @@ def _hits_response(request: Request, hits, took_ms: float | None = None) -> dict
 @api.get("/search", tags=["search"], summary="Search by text, by an indexed image, or both")
 def search_get(
     request: Request,
-    q: Annotated[str, Query(description="Composed query: \"beach + '2:at night' - people\".")] = "",
+    q: Annotated[
+        str, Query(max_length=MAX_TEXT, description="Composed query: \"beach + '2:at night' - people\".")
+    ] = "",
     id: Annotated[int | None, Query(description="An indexed item as the image term.")] = None,
     crop: Crop = None,
-    image_weight: Annotated[float, Query(gt=0, description="Weight of the image term against the texts.")] = 1.0,
+    image_weight: ImageWeight = 1.0,
     where: Where = None,
     k: K = 20,
     min_score: MinScore = None,
@@ -88,14 +102,14 @@ def search_get(
 def search_post(
     request: Request,
     image: Annotated[UploadFile | None, File(description="The query image (JPEG, PNG, WebP, HEIC, ...).")] = None,
-    q: Annotated[str, Form()] = "",
+    q: Annotated[str, Form(max_length=MAX_TEXT)] = "",
     id: Annotated[int | None, Form()] = None,
-    crop: Annotated[str | None, Form()] = None,
-    image_weight: Annotated[float, Form(gt=0)] = 1.0,
-    where: Annotated[str | None, Form()] = None,
+    crop: Annotated[str | None, Form(max_length=100)] = None,
+    image_weight: Annotated[float, Form(gt=0, le=1000, **FINITE)] = 1.0,
+    where: Annotated[str | None, Form(max_length=MAX_TEXT)] = None,
     k: Annotated[int, Form(ge=1, le=1000)] = 20,
-    min_score: Annotated[float | None, Form()] = None,
-    within: Annotated[float | None, Form(ge=0)] = None,
+    min_score: Annotated[float | None, Form(**FINITE)] = None,
+    within: Annotated[float | None, Form(ge=0, **FINITE)] = None,
 ) -> dict:
     """The same as `GET /api/search`, with the image term uploaded as `image` (multipart/form-data)."""
     data = image.file.read() if image is not None else None
@@ -109,6 +123,8 @@ def similar(
     request: Request, item_id: int, where: Where = None, k: K = 20, min_score: MinScore = None, within: Within = None
 ) -> dict:
     """The items most like an indexed one (itself left out)."""
+    queries.known_id(item_id)
+    queries.check_where(_served(request), where)
     hits, took = queries.timed(
         lambda: _served(request).call(
             lambda ix: ix.similar(item_id, k=k, where=where, min_score=min_score, within=within)
@@ -119,6 +135,7 @@ def similar(
 
 @api.get("/items/{item_id}", tags=["search"], summary="One indexed item: its metadata and tags")
 def item(request: Request, item_id: int) -> dict:
+    queries.known_id(item_id)
     return _served(request).call(lambda ix: queries.item_json(ix, item_id))
 
 
@@ -136,7 +153,11 @@ def _library(module: str, name: str):
 @api.get("/duplicates", tags=["analysis"], summary="Groups of exact and near-duplicate images")
 def duplicates(
     request: Request,
-    threshold: Annotated[float | None, Query(description="Cosine for near duplicates (default: the model's).")] = None,
+    threshold: Annotated[
+        float | None,
+        # at or below 0 every image would be a candidate duplicate of every other: nothing to find, n^2 to check
+        Query(gt=0, le=1, **FINITE, description="Cosine for near duplicates, in (0, 1] (default: the model's)."),
+    ] = None,
     exact_only: Annotated[bool, Query(description="Only byte-identical files.")] = False,
 ) -> dict:
     """Each group lists its members and the suggested keeper (largest, then oldest)."""
@@ -150,8 +171,11 @@ def duplicates(
 @api.get("/clusters", tags=["analysis"], summary="Clusters of similar images")
 def clusters(
     request: Request,
-    k: Annotated[int | None, Query(description="Number of clusters (default: about sqrt(n/2)).")] = None,
-    seed: int = 0,
+    k: Annotated[
+        int | None,
+        Query(ge=1, description="Number of clusters, at most the number of images (default: about sqrt(n/2))."),
+    ] = None,
+    seed: Seed = 0,
 ) -> dict:
     cluster = _library("cluster", "cluster_index")
     found = _served(request).analysis(("clusters", k, seed), lambda ix: cluster(ix, k, seed=seed))
@@ -162,7 +186,7 @@ def clusters(
 def map_points(
     request: Request,
     method: Annotated[Literal["auto", "umap", "tsne", "pca"], Query()] = "auto",
-    seed: int = 0,
+    seed: Seed = 0,
 ) -> dict:
     """Points in [0, 1] x [0, 1]; near points look alike."""
     project = _library("viz", "project_2d")
@@ -178,15 +202,21 @@ def tag_counts(request: Request) -> dict:
 @api.post("/tags", tags=["tags"], summary="Label every image zero-shot with the best of the given labels")
 def tag_images(
     request: Request,
-    labels: Annotated[list[str], Body(min_length=2, max_length=1000, description='["beach", "mountain", "city"]')],
+    labels: Annotated[
+        list[Annotated[str, Body(max_length=200)]],
+        Body(min_length=2, max_length=1000, description='["beach", "mountain", "city"]'),
+    ],
     top: Annotated[int, Body(ge=1, le=20)] = 3,
-    min_score: Annotated[float | None, Body(ge=0, le=1)] = None,
-    template: Annotated[str, Body(max_length=200)] = "a photo of {}",
+    min_score: Annotated[float | None, Body(ge=0, le=1, **FINITE)] = None,
+    template: Annotated[str, Body(max_length=200, description="The prompt, with {} where the label goes.")] = (
+        "a photo of {}"
+    ),
 ) -> dict:
     """Then filter searches with `where=tag = beach`. Replaces earlier scores of the same labels."""
-    from ..tags import parse_labels, tag_index
+    from ..tags import tag_index
 
-    names = parse_labels(",".join(labels))
+    names = queries.check_labels(labels)
+    queries.check_template(template)
     report = _served(request).call(lambda ix: tag_index(ix, names, top=top, min_score=min_score, template=template))
     return report.to_dict()
 
@@ -204,31 +234,51 @@ def status(request: Request) -> dict:
 
 
 # -- files: only by indexed id, never by a path from the request --------------------------
+# GET and HEAD; each answer has an ETag, and a request whose If-None-Match holds it gets 304.
+CACHE_CONTROL = "private, max-age=3600"
+
+
+def _source(request: Request, item_id: int) -> thumbs.ThumbSource:
+    queries.known_id(item_id)
+    return _served(request).files(lambda db: thumbs.source_in_db(db, item_id))
+
+
 @files.get("/files/{item_id}/thumb", summary="Thumbnail of an indexed image (cached on disk)")
+@files.head("/files/{item_id}/thumb", include_in_schema=False)
 def thumbnail(
     request: Request,
     item_id: int,
     size: Annotated[int, Query(description=f"One of {', '.join(map(str, thumbs.SIZES))}.")] = 256,
     fmt: Annotated[Literal["jpeg", "webp"], Query(alias="format")] = "jpeg",
-) -> FileResponse:
-    served = _served(request)
-    src = served.files(lambda db: thumbs.source_in_db(db, item_id))  # decoding happens outside any lock
-    path = thumbs.render_thumbnail(src, served.path / thumbs.THUMBS_DIR, size, fmt)
-    return FileResponse(path, media_type=thumbs.FORMATS[fmt][2], headers={"Cache-Control": "private, max-age=3600"})
+) -> Response:
+    if size not in thumbs.SIZES:  # (a Literal of ints would refuse the string "256" of a query string)
+        raise BadQuery(f"size must be one of {', '.join(map(str, thumbs.SIZES))}, not {size}", field="size")
+    src = _source(request, item_id)
+    # named by the content hash: known before the thumbnail is made, so a 304 costs no decoding
+    headers = {"ETag": f'W/"{src.key}-{size}-{fmt}"', "Cache-Control": CACHE_CONTROL}
+    if queries.not_modified(request.headers.get("if-none-match"), headers["ETag"]):
+        return Response(status_code=304, headers=headers)
+    path = thumbs.render_thumbnail(src, _served(request).path / thumbs.THUMBS_DIR, size, fmt)  # outside any lock
+    return FileResponse(path, media_type=thumbs.FORMATS[fmt][2], headers=headers)
 
 
 @files.get("/files/{item_id}/original", summary="The original file of an indexed image")
-def original(request: Request, item_id: int) -> FileResponse:
-    path = thumbs.existing_file(_served(request).files(lambda db: thumbs.source_in_db(db, item_id)))
+@files.head("/files/{item_id}/original", include_in_schema=False)
+def original(request: Request, item_id: int) -> Response:
+    path = thumbs.existing_file(_source(request, item_id))
     media = queries.media_type(path)
     if media is None:
         raise NotFound(f"item {item_id} is not an image file")
+    st = path.stat()
+    headers = {
+        "ETag": f'"{st.st_mtime_ns:x}-{st.st_size:x}"',  # the file as it is now, not as it was indexed
+        "Cache-Control": CACHE_CONTROL,
+        "X-Content-Type-Options": "nosniff",
+    }
+    if queries.not_modified(request.headers.get("if-none-match"), headers["ETag"]):
+        return Response(status_code=304, headers=headers)
     return FileResponse(
-        path,
-        media_type=media,
-        filename=path.name,
-        content_disposition_type="inline",
-        headers={"X-Content-Type-Options": "nosniff", "Cache-Control": "private, max-age=3600"},
+        path, media_type=media, filename=path.name, content_disposition_type="inline", headers=headers, stat_result=st
     )
 
 
