@@ -95,6 +95,13 @@ class BadQuery(VisdexError):
     http_status = 400
 
 
+class BadSetting(VisdexError):
+    """A ``VISDEX_*`` environment variable whose value cannot be used; the message names the variable."""
+
+    exit_code = 2
+    http_status = 500
+
+
 class IndexNotFound(VisdexError):
     """No index at the given location (and creation was not asked for)."""
 
