@@ -151,3 +151,60 @@ def test_catalog_attributes_filter(tmp_path):
         assert [h.key for h in hits] == ["s2"]
         assert {h.key for h in ix.search("x", k=5, where="attr.color = RED")} == {"s1", "s2"}
         assert [h.key for h in ix.search("x", k=5, where="title ~ 'cof*'")] == ["s1"]
+
+
+# -- hardening: limits, dates, home paths, templates -------------------------------------------------------------
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ("(" * 3000 + "width > 1" + ")" * 3000, "nested too deeply"),  # was a RecursionError
+        ("not " * 3000 + "width > 1", "nested too deeply"),
+        ("taken >= notadate", "needs a date"),  # was accepted and matched nothing
+        ("taken = 2023-13", "needs a date"),
+        ("date < 'yesterday'", "needs a date"),
+        ("name in (" + ",".join(f"x{i}" for i in range(10_001)) + ")", "more than 10,000 comparisons"),
+    ],
+)
+def test_filters_past_the_limits_are_bad_queries(bad, message):
+    with pytest.raises(BadQuery, match=message):
+        compile_where(bad)
+
+
+def test_long_in_lists_and_or_chains_run(meta_index):
+    # SQLite refuses a flat chain of 999 ORs ("Expression tree is too large"): the SQL is grouped
+    ix, _ = meta_index
+    names = [f"x{i}.jpg" for i in range(998)] + ["coins.png"]
+    assert _where(ix, f"name in ({', '.join(names)})") == {"coins"}
+    assert _where(ix, " or ".join(f"name = {n}" for n in names)) == {"coins"}
+    assert _where(ix, " and ".join(f"name != {n}" for n in names)) == {"cat2021", "coffee2022", "rocket2023",
+                                                                        "moon2023"}  # fmt: skip
+    assert _where(ix, "folder in (" + ", ".join(f"/nowhere/{i}" for i in range(999)) + ", misc)") == {"coins"}
+
+
+def test_dates_with_a_time_compare_as_stored(meta_index):
+    ix, _ = meta_index
+    assert _where(ix, "taken >= '2023-05-20 17:00'") == {"rocket2023", "moon2023"}
+    assert _where(ix, "taken < 2023-05-20T18:30 and taken > 2023") == {"rocket2023"}
+
+
+def test_home_folder_in_where(meta_index, monkeypatch):
+    ix, d = meta_index
+    monkeypatch.setenv("HOME", str(d))
+    assert _where(ix, "folder = ~/p/2023") == {"rocket2023", "moon2023"}  # "~" was read as the glob operator
+    assert _where(ix, "folder in (~/p/misc, ~/p/2021)") == {"coins", "cat2021"}
+    assert _where(ix, "path = ~/p/misc/coins.png") == {"coins"}
+    assert _where(ix, "folder ~ '*/2023'") == {"moon2023"}  # the glob operator still works
+
+
+def test_tag_template_must_have_one_placeholder(meta_index, capsys):
+    from visdex.tags import prompts_for
+
+    assert prompts_for(["beach"], "a photo of {}") == ["a photo of beach"]
+    assert prompts_for(["beach"], "a photo of") == ["a photo of beach"]
+    assert prompts_for(["beach"], "{{literal}} {}") == ["{literal} beach"]
+    for bad in ("{}{}{}", "{0} and {1}", "{name}", "a { b", "{:d}"):
+        with pytest.raises(BadQuery, match="--template"):
+            prompts_for(["beach"], bad)
+    ix, _ = meta_index
+    code, _, err = run_cli(capsys, "tag", "--labels", "a,b", "--template", "{}{}{}", "--index", ix.path)
+    assert code == 2 and "exactly one {}" in err and "Traceback" not in err

@@ -130,3 +130,69 @@ def test_cli_composed_query_and_negative_word(capsys, photo_index):
     assert code == 0 and "chelsea" not in out
     code, _, err = run_cli(capsys, "search", "beach", "+", "--index", ix.path)
     assert code == 2 and "operator" in err
+
+
+# -- hardening: quotes, image paths inside one argument, limits --------------------------------------------------
+@pytest.mark.parametrize(
+    "query, terms",
+    [
+        ("a dog's toy", [("text", "a dog's toy", 1.0)]),
+        ("what's this?", [("text", "what's this?", 1.0)]),
+        ("rock'n'roll", [("text", "rock'n'roll", 1.0)]),  # shlex made this "rocknroll"
+        ("'90s music", [("text", "'90s music", 1.0)]),  # a quote never closed is text
+        ("'red dress' - people", [("text", "red dress", 1.0), ("text", "people", -1.0)]),
+        ('"-5 degrees" + snow', [("text", "-5 degrees", 1.0), ("text", "snow", 1.0)]),  # quoted: not an operator
+        ('a 5" screen', [("text", 'a 5" screen', 1.0)]),  # a quote inside a word is text
+    ],
+)
+def test_quotes_group_a_term_and_a_lone_apostrophe_is_text(query, terms):
+    assert _terms(query) == terms
+
+
+def test_shlex_quoted_paths_stay_one_term(tmp_path):
+    # the HTTP layer builds composed queries with shlex.quote; paths with spaces and apostrophes must survive
+    import shlex
+
+    folder = tmp_path / "Bob's trip"
+    folder.mkdir()
+    img = write_photo(folder, "beach day", real_photos()["coffee"][:64, :64])
+    assert _terms(f"{shlex.quote(f'0.5:{img}')} + at night") == [("image", str(img), 0.5), ("text", "at night", 1.0)]
+
+
+def test_one_argument_ending_in_an_image_path(tmp_path, monkeypatch):
+    (tmp_path / "photos").mkdir()
+    write_photo(tmp_path / "photos", "chelsea", real_photos()["chelsea"][:64, :64])
+    monkeypatch.chdir(tmp_path)
+    assert _terms(["rocket + photos/chelsea.jpg"]) == [("text", "rocket", 1.0), ("image", "photos/chelsea.jpg", 1.0)]
+    assert _terms("photos/chelsea.jpg - cat") == [("image", "photos/chelsea.jpg", 1.0), ("text", "cat", -1.0)]
+    with pytest.raises(BadQuery, match="no such image file: photos/missing.jpg"):
+        parse_query("rocket + photos/missing.jpg")
+
+
+@pytest.mark.parametrize("bad", ["1e400:cat", "nan:cat", "inf:cat", "-inf:cat", "2000:cat"])
+def test_weights_must_be_finite_and_sane(bad):
+    with pytest.raises(BadQuery, match="weight"):
+        parse_query(bad)
+
+
+@pytest.mark.parametrize("bad", ["nan,0,1,1", "inf,0,1,1", "0,0,1e308,1e308", "0,0,-inf,1"])
+def test_crop_must_be_finite(bad):
+    with pytest.raises(BadQuery, match="crop"):
+        Crop.parse(bad)
+
+
+def test_cli_hardened_search_arguments(capsys, photo_index, monkeypatch):
+    ix, d = photo_index
+    monkeypatch.chdir(d)
+    code, out, err = run_cli(capsys, "search", "kitten + photos/chelsea.jpg", "--index", ix.path, "-n", "1")
+    assert code == 0, err
+    assert "chelsea" in out
+    for args in (["what's this?"], ["rock'n'roll"]):
+        code, out, err = run_cli(capsys, "search", *args, "--index", ix.path, "-n", "1")
+        assert code == 0, err
+    for args in (["photos/chelsea.jpg", "--crop", "nan,0,1,1"], ["photos/chelsea.jpg", "--crop", "inf,0,1,1"],
+                 ["1e400:cat"], ["cat", "-n", "1000000000000"], ["cat", "-n", "100000000"]):  # fmt: skip
+        code, out, err = run_cli(capsys, "search", *args, "--index", ix.path)
+        assert code == 2 and "Traceback" not in err and err.strip(), (args, err)
+    with pytest.raises(BadQuery, match="at most 10,000 results"):
+        ix.search("cat", k=10**12)

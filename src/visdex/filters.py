@@ -13,12 +13,20 @@ Folder indexes: ``path``, ``folder``, ``name``, ``format``, ``width``, ``height`
 (``5MB``, ``200KB``), ``taken`` / ``date`` (EXIF date: ``taken >= 2023-01-01``, ``taken = 2023-05``),
 ``camera``, ``tag`` (zero-shot labels from ``visdex tag``). Catalog indexes: ``key``, ``title``
 and every attribute column by name (``color = red``, ``price < 20``), also as ``attr.NAME``.
+A ``path`` / ``folder`` value starting with ``~/`` is under the home directory (``folder = ~/Pictures``).
+
+Limits, so that every filter either runs or is a :class:`BadQuery`: at most
+:data:`MAX_NESTING` levels of ``not`` / parentheses and :data:`MAX_CONDITIONS` comparisons
+(each value of an ``in`` list counts).
 """
 
 from __future__ import annotations
 
 import re
+import sqlite3
 from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
 
 import numpy as np
 
@@ -28,6 +36,14 @@ _TOKEN = re.compile(
     r"""\s*(?:(?P<str>"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')"""
     r"""|(?P<op><=|>=|!=|=|<|>|~|\(|\)|,)|(?P<word>[^\s()=<>!~,"']+))"""
 )
+_REST_IS_BLANK = re.compile(r"\s*\Z")
+_HOME_PATH = re.compile(r"""\s*(?P<path>~/[^\s()=<>!~,"']*)""")
+_DATE = re.compile(r"(\d{4})(?:-(\d{2})(?:-(\d{2})(?:[T ](\d{2})(?::(\d{2})(?::(\d{2}))?)?)?)?)?")
+# SQLite's parser stack holds about 90 open parentheses, and every level here may open two
+MAX_NESTING = 20
+MAX_CONDITIONS = 10_000
+_FANOUT = 32  # long and / or chains are grouped this wide, so SQLite's expression tree stays shallow
+_TOO_COMPLEX = re.compile(r"too large|too many|too deep|stack overflow|too long", re.I)
 _UNITS = {"b": 1, "kb": 1024, "k": 1024, "mb": 1024**2, "m": 1024**2, "gb": 1024**3, "g": 1024**3}
 _DIRNAME = "rtrim(files.path, replace(files.path, '/', ''))"
 _BASENAME = f"replace(files.path, {_DIRNAME}, '')"
@@ -72,17 +88,22 @@ WhereNode = tuple
 
 
 def _lex(expr: str) -> list[_Tok]:
-    toks, pos = [], 0
-    while pos < len(expr):
-        if expr[pos:].strip() == "":
-            break
+    toks: list[_Tok] = []
+    pos = 0
+    while pos < len(expr) and not _REST_IS_BLANK.match(expr, pos):
+        home = _HOME_PATH.match(expr, pos)
+        if home and toks and toks[-1].kind == "op" and toks[-1].value != ")":
+            # "~/..." where a value goes is a path under the home directory, not the glob operator
+            toks.append(_Tok("word", home.group("path"), home.start("path") + 1))
+            pos = home.end()
+            continue
         m = _TOKEN.match(expr, pos)
         if not m or m.end() == pos:
             raise BadQuery(f"--where: cannot read {expr[pos:].strip()[:20]!r} at position {pos + 1}")
         kind = m.lastgroup
         val = m.group(kind)
         if kind == "str":
-            val = re.sub(r"\\(.)", r"\1", val[1:-1])
+            val = re.sub(r"\\(.)", r"\1", val[1:-1], flags=re.S)
         toks.append(_Tok(kind, val, m.start(kind) + 1))
         pos = m.end()
     return toks
@@ -95,6 +116,7 @@ class _Parser:
     def __init__(self, expr: str, catalog: bool):
         self.toks, self.i, self.expr, self.catalog = _lex(expr), 0, expr, catalog
         self.params: list = []
+        self.depth = self.conditions = 0
 
     def peek(self) -> _Tok | None:
         return self.toks[self.i] if self.i < len(self.toks) else None
@@ -124,18 +146,26 @@ class _Parser:
         return parts[0] if len(parts) == 1 else (word, parts)
 
     def term(self) -> WhereNode:
-        if self.is_word("not"):
-            self.take()
-            return ("not", self.term())
         tok = self.peek()
-        if tok is not None and tok.kind == "op" and tok.value == "(":
-            self.take()
-            inner = self.expr_()
+        nested = self.is_word("not") or (tok is not None and tok.kind == "op" and tok.value == "(")
+        if not nested:
+            return ("leaf", self.comparison())
+        self.depth += 1
+        if self.depth > MAX_NESTING:
+            raise BadQuery(
+                f"--where: nested too deeply at position {tok.pos} (at most {MAX_NESTING} levels of "
+                "'not' and parentheses)"
+            )
+        self.take()
+        if tok.kind == "word":  # not
+            node = ("not", self.term())
+        else:
+            node = self.expr_()
             close = self.take()
             if close.value != ")":
                 raise BadQuery(f"--where: expected ')' at position {close.pos}")
-            return inner
-        return ("leaf", self.comparison())
+        self.depth -= 1
+        return node
 
     def comparison(self) -> WhereLeaf:
         ftok = self.take()
@@ -145,8 +175,9 @@ class _Parser:
         start = len(self.params)
         if self.is_word("in"):
             self.take()
-            values = self.value_list()
-            cond = "(" + " OR ".join(self.compare(sql, kind, "=", v, ftok) for v in values) + ")"
+            values = [self.value(v, kind, ftok) for v in self.value_list()]
+            self.count(len(values), ftok)
+            cond = "(" + _join([self.compare(sql, kind, "=", v, ftok) for v in values], "OR") + ")"
             return WhereLeaf(ftok, "in", values, cond, self.params[start:])
         op = self.take()
         if op.kind != "op" or op.value in "(),":
@@ -154,8 +185,26 @@ class _Parser:
         val = self.take()
         if val.kind == "op":
             raise BadQuery(f"--where: expected a value after {ftok.value} {op.value} at position {val.pos}")
-        cond = f"({self.compare(sql, kind, op.value, val.value, ftok)})"
-        return WhereLeaf(ftok, op.value, [val.value], cond, self.params[start:])
+        self.count(1, ftok)
+        raw = self.value(val.value, kind, ftok, op.value)
+        cond = f"({self.compare(sql, kind, op.value, raw, ftok)})"
+        return WhereLeaf(ftok, op.value, [raw], cond, self.params[start:])
+
+    def count(self, n: int, ftok: _Tok) -> None:
+        self.conditions += n
+        if self.conditions > MAX_CONDITIONS:
+            raise BadQuery(
+                f"--where: more than {MAX_CONDITIONS:,} comparisons (at position {ftok.pos}); "
+                "filter on a folder, a tag or a range instead"
+            )
+
+    def value(self, raw: str, kind: str, ftok: _Tok, op: str = "=") -> str:
+        """A value as compared: ``~/`` expanded for paths and folders, dates checked (a glob is taken as written)."""
+        if kind in ("folder", "text") and ftok.value.lower() in ("path", "folder") and raw.startswith("~/"):
+            return str(Path(raw).expanduser())
+        if kind == "date" and op != "~":
+            return _date(raw, ftok)
+        return raw
 
     def value_list(self) -> list[str]:
         if self.take().value != "(":
@@ -202,9 +251,7 @@ class _Parser:
             self.params.append(_number(raw, kind, ftok))
             return f"{sql} {sqlop} ?"
         if kind == "folder" and op in ("=", "!="):
-            from pathlib import Path
-
-            folder = str(Path(raw).expanduser().resolve()) if ("/" in raw or raw.startswith("~")) else raw
+            folder = str(Path(raw).resolve()) if "/" in raw else raw
             if "/" in folder:  # an absolute folder: everything below it
                 self.params += [folder, folder.rstrip("/") + "/*"]
                 clause = f"({sql} = ? OR files.path GLOB ?)"
@@ -226,6 +273,29 @@ class _Parser:
 
 def _is_number(text: str) -> bool:
     return re.fullmatch(r"[-+]?\d+(\.\d+)?", text) is not None
+
+
+def _date(raw: str, tok: _Tok) -> str:
+    """A date as stored (ISO 8601, ``T`` between day and time), or the prefix of one: ``2023``, ``2023-05``,
+    ``2023-05-20 18:00``; anything else is a BadQuery, not a comparison that quietly matches nothing."""
+    m = _DATE.fullmatch(raw.strip())
+    if m is not None:
+        parts = [int(x) if x else None for x in m.groups()]
+        year, month, day, hour, minute, second = parts
+        try:
+            datetime(year, month or 1, day or 1, hour or 0, minute or 0, second or 0)
+            return raw.strip().replace(" ", "T")
+        except ValueError:
+            pass
+    raise BadQuery(f"--where: {tok.value} needs a date like 2023, 2023-05, 2023-05-20 or 2023-05-20T18:00, not {raw!r}")
+
+
+def _join(parts: list[str], op: str) -> str:
+    """``parts`` joined by AND / OR, grouped :data:`_FANOUT` wide: SQLite nests a flat chain one level per
+    term and refuses past 1000 levels ("Expression tree is too large")."""
+    while len(parts) > _FANOUT:
+        parts = [f"({f' {op} '.join(parts[i : i + _FANOUT])})" for i in range(0, len(parts), _FANOUT)]
+    return f" {op} ".join(parts)
 
 
 def _number(raw: str, kind: str, tok: _Tok) -> float:
@@ -257,7 +327,7 @@ def _sql(node: WhereNode, params: list) -> str:
     if kind == "not":
         return f"NOT ({_sql(arg, params)})"
     parts = [_sql(n, params) for n in arg]  # nested and / or parenthesised; comparisons already are
-    return f" {kind.upper()} ".join(p if n[0] == "leaf" else f"({p})" for n, p in zip(arg, parts, strict=True))
+    return _join([p if n[0] == "leaf" else f"({p})" for n, p in zip(arg, parts, strict=True)], kind.upper())
 
 
 def compile_where(expr: str, *, catalog: bool = False) -> tuple[str, list]:
@@ -271,5 +341,10 @@ def allowed_ids(db, expr: str) -> np.ndarray:
     catalog = db.kind == "catalog"
     sql, params = compile_where(expr, catalog=catalog)
     table = "items" if catalog else "files"
-    rows = db.conn.execute(f"SELECT id FROM {table} WHERE status = 'ok' AND ({sql})", params)
-    return np.fromiter((r[0] for r in rows), np.int64)
+    try:
+        rows = db.conn.execute(f"SELECT id FROM {table} WHERE status = 'ok' AND ({sql})", params)
+        return np.fromiter((r[0] for r in rows), np.int64)
+    except sqlite3.OperationalError as e:
+        if not _TOO_COMPLEX.search(str(e)):
+            raise
+        raise BadQuery(f"--where is too complex for SQLite ({e}); use fewer conditions or less nesting") from None

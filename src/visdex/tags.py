@@ -11,6 +11,7 @@ so they say "how much more this label than the others", comparable across models
 
 from __future__ import annotations
 
+import string
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -50,6 +51,24 @@ def parse_labels(text: str | None = None, file: str | None = None) -> list[str]:
     return labels
 
 
+def prompts_for(labels: Sequence[str], template: str = DEFAULT_TEMPLATE) -> list[str]:
+    """Each label put into ``template`` at its ``{}`` (after the template when it has none).
+
+    >>> prompts_for(["beach"], "a photo of {}, taken outdoors")
+    ['a photo of beach, taken outdoors']
+    """
+    try:
+        fields = [f + (spec or "") + (conv or "") for _, f, spec, conv in string.Formatter().parse(template)
+                  if f is not None]  # fmt: skip
+    except ValueError as e:  # a lone "{" or "}"
+        raise BadQuery(f"--template {template!r}: {e} (write {{{{ and }}}} for literal braces)") from None
+    if not fields:
+        return [f"{template} {x}" for x in labels]
+    if fields != [""]:
+        raise BadQuery(f"--template {template!r}: give exactly one {{}} where the label goes, e.g. 'a photo of {{}}'")
+    return [template.format(x) for x in labels]
+
+
 def label_scores(image_vecs: np.ndarray, label_vecs: np.ndarray) -> np.ndarray:
     """(n, d) x (m, d) -> (n, m) softmax scores over the labels."""
     logits = image_vecs @ label_vecs.T / TEMPERATURE
@@ -68,7 +87,7 @@ def tag_index(ix, labels: Sequence[str], *, top: int = 3, min_score: float | Non
         raise BadQuery("--top must be at least 1")
     labels = list(labels)
     min_score = 1.0 / len(labels) if min_score is None else min_score
-    prompts = [template.format(x) if "{}" in template else f"{template} {x}" for x in labels]
+    prompts = prompts_for(labels, template)
     label_vecs = ix.embedder.embed_texts(prompts)  # raises UnsupportedModality for image-only models
     ids = ix.store.ids()
     report = TagReport(images=len(ids), labels=labels, counts=dict.fromkeys(labels, 0))
