@@ -148,6 +148,23 @@ def make_photo_set(folder: str | os.PathLike, n: int, *, megapixels: float = 6.0
 # ---------------------------------------------------------------- the measurements
 
 
+def readable_images(files: Sequence[Path]) -> tuple[list[Path], list[tuple[str, str]]]:
+    """(files that decode, [(path, reason), ...] for those that do not): a benchmark measures readable
+    photos, and one bad file must not stop it (the ingest suite meets and records the bad ones again)."""
+    from .decode import decode_image
+    from .errors import BadImage, MissingDependency
+
+    good, skipped = [], []
+    for p in files:
+        try:
+            decode_image(p, max_pixels=config.get("max_pixels"), draft_size=64)
+        except (BadImage, MissingDependency) as e:
+            skipped.append((str(p), str(e)))
+            continue
+        good.append(p)
+    return good, skipped
+
+
 def _result(name: str, images: int, seconds: float, **details) -> dict:
     return {"name": name, "images": images, "seconds": round(seconds, 3),
             "img_per_s": round(images / seconds, 2) if seconds > 0 else None, **details}  # fmt: skip
@@ -356,20 +373,26 @@ def run_suite(
 ) -> dict:
     """Run ``suites`` on the images in ``folder`` with ``model``; returns one JSON-ready dict.
 
+    Files that cannot be decoded are left out and listed under ``skipped`` with their reasons.
     Adds ``ratios``: end-to-end over min(decode, model), over the shared-core bound
     1/(1/decode + 1/model) (what a CPU that runs both stages on the same cores can reach),
     and over the naive loop.
 
     >>> run_suite(Path("/tmp/bench-6mp"), "effnet-lite0", suites=["decode", "model"])   # doctest: +SKIP
     """
+    from .errors import BadDataset
     from .files import scan
     from .models import load_embedder
 
     progress = progress or (lambda _msg: None)
     workers = workers or config.get("workers") or max(1, min(os.cpu_count() or 1, 8))
-    files = [Path(f.path) for f in scan([str(folder)])]
+    found = [Path(f.path) for f in scan([str(folder)])]
+    files, skipped = readable_images(found)
+    if not files:
+        why = f"; e.g. {skipped[0][0]}: {skipped[0][1]}" if skipped else ""
+        raise BadDataset(f"no readable images in {folder} ({len(found)} files{why})")
     result: dict = {"machine": machine_info(), "model": model, "folder_images": len(files), "workers": workers,
-                    "results": {}}  # fmt: skip
+                    "skipped": [{"path": p, "reason": r} for p, r in skipped], "results": {}}  # fmt: skip
     emb = None
     if {"decode", "model", "onnx"} & set(suites):
         emb = load_embedder(model, device="cpu", batch_size=batch_size)
@@ -387,12 +410,12 @@ def run_suite(
             result["results"][name] = fn()
     if "query" in suites:
         progress("query")
-        result["results"]["query"] = _query_suite(folder, model, workers, batch_size)
+        result["results"]["query"] = _query_suite(folder, model, workers, batch_size, files[0])
     result["ratios"] = _ratios(result["results"])
     return result
 
 
-def _query_suite(folder: Path, model: str, workers: int, batch_size: int) -> dict:
+def _query_suite(folder: Path, model: str, workers: int, batch_size: int, image: Path) -> dict:
     from .api import open_index
 
     tmp = Path(tempfile.mkdtemp(prefix="visdex-bench-q-"))
@@ -400,8 +423,7 @@ def _query_suite(folder: Path, model: str, workers: int, batch_size: int) -> dic
         with open_index(tmp / "ix", model=model) as ix:
             ix.add([folder], workers=workers, batch_size=batch_size)
             text = ix.embedder.supports_text
-        any_image = next(iter(sorted(Path(folder).glob("*.jpg"))), None)
-        queries = ["a dog on a beach", "a cup of coffee", "a rocket at night"] if text else [str(any_image)]
+        queries = ["a dog on a beach", "a cup of coffee", "a rocket at night"] if text else [str(image)]
         return bench_query(tmp / "ix", queries)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from ..cli import app, err, out
@@ -45,6 +46,10 @@ def bench(
     with err.status("benchmarking") as status:
         result = b.run_suite(folder, model, suites=suites, workers=workers, batch_size=batch_size,
                              model_images=model_images, progress=lambda s: status.update(f"benchmarking: {s}"))
+    for skipped in result["skipped"][:20]:
+        err.print(f"[yellow]skipping[/] {escape(skipped['path'])}: {escape(skipped['reason'])}", highlight=False)
+    if len(result["skipped"]) > 20:
+        err.print(f"... and {len(result['skipped']) - 20} more unreadable files (all listed in the JSON)")
     text = json.dumps(result, indent=1, sort_keys=True)
     if output is not None:
         output.parent.mkdir(parents=True, exist_ok=True)

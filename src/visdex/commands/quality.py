@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
@@ -20,8 +21,19 @@ class EvalKind(str, Enum):
     captions = "captions"
 
 
-def _check_model_name(name: str, needs_text: bool) -> None:
-    """Fail before any model loads: an unknown name, or an image-only catalog model for captions."""
+@dataclass
+class _Unsupported:
+    """A model that cannot do the task (captions on an image-only model): a row of the report, not a failure."""
+
+    model: str
+    reason: str
+
+    def to_dict(self) -> dict:
+        return {"model": self.model, "unsupported": self.reason}
+
+
+def _check_model_name(name: str, needs_text: bool) -> _Unsupported | None:
+    """Before any model loads: an unknown name fails; an image-only catalog model for captions is reported."""
     from ..errors import UnknownModel
     from ..evaluate import needs_text_model
     from ..models import get_spec, list_models
@@ -29,10 +41,10 @@ def _check_model_name(name: str, needs_text: bool) -> None:
     known = {s.name for s in list_models()}
     if name in known:
         if needs_text and not get_spec(name).supports_text:
-            raise needs_text_model(name)
-        return
+            return _Unsupported(name, str(needs_text_model(name)))
+        return None
     if (name.startswith("hf:") and len(name) > 3) or Path(name).expanduser().is_dir():
-        return
+        return None
     raise UnknownModel(name, sorted(known))
 
 
@@ -72,11 +84,21 @@ def _captions_table(results) -> Table:
     for c in ("model", "dim", "images", "captions"):
         table.add_column(c, justify="left" if c == "model" else "right")
     ks = ["recall@1", "recall@5", "recall@10"]
-    rows = [[r.text_to_image.values[k] for k in ks] + [r.image_to_text.values[k] for k in ks] for r in results]
+    nan = [float("nan")] * 2 * len(ks)
+    rows = [
+        nan
+        if isinstance(r, _Unsupported)
+        else [r.text_to_image.values[k] for k in ks] + [r.image_to_text.values[k] for k in ks]
+        for r in results
+    ]
     cells = _add_metric_columns(table, rows, [f"{d} R@{k}" for d in ("T→I", "I→T") for k in (1, 5, 10)])
     table.add_column("img/s", justify="right")
     for r, c in zip(results, cells, strict=True):
-        table.add_row(escape(r.model), str(r.dim), str(r.images), str(r.captions), *c, f"{r.images_per_second:.1f}")
+        if isinstance(r, _Unsupported):
+            table.add_row(escape(r.model), "-", "-", "-", *c, "[yellow]unsupported[/]")
+        else:
+            table.add_row(escape(r.model), str(r.dim), str(r.images), str(r.captions), *c,
+                          f"{r.images_per_second:.1f}")  # fmt: skip
     return table
 
 
@@ -97,27 +119,35 @@ def eval_models(
     labelled: every image queries all others (leave-one-out); Recall@1/5/10, mAP@R, nDCG@10.
     captions: captions find their image and images their captions; Recall@1/5/10 both ways."""
     from .. import config
+    from ..errors import UnsupportedModality
     from ..evaluate import eval_captions, eval_labelled_folder, read_captions, read_labelled
     from ..models import load_embedder
 
     names = list(dict.fromkeys(model)) or [config.get("model")]
     captions = kind is EvalKind.captions
-    for name in names:  # every name checked before the first (slow) model load
-        _check_model_name(name, captions)
+    checked = {name: _check_model_name(name, captions) for name in names}  # all before the first (slow) load
     data = read_captions(path) if captions else read_labelled(path)  # read once, shared by all models
     run = eval_captions if captions else eval_labelled_folder
-    results = []
+    results: list = []
     for n, name in enumerate(names):
+        if checked[name] is not None:
+            results.append(checked[name])
+            continue
         embedder = load_embedder(name, device=device or config.get("device"))
         bar = _BarProgress(quiet or as_json, label=f"{name} ({n + 1}/{len(names)})")
-        if n:
+        if any(not isinstance(r, _Unsupported) for r in results):
             bar.MAX_SKIP_LINES = 0  # the same unreadable files: list them once, for the first model
         try:
             results.append(run(embedder, data, batch_size=batch_size, progress=bar))
+        except UnsupportedModality as e:  # a hf: or local model found image-only once loaded
+            results.append(_Unsupported(name, str(e)))
         finally:
             bar.stop()
         del embedder  # one model in memory at a time
     _print_results(kind, path, results, as_json)
+    unsupported = [r for r in results if isinstance(r, _Unsupported)]
+    if len(unsupported) == len(results):  # nothing measured: say so with the exit code too
+        raise UnsupportedModality(unsupported[0].reason)
 
 
 def _print_results(kind: EvalKind, path: Path, results: list, as_json: bool) -> None:
@@ -127,7 +157,13 @@ def _print_results(kind: EvalKind, path: Path, results: list, as_json: bool) -> 
     table = _captions_table(results) if kind is EvalKind.captions else _labelled_table(results)
     # piped: a console as wide as the table needs, so no header or model path is folded or cut
     (out if out.is_terminal else Console(file=out.file, width=1000, soft_wrap=True)).print(table)
-    first = results[0]
+    for r in results:
+        if isinstance(r, _Unsupported):
+            out.print(f"{escape(r.model)}: unsupported: {escape(r.reason)}", highlight=False)
+    measured = [r for r in results if not isinstance(r, _Unsupported)]
+    if not measured:
+        return
+    first, results = measured[0], measured
     if kind is EvalKind.labelled:
         what = f"{first.images} images in {first.classes} classes"
     else:
