@@ -100,6 +100,7 @@ def test_tags_are_stored_and_filterable(meta_index, capsys):
     # ConSE over ImageNet cannot name the moon (it goes to "rocket" or "cat"); the others are right
     assert "cat2021" in _where(ix, "tag = cat") and "cat2021" not in _where(ix, "tag != cat")
     assert _where(ix, "tag = coffee") == {"coffee2022"}
+    assert _where(ix, "tag in (COFFEE, nothing)") == {"coffee2022"}  # one SQL IN, case as for =
     tags = tags_for(ix.db, [int(i) for i in allowed_ids(ix.db, "name = rocket2023.jpg")])
     (label, score), = next(iter(tags.values()))
     assert label == "rocket" and 0.5 < score <= 1.0
@@ -179,6 +180,8 @@ def test_long_in_lists_and_or_chains_run(meta_index):
     assert _where(ix, " and ".join(f"name != {n}" for n in names)) == {"cat2021", "coffee2022", "rocket2023",
                                                                         "moon2023"}  # fmt: skip
     assert _where(ix, "folder in (" + ", ".join(f"/nowhere/{i}" for i in range(999)) + ", misc)") == {"coins"}
+    assert _where(ix, "width in (" + ", ".join(str(i) for i in range(999)) + ")") == _where(ix, "width < 999")
+    assert _where(ix, "size in (1, 2KB, 3MB) or name in (COINS.PNG)") == {"coins"}
 
 
 def test_dates_with_a_time_compare_as_stored(meta_index):
