@@ -132,7 +132,7 @@ def test_where_compiles_and_runs_on_a_real_index_or_is_a_bad_query(indexes, expr
         parse_where(expr, catalog=catalog)
         sql, params = compile_where(expr, catalog=catalog)
     except VisdexError as e:
-        assert str(e).startswith("--where")
+        assert str(e).startswith("where")
         return
     assert sql and all(isinstance(p, (str, float)) for p in params)
     try:

@@ -95,11 +95,6 @@ def test_a_bad_value_is_422_naming_its_field(client, url, params, field):
     _error(client.get(url, params=params), 422, field)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="visdex.filters words its errors for the CLI ('--where: ...'); tests/test_fuzz.py expects that prefix "
-    "today. The body's field says 'where' meanwhile.",
-)
 def test_where_errors_name_no_cli_flag(client):
     assert "--where" not in client.get("/api/search", params={"q": "x", "where": "colour = red"}).json()["error"]
 

@@ -363,6 +363,8 @@ class Index:
         exclude: list[int] = []
         if isinstance(item, int):
             try:
+                if not -(2**63) <= item < 2**63:  # no id is that large (SQLite integers are 64-bit)
+                    raise KeyError(item)
                 vec = self.store.get([item])[0]
             except KeyError:
                 raise NotFound(f"no item with id {item} in the index") from None

@@ -99,7 +99,7 @@ def _lex(expr: str) -> list[_Tok]:
             continue
         m = _TOKEN.match(expr, pos)
         if not m or m.end() == pos:
-            raise BadQuery(f"--where: cannot read {expr[pos:].strip()[:20]!r} at position {pos + 1}")
+            raise BadQuery(f"where: cannot read {expr[pos:].strip()[:20]!r} at position {pos + 1}")
         kind = m.lastgroup
         val = m.group(kind)
         if kind == "str":
@@ -124,7 +124,7 @@ class _Parser:
     def take(self) -> _Tok:
         tok = self.peek()
         if tok is None:
-            raise BadQuery(f"--where: {self.expr!r} ends too early")
+            raise BadQuery(f"where: {self.expr!r} ends too early")
         self.i += 1
         return tok
 
@@ -153,7 +153,7 @@ class _Parser:
         self.depth += 1
         if self.depth > MAX_NESTING:
             raise BadQuery(
-                f"--where: nested too deeply at position {tok.pos} (at most {MAX_NESTING} levels of "
+                f"where: nested too deeply at position {tok.pos} (at most {MAX_NESTING} levels of "
                 "'not' and parentheses)"
             )
         self.take()
@@ -163,14 +163,14 @@ class _Parser:
             node = self.expr_()
             close = self.take()
             if close.value != ")":
-                raise BadQuery(f"--where: expected ')' at position {close.pos}")
+                raise BadQuery(f"where: expected ')' at position {close.pos}")
         self.depth -= 1
         return node
 
     def comparison(self) -> WhereLeaf:
         ftok = self.take()
         if ftok.kind != "word":
-            raise BadQuery(f"--where: expected a field name at position {ftok.pos}, got {ftok.value!r}")
+            raise BadQuery(f"where: expected a field name at position {ftok.pos}, got {ftok.value!r}")
         sql, kind = self.field(ftok)
         start = len(self.params)
         if self.is_word("in"):
@@ -184,10 +184,10 @@ class _Parser:
             return WhereLeaf(ftok, "in", values, cond, self.params[start:])
         op = self.take()
         if op.kind != "op" or op.value in "(),":
-            raise BadQuery(f"--where: expected an operator (= != < <= > >= ~ in) after {ftok.value!r} at {op.pos}")
+            raise BadQuery(f"where: expected an operator (= != < <= > >= ~ in) after {ftok.value!r} at {op.pos}")
         val = self.take()
         if val.kind == "op":
-            raise BadQuery(f"--where: expected a value after {ftok.value} {op.value} at position {val.pos}")
+            raise BadQuery(f"where: expected a value after {ftok.value} {op.value} at position {val.pos}")
         self.count(1, ftok)
         raw = self.value(val.value, kind, ftok, op.value)
         cond = f"({self.compare(sql, kind, op.value, raw, ftok)})"
@@ -197,7 +197,7 @@ class _Parser:
         self.conditions += n
         if self.conditions > MAX_CONDITIONS:
             raise BadQuery(
-                f"--where: more than {MAX_CONDITIONS:,} comparisons (at position {ftok.pos}); "
+                f"where: more than {MAX_CONDITIONS:,} comparisons (at position {ftok.pos}); "
                 "filter on a folder, a tag or a range instead"
             )
 
@@ -211,18 +211,18 @@ class _Parser:
 
     def value_list(self) -> list[str]:
         if self.take().value != "(":
-            raise BadQuery("--where: 'in' takes a list in parentheses: tag in (beach, sea)")
+            raise BadQuery("where: 'in' takes a list in parentheses: tag in (beach, sea)")
         values = []
         while True:
             v = self.take()
             if v.kind == "op":
-                raise BadQuery(f"--where: expected a value at position {v.pos}")
+                raise BadQuery(f"where: expected a value at position {v.pos}")
             values.append(v.value)
             sep = self.take()
             if sep.value == ")":
                 return values
             if sep.value != ",":
-                raise BadQuery(f"--where: expected ',' or ')' at position {sep.pos}")
+                raise BadQuery(f"where: expected ',' or ')' at position {sep.pos}")
 
     def field(self, tok: _Tok) -> tuple[str, str]:
         name = tok.value.lower()
@@ -231,11 +231,11 @@ class _Parser:
                 return ITEM_FIELDS[name]
             attr = tok.value[5:] if name.startswith("attr.") else tok.value
             if not re.fullmatch(r"[\w .-]+", attr):
-                raise BadQuery(f"--where: bad attribute name {attr!r}")
+                raise BadQuery(f"where: bad attribute name {attr!r}")
             return f"json_extract(items.attrs, '$.\"{attr}\"')", "attr"
         if name not in FILE_FIELDS:
             known = ", ".join(FILE_FIELDS)
-            raise BadQuery(f"--where: unknown field {tok.value!r} at position {tok.pos}; fields: {known}")
+            raise BadQuery(f"where: unknown field {tok.value!r} at position {tok.pos}; fields: {known}")
         return FILE_FIELDS[name]
 
     def compare_in(self, sql: str, kind: str, values: list[str], ftok: _Tok) -> str:
@@ -253,7 +253,7 @@ class _Parser:
         sqlop = "<>" if op == "!=" else op
         if kind == "tag":
             if op not in ("=", "!=", "~"):
-                raise BadQuery("--where: tag takes = != ~ (e.g. tag = beach)")
+                raise BadQuery("where: tag takes = != ~ (e.g. tag = beach)")
             cmp = "lower(label) GLOB lower(?)" if op == "~" else "lower(label) = lower(?)"
             self.params.append(raw)
             exists = f"EXISTS (SELECT 1 FROM tags WHERE tags.file_id = files.id AND {cmp})"
@@ -301,7 +301,7 @@ def _date(raw: str, tok: _Tok) -> str:
             return raw.strip().replace(" ", "T")
         except ValueError:
             pass
-    raise BadQuery(f"--where: {tok.value} needs a date like 2023, 2023-05, 2023-05-20 or 2023-05-20T18:00, not {raw!r}")
+    raise BadQuery(f"where: {tok.value} needs a date like 2023, 2023-05, 2023-05-20 or 2023-05-20T18:00, not {raw!r}")
 
 
 def _join(parts: list[str], op: str) -> str:
@@ -316,7 +316,7 @@ def _number(raw: str, kind: str, tok: _Tok) -> float:
     m = re.fullmatch(r"([-+]?\d+(?:\.\d+)?)\s*([a-zA-Z]*)", raw)
     unit = (m.group(2).lower() if m else "") or "b"
     if not m or (kind == "number" and m.group(2)) or unit not in _UNITS:
-        raise BadQuery(f"--where: {tok.value} needs a number{' (like 5MB)' if kind == 'size' else ''}, not {raw!r}")
+        raise BadQuery(f"where: {tok.value} needs a number{' (like 5MB)' if kind == 'size' else ''}, not {raw!r}")
     return float(m.group(1)) * (_UNITS[unit] if kind == "size" else 1)
 
 
@@ -324,12 +324,12 @@ def parse_where(expr: str, *, catalog: bool = False) -> WhereNode:
     """``expr`` -> its tree (see :data:`WhereNode`), every comparison already checked and compiled to SQL;
     :class:`BadQuery` for a filter that cannot be read. Other back ends (Milvus) walk this tree."""
     if not expr or not expr.strip():
-        raise BadQuery("--where is empty")
+        raise BadQuery("where: the filter is empty")
     p = _Parser(expr, catalog)
     tree = p.expr_()
     if p.peek() is not None:
         tok = p.peek()
-        raise BadQuery(f"--where: unexpected {tok.value!r} at position {tok.pos} (join conditions with and / or)")
+        raise BadQuery(f"where: unexpected {tok.value!r} at position {tok.pos} (join conditions with and / or)")
     return tree
 
 
@@ -361,4 +361,4 @@ def allowed_ids(db, expr: str) -> np.ndarray:
     except sqlite3.OperationalError as e:
         if not _TOO_COMPLEX.search(str(e)):
             raise
-        raise BadQuery(f"--where is too complex for SQLite ({e}); use fewer conditions or less nesting") from None
+        raise BadQuery(f"where: the filter is too complex for SQLite ({e}); use fewer conditions or less nesting") from None
