@@ -361,4 +361,6 @@ def allowed_ids(db, expr: str) -> np.ndarray:
     except sqlite3.OperationalError as e:
         if not _TOO_COMPLEX.search(str(e)):
             raise
-        raise BadQuery(f"where: the filter is too complex for SQLite ({e}); use fewer conditions or less nesting") from None
+        raise BadQuery(
+            f"where: the filter is too complex for SQLite ({e}); use fewer conditions or less nesting"
+        ) from None
