@@ -99,3 +99,23 @@ def test_fp16_gpu_pairs_equal_the_cpu_pairs():
     assert len(cpu[0]) >= 900
     assert set(zip(*cpu[:2], strict=True)) == set(zip(*gpu[:2], strict=True))
     np.testing.assert_allclose(np.sort(cpu[2]), np.sort(gpu[2]), atol=1e-5)  # re-scored in float32
+
+
+def test_cli_dupes_on_a_torch_device_finds_the_same_groups(capsys, tmp_path, folder, tiny_clip):
+    import json
+    import shutil
+
+    from clihelp import run_cli
+
+    shutil.copy(folder / "chelsea.jpg", folder / "chelsea-copy.jpg")
+    code, _, err = run_cli(capsys, "index", folder, "--index", tmp_path / "ix", "--model", tiny_clip, "-q")
+    assert code == 0, err
+    groups = {}
+    for device in (None, "cpu"):
+        args = ["dupes", "--index", tmp_path / "ix", "--json"] + (["--device", device] if device else [])
+        code, out, err = run_cli(capsys, *args)
+        assert code == 0, err
+        groups[device] = sorted(sorted(m["path"] for m in json.loads(line)["members"]) for line in out.splitlines())
+    assert groups["cpu"] == groups[None] and any(any("chelsea-copy" in p for p in g) for g in groups["cpu"])
+    code, _, err = run_cli(capsys, "dupes", "--index", tmp_path / "ix", "--device", "cuda:7")
+    assert code == 3 and "not available" in err

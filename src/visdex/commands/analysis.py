@@ -23,6 +23,9 @@ def dupes(
     out_csv: Path | None = typer.Option(None, "--out", help="Write the groups to a CSV file."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per group."),
+    device: str | None = typer.Option(
+        None, "--device", help="Find candidates by exact k-NN on a torch device (cuda, cuda:1) instead of the index."
+    ),
 ) -> None:
     """Exact and near-duplicate images in groups, each with a suggested keeper (largest, then oldest)."""
     from ..dupes import find_duplicates
@@ -30,7 +33,8 @@ def dupes(
     with _open(index) as ix:
         bar = _BarProgress(quiet or as_json, label="comparing")
         try:
-            groups = find_duplicates(ix, threshold=threshold, exact_only=exact_only, verify=not no_verify, progress=bar)
+            groups = find_duplicates(ix, threshold=threshold, exact_only=exact_only, verify=not no_verify, progress=bar,
+                                     device=device)  # fmt: skip
         finally:
             bar.stop()
     if out_csv:
