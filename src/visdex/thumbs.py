@@ -58,12 +58,17 @@ def source_in_db(db, file_id: int) -> ThumbSource:
             st = os.stat(path)
         except OSError:
             raise NotFound(f"the image of item {file_id} is no longer at {path}") from None
-        key = hashlib.blake2b(f"{path}:{st.st_size}:{st.st_mtime_ns}".encode(), digest_size=16).hexdigest()
+        # fsencode: a name that is not UTF-8 is a str with surrogate escapes, which .encode() refuses
+        key = hashlib.blake2b(
+            os.fsencode(path) + f":{st.st_size}:{st.st_mtime_ns}".encode(), digest_size=16
+        ).hexdigest()
         return ThumbSource(file_id, path, key)
     row = db.files_by_ids([file_id]).get(file_id)
     if row is None or row.status != "ok":
         raise NotFound(f"no item with id {file_id} in the index")
-    return ThumbSource(file_id, row.path, row.hash or hashlib.blake2b(row.path.encode(), digest_size=16).hexdigest())
+    return ThumbSource(
+        file_id, row.path, row.hash or hashlib.blake2b(os.fsencode(row.path), digest_size=16).hexdigest()
+    )
 
 
 def original_path(ix, file_id: int) -> Path:

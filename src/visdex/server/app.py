@@ -39,6 +39,7 @@ def require_fastapi():
     """Import FastAPI, or say which extra to install."""
     try:
         import fastapi
+        import fastapi_offline  # noqa: F401  (the docs pages' scripts, served locally)
         import python_multipart  # noqa: F401  (form uploads)
     except ImportError as e:
         raise MissingDependency(e.name or "fastapi", extra="server", purpose="visdex serve") from e
@@ -102,7 +103,8 @@ def create_app(
     ...     client.get("/api/search", params={"q": "a cat"}).json()["results"][0]["path"]
     '/photos/cat.jpg'
     """
-    fastapi = require_fastapi()
+    require_fastapi()
+    from fastapi_offline import FastAPIOffline  # /docs and /redoc with their scripts served locally: work offline
     from starlette.concurrency import run_in_threadpool
     from starlette.staticfiles import StaticFiles
 
@@ -121,7 +123,7 @@ def create_app(
 
     from .. import __version__
 
-    app = fastapi.FastAPI(
+    app = FastAPIOffline(
         title="visdex", version=__version__, lifespan=lifespan,
         description="Semantic image search over one index: text, image, composed and region queries, "
         "filters, duplicates, clusters, a 2D map, zero-shot tags. Errors are "

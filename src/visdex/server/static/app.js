@@ -21,9 +21,12 @@
     return el;
   }
 
+  /** fn, called once ms after the last call; .cancel() drops a pending call. */
   const debounce = (fn, ms) => {
     let t;
-    return (...a) => { clearTimeout(t); t = setTimeout(() => fn(...a), ms); };
+    const d = (...a) => { clearTimeout(t); t = setTimeout(() => fn(...a), ms); };
+    d.cancel = () => clearTimeout(t);
+    return d;
   };
   const fmtBytes = (n) => (n >= 1 << 20 ? (n / (1 << 20)).toFixed(1) + " MB" : Math.max(1, Math.round(n / 1024)) + " KB");
   const baseName = (p) => String(p || "").split(/[\\/]/).pop();
@@ -114,7 +117,9 @@
   }
 
   // -- search -------------------------------------------------------------------------------
-  const state = { image: null, crop: null, mods: [], seq: 0, ctrl: null };
+  // sent: the fields of the search in flight or shown, so the same search is not run twice
+  // (Enter after typing used to run it again 250 ms later: a second request and a redraw)
+  const state = { image: null, crop: null, mods: [], seq: 0, ctrl: null, sent: null, hits: [], imageSeq: 0 };
 
   const quote = (s) => '"' + s.replace(/["\\]/g, "\\$&") + '"';
 
@@ -133,11 +138,17 @@
   }
 
   async function runSearch() {
+    searchSoon.cancel();
     const text = composedText();
+    const fields = { q: text, k: $("k").value, where: $("where").value.trim(), within: $("within").value, crop: cropParam() };
+    const key = JSON.stringify([fields, state.image && state.image.seq]);
+    if (key === state.sent) return; // already running or on screen
     if (state.ctrl) state.ctrl.abort();
+    state.sent = key;
     if (!text && !state.image) {
       state.seq++;
       showAlert("search-alert", "");
+      state.hits = [];
       $("results").replaceChildren();
       $("results-meta").textContent = "";
       $("welcome").hidden = false;
@@ -145,7 +156,6 @@
     }
     const ctrl = (state.ctrl = new AbortController());
     const seq = ++state.seq;
-    const fields = { q: text, k: $("k").value, where: $("where").value.trim(), within: $("within").value, crop: cropParam() };
     $("results-meta").textContent = "Searching…";
     let res;
     try {
@@ -162,8 +172,10 @@
       }
     } catch (e) {
       if (e.name === "AbortError" || seq !== state.seq) return;
-      $("results-meta").textContent = "";
-      showAlert("search-alert", e.message);
+      state.sent = null; // a retry of the same search runs again
+      // an upload the server cannot read is no query image: drop it rather than show a broken one
+      if (state.image && state.image.kind === "upload" && e.status >= 400 && e.status < 500) setImage(null);
+      showSearchError(e.message);
       return;
     }
     if (seq !== state.seq) return;
@@ -172,9 +184,18 @@
   }
   const searchSoon = debounce(runSearch, 250);
 
+  /** An error replaces the results: results of an earlier query under it would read as its answer. */
+  function showSearchError(message) {
+    state.hits = [];
+    $("results").replaceChildren();
+    $("results-meta").textContent = "";
+    $("welcome").hidden = true;
+    showAlert("search-alert", message);
+  }
+
   function renderResults(res) {
     $("welcome").hidden = true;
-    const hits = res.results;
+    const hits = (state.hits = res.results);
     const best = Math.max(1e-6, ...hits.map((r) => r.score));
     $("results").replaceChildren(...hits.map((hit) => resultCard(hit, best)));
     $("results-meta").textContent = hits.length
@@ -197,20 +218,22 @@
         h("div", { class: "bar", "aria-hidden": "true" }, bar),
         hit.tags && hit.tags.length ? h("div", { class: "tags" }, hit.tags.slice(0, 3).map((t) => h("span", {}, t))) : null,
         h("div", { class: "actions" },
-          h("button", { class: "chip-btn", type: "button", onclick: () => openViewer(hit) }, "View"),
+          h("button", { class: "chip-btn", type: "button", onclick: () => openViewer(hit, state.hits) }, "View"),
           h("a", { class: "chip-btn", href: fileUrl(hit.original), target: "_blank", rel: "noopener" }, "Open ↗"))));
   }
 
   function setImage(image) {
     if (state.image && state.image.kind === "upload") URL.revokeObjectURL(state.image.url);
+    if (image) image.seq = ++state.imageSeq; // a new image is a new search, even of the same file
     state.image = image;
     state.crop = null;
     renderQueryImage();
   }
 
   function setUpload(file) {
-    if (!file || !/^image\//.test(file.type || "image/")) {
-      showAlert("search-alert", "That is not an image file.");
+    if (!file || !/^image\//.test(file.type || "image/")) { // no type: let the server decide
+      state.sent = null;
+      showSearchError("That is not an image file.");
       return;
     }
     setImage({ kind: "upload", file, name: file.name || "pasted image", url: URL.createObjectURL(file) });
@@ -235,8 +258,7 @@
     $("crop-box").hidden = !state.crop;
     $("crop-clear").disabled = !state.crop;
     if (!img) return;
-    $("query-img").src = img.url;
-    $("query-chip").querySelector("img").src = img.url;
+    for (const el of [$("query-img"), $("query-chip").querySelector("img")]) { el.hidden = false; el.src = img.url; }
     $("query-name").textContent = img.kind === "id" ? `More like ${img.name}` : img.name;
   }
 
@@ -276,6 +298,10 @@
     };
     stage.addEventListener("pointerup", finish);
     stage.addEventListener("pointercancel", () => { start = null; renderQueryImage(); });
+    // a format the server reads but this browser cannot show (HEIC): no broken-image icon
+    for (const el of [$("query-img"), $("query-chip").querySelector("img")]) {
+      el.addEventListener("error", () => { if (state.image) el.hidden = true; });
+    }
     $("crop-clear").addEventListener("click", () => { state.crop = null; renderQueryImage(); runSearch(); });
     $("image-clear").addEventListener("click", () => { setImage(null); runSearch(); });
     $("query-chip").addEventListener("click", () => { setImage(null); runSearch(); });
@@ -299,6 +325,7 @@
   }
 
   function updateFilterCount() {
+    markTagChips();
     const n = ($("where").value.trim() ? 1 : 0) + ($("within").value ? 1 : 0);
     $("filter-count").hidden = !n;
     $("filter-count").textContent = n;
@@ -309,18 +336,51 @@
       const { tags } = await api("api/tags");
       $("tag-field").hidden = !tags.length;
       $("tag-chips").replaceChildren(...tags.slice(0, 30).map((t) =>
-        h("button", { type: "button", class: "tag", onclick: () => addWhere(`tag = ${quote(t.label)}`) }, `${t.label} · ${t.count}`)));
+        h("button", { type: "button", class: "tag", "aria-pressed": "false", dataset: { clause: `tag = ${quote(t.label)}` },
+          onclick: (e) => toggleWhere(e.currentTarget.dataset.clause) }, `${t.label} · ${t.count}`)));
+      markTagChips();
       const examples = tags.length ? tags.slice(0, 5).map((t) => t.label) : ["a dog on the beach", "city at night", "red car", "birthday cake"];
       $("examples").replaceChildren(...examples.map((ex) =>
         h("button", { type: "button", class: "chip-btn", onclick: () => { $("q").value = ex; runSearch(); } }, ex)));
     } catch (_) { /* the status line already says what is wrong */ }
   }
 
-  function addWhere(clause) {
+  /** The top-level "and" terms of a filter; null when it is not a plain conjunction (a top-level "or"). */
+  function andTerms(where) {
+    const terms = [];
+    let depth = 0, quoteCh = null, start = 0;
+    for (let i = 0; i < where.length; i++) {
+      const c = where[i];
+      if (quoteCh) { if (c === "\\") i++; else if (c === quoteCh) quoteCh = null; continue; }
+      if (c === '"' || c === "'") quoteCh = c;
+      else if (c === "(") depth++;
+      else if (c === ")") depth--;
+      else if (!depth && /\s/.test(c)) {
+        const m = /^\s+(and|or)\s+/i.exec(where.slice(i));
+        if (!m) continue;
+        if (m[1].toLowerCase() === "or") return null;
+        terms.push(where.slice(start, i).trim());
+        start = i + m[0].length;
+        i = start - 1;
+      }
+    }
+    terms.push(where.slice(start).trim());
+    return terms.filter(Boolean);
+  }
+
+  /** A tag chip adds its clause once; a second click takes it out again (a chip is a toggle). */
+  function toggleWhere(clause) {
     const w = $("where");
-    w.value = w.value.trim() ? `${w.value.trim()} and ${clause}` : clause;
+    const terms = andTerms(w.value.trim());
+    if (terms && terms.includes(clause)) w.value = terms.filter((t) => t !== clause).join(" and ");
+    else if (!w.value.includes(clause)) w.value = w.value.trim() ? `${w.value.trim()} and ${clause}` : clause;
     updateFilterCount();
     runSearch();
+  }
+
+  function markTagChips() {
+    const terms = andTerms($("where").value.trim()) || [];
+    for (const b of document.querySelectorAll("#tag-chips .tag")) b.setAttribute("aria-pressed", String(terms.includes(b.dataset.clause)));
   }
 
   function initSearch() {
@@ -366,8 +426,43 @@
   }
 
   // -- viewer (one image, large) ------------------------------------------------------------
-  async function openViewer(item) {
+  // list: the items the arrow keys step through (the results, the duplicates), or none
+  const viewer = { list: [], index: -1, seq: 0 };
+
+  function stepViewer(delta) {
+    const i = viewer.index + delta;
+    if (viewer.index < 0 || i < 0 || i >= viewer.list.length) return;
+    openViewer(viewer.list[i], viewer.list);
+  }
+
+  function initViewer() {
     const dlg = $("viewer");
+    $("viewer-prev").addEventListener("click", () => stepViewer(-1));
+    $("viewer-next").addEventListener("click", () => stepViewer(1));
+    dlg.addEventListener("keydown", (e) => {
+      if (e.altKey || e.ctrlKey || e.metaKey) return;
+      if (e.key === "ArrowLeft") stepViewer(-1);
+      else if (e.key === "ArrowRight") stepViewer(1);
+      else return;
+      e.preventDefault();
+    });
+    // a click on the backdrop lands on the dialog itself, outside its box
+    dlg.addEventListener("click", (e) => {
+      if (e.target !== dlg) return;
+      const r = dlg.getBoundingClientRect();
+      if (e.clientX < r.left || e.clientX > r.right || e.clientY < r.top || e.clientY > r.bottom) dlg.close();
+    });
+  }
+
+  async function openViewer(item, list = []) {
+    const dlg = $("viewer");
+    const seq = ++viewer.seq;
+    viewer.list = list;
+    viewer.index = list.indexOf(item);
+    $("viewer-prev").hidden = $("viewer-next").hidden = viewer.index < 0;
+    $("viewer-prev").disabled = viewer.index <= 0;
+    $("viewer-next").disabled = viewer.index < 0 || viewer.index >= list.length - 1;
+    $("viewer-pos").textContent = viewer.index < 0 ? "" : `${viewer.index + 1} / ${list.length}`;
     $("viewer-img").src = fileUrl(item.thumb || `api/files/${item.id}/thumb`, { size: 1024 });
     $("viewer-img").alt = item.name || "";
     $("viewer-name").textContent = item.name || baseName(item.path);
@@ -378,6 +473,7 @@
     if (!dlg.open) dlg.showModal();
     try {
       const d = await api(`api/items/${item.id}`);
+      if (seq !== viewer.seq) return; // stepped on to another image meanwhile
       const bits = [];
       if (d.width) bits.push(`${d.width} × ${d.height}`);
       if (d.format) bits.push(d.format);
@@ -387,7 +483,7 @@
       $("viewer-meta").textContent = bits.join(" · ");
       $("viewer-tags").replaceChildren(...(d.tags || []).map((t) => h("span", { class: "tag" }, `${t.label} ${Math.round(t.score * 100)}%`)));
     } catch (e) {
-      $("viewer-meta").textContent = e.message;
+      if (seq === viewer.seq) $("viewer-meta").textContent = e.message;
     }
   }
 
@@ -412,7 +508,8 @@
       $("dupes-meta").textContent = res.count
         ? `${res.count} group${res.count === 1 ? "" : "s"}, ${files} files — ${files - res.count} could go`
         : "No duplicates found.";
-      $("dupes").replaceChildren(...res.groups.map(dupeGroup));
+      const members = res.groups.flatMap((g) => g.members); // the viewer's arrows walk every group
+      $("dupes").replaceChildren(...res.groups.map((g, i) => dupeGroup(g, i, members)));
     } catch (e) {
       dupesKey = null;
       $("dupes-meta").textContent = "";
@@ -420,7 +517,7 @@
     }
   }
 
-  function dupeGroup(g, i) {
+  function dupeGroup(g, i, all) {
     return h("section", { class: "dupe-group", "aria-label": `Group ${i + 1}` },
       h("header", {}, `Group ${i + 1}`,
         h("span", { class: "kind " + g.kind }, g.kind === "exact" ? "exact copies" : "near duplicates"),
@@ -429,7 +526,7 @@
         const keeper = m.id === g.keeper_id;
         const when = m.taken_at ? "taken " + m.taken_at.slice(0, 10) : "modified " + new Date(m.mtime * 1000).toISOString().slice(0, 10);
         return h("figure", { class: "member" + (keeper ? " keeper" : ""), style: null },
-          h("button", { type: "button", "aria-label": `View ${m.name}`, onclick: () => openViewer(m) },
+          h("button", { type: "button", "aria-label": `View ${m.name}`, onclick: () => openViewer(m, all) },
             h("img", { src: fileUrl(m.thumb, { size: 256 }), alt: m.name, loading: "lazy" }),
             keeper ? h("span", { class: "keep-badge" }, "Keep") : null),
           h("figcaption", { class: "info" },
@@ -690,6 +787,7 @@
   function start() {
     $("token-dialog").addEventListener("cancel", (e) => e.preventDefault()); // nothing works without a token
     initSearch();
+    initViewer();
     initMap();
     $("dupe-threshold").addEventListener("change", () => loadDupes(true));
     $("dupe-exact").addEventListener("change", () => loadDupes(true));

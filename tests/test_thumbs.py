@@ -1,0 +1,67 @@
+"""Thumbnails of files whose names are not UTF-8 (Linux allows any bytes but ``/`` and NUL).
+
+Python hands such a name around as a str with surrogate escapes (``os.fsdecode``); ``str.encode()``
+refuses those, so the thumbnail cache key of a catalog item with such an image raised
+UnicodeEncodeError (a 500 from the server) until it took ``os.fsencode``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+
+import pytest
+from PIL import Image
+
+from visdex import open_index
+from visdex.catalog import ingest_catalog
+from visdex.thumbs import original_path, thumbnail
+
+from imagefactory import real_photos, write_photo
+
+MODEL = "effnet-lite0"  # real weights from a pip package, no download
+
+pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="other systems refuse names that are not UTF-8")
+
+
+@pytest.fixture(scope="module")
+def odd_names(tmp_path_factory):
+    """A folder with one photo named ok.jpg and one named with a \\xff byte; (folder, the odd path)."""
+    root = tmp_path_factory.mktemp("names")
+    d = root / "d"
+    d.mkdir()
+    write_photo(d, "ok", real_photos()["coffee"])
+    bad = os.path.join(os.fsdecode(os.fsencode(d)), os.fsdecode(b"bad_\xff.jpg"))
+    shutil.move(write_photo(root, "rocket", real_photos()["rocket"]), bad)
+    return root, d, bad
+
+
+def _looks_like_a_thumb(path, size: int) -> None:
+    with Image.open(path) as im:
+        assert im.format == "JPEG" and max(im.size) == size
+
+
+def test_thumbnail_of_a_file_named_with_a_non_utf8_byte(odd_names):
+    root, d, bad = odd_names
+    with open_index(root / "ix-files", model=MODEL) as ix:
+        assert ix.add([d]).new == 2
+        row = ix.db.file_by_path(os.path.realpath(bad))
+        _looks_like_a_thumb(thumbnail(ix, row.id, size=128), 128)
+        assert os.fsencode(original_path(ix, row.id)).endswith(b"/bad_\xff.jpg")
+
+
+def test_thumbnail_of_a_catalog_item_whose_image_is_named_with_a_non_utf8_byte(odd_names):
+    root, d, bad = odd_names
+    catalog = root / "items.jsonl"
+    # JSON writes the surrogate escape as \udcff; json.loads gives back the same str, so the same bytes on disk
+    catalog.write_text("\n".join(json.dumps(r) for r in [{"id": "a", "image": bad}, {"id": "b", "image": "d/ok.jpg"}]))
+    with open_index(root / "ix-catalog", model=MODEL) as ix:
+        assert ingest_catalog(ix, catalog).new == 2
+        ids = sorted(ix.db.items_by_ids(list(range(1, 10))))
+        paths = [thumbnail(ix, i, size=128) for i in ids]  # UnicodeEncodeError before os.fsencode
+        for p in paths:
+            _looks_like_a_thumb(p, 128)
+        assert len(set(paths)) == 2
+        assert any(os.fsencode(original_path(ix, i)).endswith(b"/bad_\xff.jpg") for i in ids)
