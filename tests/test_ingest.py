@@ -113,9 +113,9 @@ def test_rebuild_switches_model(tmp_path, folder, tiny_clip, tiny_dinov2):
         ix.add([folder])
         n = len(ix)
     with open_index(tmp_path / "ix") as ix:
-        ix.rebuild(str(tiny_dinov2))
+        rep = ix.rebuild(str(tiny_dinov2))  # re-embeds aside and swaps: add finds nothing left to do
         r = ix.add([folder])
-        assert r.updated == n and len(ix) == n
+        assert rep.embedded == n and r.unchanged == n and len(ix) == n
         assert ix.fingerprint.dim == ix.embedder.dim and ix.fingerprint.source == str(tiny_dinov2.resolve())
         with pytest.raises(UnsupportedModality):
             ix.search("a text query", k=2)

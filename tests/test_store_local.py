@@ -102,6 +102,7 @@ def test_hnsw_recall_against_exact(tmp_path):
 def test_hnsw_deletes_and_replacements_are_consistent_after_reopen(tmp_path):
     vecs = _clustered(3000, 32)
     store = LocalVectorStore(IndexDB(tmp_path / "h"), 32, ann="hnsw")
+    store.hnsw_engine = "faiss"  # FAISS's dead nodes; hnswlib's: tests/test_store_hnsw.py
     store.upsert(np.arange(3000), vecs)
     graph = store.index
     store.delete([5, 6])
@@ -116,6 +117,7 @@ def test_hnsw_deletes_and_replacements_are_consistent_after_reopen(tmp_path):
     assert (got[:, 0] >= 0).all() and not np.isin(got, [5, 6]).any() and got.max() < 3000
     store.flush()
     again = LocalVectorStore(IndexDB(tmp_path / "h"), 32)  # the ann kind is remembered
+    again.hnsw_engine = "faiss"
     assert again.ann == "hnsw" and again.index.ntotal == 3001 and again.info()["dead_nodes"] == 3
     np.testing.assert_allclose(again.get([7])[0], vecs[100], atol=1e-6)
     _, got = again.search(vecs[100:101], 2)
@@ -328,6 +330,7 @@ def test_auto_switches_to_hnsw_when_the_store_grows(tmp_path, monkeypatch):
     monkeypatch.setattr(local, "AUTO_HNSW_FROM", 500)
     vecs = rand_vecs(800, 16)
     store = LocalVectorStore(IndexDB(tmp_path / "ix"), 16)
+    store.hnsw_engine = "faiss"  # the FAISS graph is looked at below
     store.upsert(np.arange(400), vecs[:400])
     assert store.search(vecs[:1], 1)[1][0][0] == 0 and store.kind == "flat"
     store.upsert(np.arange(400, 800), vecs[400:])  # crosses the threshold in a running process
@@ -335,6 +338,7 @@ def test_auto_switches_to_hnsw_when_the_store_grows(tmp_path, monkeypatch):
     assert store.kind == "hnsw" and "HNSW" in type(faiss_inner(store.index)).__name__
     store.flush()
     again = LocalVectorStore(IndexDB(tmp_path / "ix"), 16)
+    again.hnsw_engine = "faiss"
     assert again.kind == "hnsw" and "HNSW" in type(faiss_inner(again.index)).__name__
 
 
@@ -368,3 +372,110 @@ def test_id_selector_membership(allowed):
     sel = local._selector(np.array(allowed, np.int64))
     probe = [0, 2, 3, 4, 5, 7, 8, 100, 101, 5000, 10**12, 10**12 + 1]
     assert [i for i in probe if sel.is_member(i)] == sorted(allowed)
+
+
+# -- crash safety: the derived FAISS file is checked against SQLite, saved only by the writer ---------
+def test_saved_faiss_that_disagrees_with_sqlite_is_rebuilt(tmp_path):
+    """Same generation and count, other vectors (a file saved from another process's state): not trusted."""
+    store = LocalVectorStore(IndexDB(tmp_path / "ix"), 8)
+    vecs = rand_vecs(20, 8)
+    store.upsert(np.arange(20), vecs)
+    store.flush()
+    store.db.conn.execute("UPDATE vectors SET vec = ? WHERE id = 3", (vecs[17].tobytes(),))  # behind FAISS's back
+    store.db.conn.execute("UPDATE vectors SET vec = ? WHERE id = 17", (vecs[3].tobytes(),))
+    again = LocalVectorStore(IndexDB(tmp_path / "ix"), 8)
+    scores, got = again.search(vecs[3:4], 1)
+    assert got[0][0] == 17 and scores[0][0] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_a_writer_that_missed_another_writers_change_never_saves_it_as_current(tmp_path):
+    """Two store objects on one index (as two processes were): the first one's in-memory index never saw the
+    second one's replacement, so it must not be saved under the new generation."""
+    vecs = rand_vecs(12, 8)
+    first = LocalVectorStore(IndexDB(tmp_path / "ix"), 8)
+    first.upsert(np.arange(10), vecs[:10])
+    second = LocalVectorStore(IndexDB(tmp_path / "ix"), 8)
+    second.upsert([5], vecs[11:12])  # 5 now holds another vector; the count is unchanged
+    first.upsert([0], vecs[:1])
+    first.flush()
+    again = LocalVectorStore(IndexDB(tmp_path / "ix"), 8)
+    scores, got = again.search(vecs[11:12], 1)
+    assert got[0][0] == 5 and scores[0][0] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_saves_use_temporary_files_of_their_own_and_leave_none(tmp_path):
+    store = LocalVectorStore(IndexDB(tmp_path / "ix"), 8)
+    store.upsert(np.arange(5), rand_vecs(5, 8))
+    orphans = [tmp_path / "ix" / ".vectors.faiss.999999.abc.tmp", tmp_path / "ix" / "vectors.tmp"]
+    for p in orphans:  # left by writers killed while saving
+        p.write_bytes(b"half a file")
+    store.flush()
+    names = sorted(p.name for p in (tmp_path / "ix").iterdir())
+    assert names == ["index.db", "index.db-shm", "index.db-wal", "index.lock", FAISS_NAME, FAISS_NAME + ".json"]
+    meta = json.loads((tmp_path / "ix" / (FAISS_NAME + ".json")).read_text())
+    assert meta["count"] == 5 and meta["ids"] == [5, 10, 30]  # the id set's checksum, compared with SQLite's
+
+
+def test_a_reader_never_writes_even_when_the_faiss_file_is_stale(tmp_path):
+    writer = LocalVectorStore(IndexDB(tmp_path / "ix"), 8)
+    writer.upsert(np.arange(5), rand_vecs(5, 8))
+    writer.db.close()
+    (tmp_path / "ix" / FAISS_NAME).unlink(missing_ok=True)  # killed before it saved
+    before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "ix").iterdir()}
+    reader = LocalVectorStore(IndexDB(tmp_path / "ix"), 8)
+    assert reader.search(rand_vecs(1, 8), 2)[1].shape == (1, 2)
+    reader.close()
+    reader.db.close()
+    after = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "ix").iterdir()}
+    assert after == before and not reader.db.holds_writer
+
+
+def test_writer_lock_one_process_at_a_time(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    def other_process_takes_it() -> subprocess.CompletedProcess:
+        code = (f"from visdex.store.db import IndexDB\nIndexDB({str(tmp_path / 'ix')!r}).hold_writer()\n"
+                "print('took it')")  # fmt: skip
+        return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+
+    db, same = IndexDB(tmp_path / "ix"), IndexDB(tmp_path / "ix")
+    db.hold_writer()
+    same.hold_writer()  # the same process: shared (its stores notice each other's writes by the generation)
+    other = other_process_takes_it()
+    busy = f"IndexBusy: index busy: another visdex process (pid {os.getpid()})"
+    assert other.returncode == 1 and busy in other.stderr
+    db.close()
+    assert other_process_takes_it().returncode == 1  # still held by ``same``
+    same.close()
+    assert other_process_takes_it().stdout.strip() == "took it"
+
+
+def test_the_id_checksum_kept_by_triggers_matches_the_ids(tmp_path):
+    from visdex.store.local import _signature
+
+    store = LocalVectorStore(IndexDB(tmp_path / "ix"), 4)
+    store.upsert([3, -7, 2**40, 65521 * 3 + 5], rand_vecs(4, 4))
+    store.upsert([3], rand_vecs(1, 4, seed=2))  # replaced: the set is unchanged
+    store.delete([-7, 999])
+    assert store.db.vector_set() == _signature(store.ids()) == _signature(np.array([3, 2**40, 65521 * 3 + 5]))
+    store.clear()
+    assert store.db.vector_set() == (0, 0, 0)
+
+
+def test_an_index_of_schema_3_gets_the_checksum_of_its_vectors(tmp_path):
+    import sqlite3
+
+    from visdex.store import db as dbmod
+    from visdex.store.local import _signature
+
+    db = IndexDB(tmp_path / "ix")
+    LocalVectorStore(db, 4).upsert([1, 5, 9], rand_vecs(3, 4))
+    db.close()
+    conn = sqlite3.connect(tmp_path / "ix" / dbmod.DB_NAME)
+    conn.executescript("DROP TRIGGER vector_set_insert; DROP TRIGGER vector_set_delete; DROP TABLE vector_set; "
+                       "PRAGMA user_version = 3;")  # fmt: skip
+    conn.close()
+    again = IndexDB(tmp_path / "ix")
+    assert again.schema_version == SCHEMA_VERSION and again.vector_set() == _signature(np.array([1, 5, 9]))

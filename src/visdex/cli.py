@@ -139,12 +139,25 @@ def index(
 
     With --catalog, index a product catalog instead: one pooled vector per item; results are items."""
     ix = _open(index, None if rebuild else model, create=True, device=device, ann=ann, store=store)
-    if rebuild:
-        from . import config
+    rebuilt = None
+    try:
+        ix.db.hold_writer()  # one writer at a time: a second run stops here with "index busy"
+        if rebuild:  # re-embedded aside and swapped in at the end: the index stays searchable until then
+            from . import config
 
-        ix.rebuild(model or ix.model_name or config.get("model"))
+            rbar = _BarProgress(quiet or as_json, label="re-embedding")
+            try:
+                rebuilt = ix.rebuild(model or ix.model_name or config.get("model"), progress=rbar, workers=workers,
+                                     batch_size=batch_size)  # fmt: skip
+            finally:
+                rbar.stop()
+            rebuilt_with = ix.fingerprint.short() if ix.fingerprint is not None else ix.model_name
+    except BaseException:
+        ix.close()
+        raise
     targets = list(paths or []) or ([] if catalog else [Path(r) for r in ix.db.roots()])
     if not targets and not catalog:
+        ix.close()
         raise typer.BadParameter("give at least one folder or image to index", param_hint="PATHS")
     bar = _BarProgress(quiet or as_json)
     try:
@@ -166,8 +179,11 @@ def index(
         bar.stop()
         ix.close()
     if as_json:
-        out.print_json(json.dumps(report.as_dict()))
+        out.print_json(json.dumps({**report.as_dict(), **({"rebuild": rebuilt.as_dict()} if rebuilt else {})}))
         return
+    if rebuilt is not None:
+        out.print(f"rebuilt with {escape(rebuilt_with)}: {rebuilt.embedded} re-embedded, {rebuilt.resumed} "
+                  f"kept from an interrupted rebuild, {rebuilt.failed} failed", highlight=False)  # fmt: skip
     rate = report.embedded / report.seconds if report.seconds else 0.0
     moved = f"{report.moved} moved, " if hasattr(report, "moved") else ""
     out.print(

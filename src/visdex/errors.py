@@ -135,3 +135,17 @@ class IndexEmpty(VisdexError):
 
     exit_code = 2
     http_status = 409
+
+
+class IndexBusy(VisdexError):
+    """Another process is writing to the index (one writer at a time; readers never wait)."""
+
+    exit_code = 6
+    http_status = 409
+
+
+class DiskFull(VisdexError):
+    """A write failed for lack of space (or a file-size limit); nothing half-written was kept."""
+
+    exit_code = 7
+    http_status = 507

@@ -27,6 +27,7 @@ def tag(
 
     names = parse_labels(labels, str(labels_file) if labels_file else None)
     with _open(index) as ix:
+        ix.db.hold_writer()  # one writer at a time (IndexBusy while `visdex index` runs)
         bar = _BarProgress(quiet or as_json, label="tagging")
         try:
             report = tag_index(ix, names, top=top, min_score=min_score, template=template, progress=bar)

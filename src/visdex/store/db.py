@@ -8,19 +8,30 @@ rather than misread.
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import StoreError
+from ..errors import DiskFull, IndexBusy, StoreError
 from ..models.base import Fingerprint
 
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: no writer lock (SQLite still serialises each transaction)
+    fcntl = None
+
+log = logging.getLogger(__name__)
+
 DB_NAME = "index.db"
+LOCK_NAME = "index.lock"  # held (flock) by the one process writing to the index
 
 # Each entry upgrades the schema by one version. Never edit a released entry: append.
 MIGRATIONS: tuple[str, ...] = (
@@ -73,8 +84,23 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX tags_label ON tags(label);
     """,
+    # v4: a checksum of the set of vector ids, kept by triggers, so a saved ANN file is checked against the
+    # truth without reading every row (see LocalVectorStore); the sums stay within int64 up to 2e9 vectors.
+    """
+    CREATE TABLE vector_set (one INTEGER PRIMARY KEY CHECK (one = 1), n INTEGER NOT NULL, s1 INTEGER NOT NULL,
+                             s2 INTEGER NOT NULL);
+    INSERT INTO vector_set SELECT 1, COUNT(*), COALESCE(SUM(id % 1000000007), 0),
+                                  COALESCE(SUM((id % 65521) * (id % 65521)), 0) FROM vectors;
+    CREATE TRIGGER vector_set_insert AFTER INSERT ON vectors BEGIN
+        UPDATE vector_set SET n = n + 1, s1 = s1 + NEW.id % 1000000007, s2 = s2 + (NEW.id % 65521) * (NEW.id % 65521);
+    END;
+    CREATE TRIGGER vector_set_delete AFTER DELETE ON vectors BEGIN
+        UPDATE vector_set SET n = n - 1, s1 = s1 - OLD.id % 1000000007, s2 = s2 - (OLD.id % 65521) * (OLD.id % 65521);
+    END;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
+READABLE_FROM = 3  # a read-only index of this schema version or later is searched without upgrading it
 
 FILE_COLUMNS = (
     "id", "path", "root", "size", "mtime", "hash", "width", "height", "format", "taken_at", "camera",
@@ -112,18 +138,56 @@ class IndexDB:
             from ..errors import IndexNotFound
 
             raise IndexNotFound(f"no index at {self.dir} (create one with: visdex index PATH --index {self.dir})")
-        self.dir.mkdir(parents=True, exist_ok=True)
+        if not self.dir.exists():
+            try:
+                self.dir.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise _os_error(e, f"cannot create the index folder {self.dir}") from e
+        self.readonly = False  # True: opened read-only (a read-only folder or mount, or a full disk)
+        self._writer = False  # holds the index's writer lock (see hold_writer)
+        self._on_commit: list[Callable[[], None]] = []
+        self._depth = 0
+        self._bumped = False  # the open transaction changed vectors (bumped the generation)
         try:
-            self.conn = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
-            self.conn.text_factory = _db_text  # file names that are not UTF-8 come back as os.fsdecode gave them
-            self.conn.execute("PRAGMA journal_mode=WAL")
+            if _writable(self.path):
+                try:
+                    self.conn = self._connect(self.path)
+                    self.conn.execute("PRAGMA journal_mode=WAL")
+                except sqlite3.OperationalError as e:
+                    # A full disk cannot even hold WAL's shared-memory file: still answer reads.
+                    if not self.path.exists() or _code(e) not in (sqlite3.SQLITE_IOERR, sqlite3.SQLITE_FULL,
+                                                                     sqlite3.SQLITE_CANTOPEN):  # fmt: skip
+                        raise
+                    log.warning("opening %s read-only: %s", self.path, e)
+                    self.conn = self._connect_readonly()
+            else:
+                self.conn = self._connect_readonly()
             self.conn.execute("PRAGMA synchronous=NORMAL")
             self.conn.execute("PRAGMA foreign_keys=ON")
             self._migrate()
         except sqlite3.DatabaseError as e:
             raise StoreError(f"cannot open the index database {self.path}: {e}") from e
-        self._on_commit: list[Callable[[], None]] = []
-        self._depth = 0
+
+    def _connect(self, target: str | Path, uri: bool = False) -> sqlite3.Connection:
+        conn = sqlite3.connect(target, timeout=60, isolation_level=None, check_same_thread=False, uri=uri)
+        conn.text_factory = _db_text  # file names that are not UTF-8 come back as os.fsdecode gave them
+        return conn
+
+    def _connect_readonly(self) -> sqlite3.Connection:
+        """A read-only connection. WAL needs its -shm file: in a read-only folder or on a full disk that cannot
+        be made, so the file is then read as immutable (what was last checkpointed into it)."""
+        self.readonly = True
+        base = self.path.absolute().as_uri()
+        for query in ("?mode=ro", "?immutable=1"):
+            conn = self._connect(base + query, uri=True)
+            try:
+                conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+                return conn
+            except sqlite3.OperationalError:
+                conn.close()
+                if query == "?immutable=1":
+                    raise
+        raise AssertionError("unreachable")
 
     # -- schema ---------------------------------------------------------------------------
     def _migrate(self) -> None:
@@ -133,17 +197,29 @@ class IndexDB:
                 f"index {self.dir} has schema version {version}, newer than this visdex understands "
                 f"({SCHEMA_VERSION}); upgrade visdex"
             )
+        if version < SCHEMA_VERSION and self.readonly:
+            if version >= READABLE_FROM:  # later versions only add what reads can do without
+                return
+            raise StoreError(f"index {self.dir} has schema version {version} and is read-only here; open it once "
+                             f"with write access (any visdex command) to upgrade it to version {SCHEMA_VERSION}")
         for v in range(version, SCHEMA_VERSION):
             self.conn.execute("BEGIN IMMEDIATE")
             try:
+                # Another process may have applied it while this one waited for the write lock (two first runs).
+                if self.conn.execute("PRAGMA user_version").fetchone()[0] > v:
+                    self.conn.execute("COMMIT")
+                    continue
                 for stmt in _split_sql(MIGRATIONS[v]):
                     self.conn.execute(stmt)
                 self.conn.execute(f"PRAGMA user_version = {v + 1}")
                 if v == 0:
                     self.conn.execute("INSERT INTO meta VALUES ('created_at', ?)", (str(time.time()),))
                 self.conn.execute("COMMIT")
-            except BaseException:
-                self.conn.execute("ROLLBACK")
+            except BaseException as e:
+                if self.conn.in_transaction:
+                    self.conn.execute("ROLLBACK")
+                if isinstance(e, sqlite3.OperationalError) and _code(e) == sqlite3.SQLITE_FULL:
+                    raise DiskFull(f"no space left to create the index at {self.dir}") from e
                 raise
 
     @property
@@ -154,24 +230,98 @@ class IndexDB:
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """A write transaction; nested calls join the outer one. Callbacks registered with
-        :meth:`after_commit` run only once the outermost transaction has committed."""
+        :meth:`after_commit` run only once the outermost transaction has committed. A full disk
+        is a :class:`DiskFull` error, the transaction rolled back whole."""
         if self._depth == 0:
-            self.conn.execute("BEGIN IMMEDIATE")
+            if self.readonly:
+                raise StoreError(f"the index at {self.dir} is read-only here (a read-only folder or mount, or a full "
+                                 "disk): it can be searched, not changed")  # fmt: skip
+            self._begin()
         self._depth += 1
         try:
             yield self.conn
-        except BaseException:
+        except BaseException as e:
             self._depth -= 1
             if self._depth == 0:
-                self.conn.execute("ROLLBACK")
-                self._on_commit.clear()
+                self._end("ROLLBACK")
+                if isinstance(e, sqlite3.Error):
+                    raise self._translate(e) from e
             raise
         self._depth -= 1
         if self._depth == 0:
-            self.conn.execute("COMMIT")
-            callbacks, self._on_commit = self._on_commit, []
+            try:
+                self.conn.execute("COMMIT")
+            except sqlite3.Error as e:
+                self._end("ROLLBACK")
+                raise self._translate(e) from e
+            callbacks, self._on_commit, self._bumped = self._on_commit, [], False
             for cb in callbacks:
                 cb()
+
+    def _begin(self) -> None:
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as e:
+            raise self._translate(e) from e
+
+    def _end(self, how: str) -> None:
+        # SQLite rolls a transaction back by itself after SQLITE_FULL and some I/O errors: then none is open.
+        if self.conn.in_transaction:
+            with suppress(sqlite3.Error):
+                self.conn.execute(how)
+        self._on_commit.clear()
+        self._bumped = False
+
+    def _translate(self, e: sqlite3.Error) -> Exception:
+        """SQLite's errors that a user can act on, as visdex errors; others unchanged."""
+        code = _code(e)
+        if code == sqlite3.SQLITE_FULL:
+            return DiskFull(f"no space left on the disk of {self.dir}: the last change was rolled back, everything "
+                            "committed before it is kept; free some space and run the command again")  # fmt: skip
+        if code == sqlite3.SQLITE_READONLY:
+            return StoreError(f"the index at {self.dir} cannot be written here (read-only): {e}")
+        return e
+
+    @property
+    def in_transaction(self) -> bool:
+        return self._depth > 0
+
+    @property
+    def vectors_changed(self) -> bool:
+        """The open transaction changed vectors (an in-memory ANN index no longer matches what it reads)."""
+        return self._depth > 0 and self._bumped
+
+    @contextmanager
+    def snapshot(self) -> Iterator[sqlite3.Connection]:
+        """Reads that must agree with each other (the generation and the vectors it counts): one read
+        transaction, so a commit by another process in between is not half seen. Inside a write
+        transaction: that one."""
+        if self._depth > 0 or self.conn.in_transaction:
+            yield self.conn
+            return
+        self.conn.execute("BEGIN")
+        try:
+            yield self.conn
+        finally:
+            with suppress(sqlite3.Error):
+                self.conn.execute("COMMIT")
+
+    # -- the writer lock ------------------------------------------------------------------
+    def hold_writer(self) -> None:
+        """Become the index's one writer until :meth:`close`: an exclusive lock on ``index.lock``, which
+        the OS drops when the process ends (a kill -9 leaves no stale lock). Another process holding it
+        is an :class:`IndexBusy` error at once. Readers never take it and never wait for it."""
+        if self._writer:
+            return
+        if self.readonly:
+            raise StoreError(f"the index at {self.dir} is read-only here (a read-only folder or mount, or a full "
+                             "disk): it can be searched, not changed")  # fmt: skip
+        _lock_dir(self.dir)
+        self._writer = True
+
+    @property
+    def holds_writer(self) -> bool:
+        return self._writer
 
     def after_commit(self, callback: Callable[[], None]) -> None:
         if self._depth == 0:
@@ -201,6 +351,7 @@ class IndexDB:
     def bump_generation(self) -> int:
         """Count of vector changes; the derived ANN file records the one it was built from."""
         with self.transaction() as c:
+            self._bumped = True
             c.execute(
                 "INSERT INTO meta VALUES ('generation', '1') "
                 "ON CONFLICT(key) DO UPDATE SET value = CAST(value AS INTEGER) + 1"
@@ -210,6 +361,15 @@ class IndexDB:
     @property
     def generation(self) -> int:
         return int(self.get_meta("generation") or 0)
+
+    def vector_set(self) -> tuple[int, int, int] | None:
+        """(count, sum of id mod 1000000007, sum of (id mod 65521)^2) of the stored vectors' ids, kept by triggers;
+        None for an index of an older schema opened read-only."""
+        try:
+            row = self.conn.execute("SELECT n, s1, s2 FROM vector_set").fetchone()
+        except sqlite3.OperationalError:
+            return None
+        return tuple(row) if row else None
 
     @property
     def kind(self) -> str:
@@ -303,9 +463,90 @@ class IndexDB:
         with self.transaction() as c:
             c.executemany("DELETE FROM files WHERE id = ?", [(int(i),) for i in ids])
 
+    # -- a rebuild's vectors, built aside (see visdex.rebuild) -------------------------------
+    # One row per file or item re-embedded so far with the new model, stamped with what the row was when it
+    # was read (size + mtime, or a catalog row's hash) so a resumed rebuild re-embeds whatever changed since.
+    def shadow_fingerprint(self) -> str | None:
+        """The fingerprint (JSON) of the model an unfinished rebuild is re-embedding with, None when none is."""
+        return self.get_meta("rebuild_fingerprint")
+
+    def start_shadow(self, fingerprint: str) -> int:
+        """Begin (or resume, for the same model) a rebuild; returns how many vectors it already has."""
+        with self.transaction() as c:
+            c.execute("CREATE TABLE IF NOT EXISTS rebuild_vectors (id INTEGER PRIMARY KEY, vec BLOB, error TEXT, "
+                      "size INTEGER, mtime REAL, row_hash TEXT)")  # fmt: skip
+            if self.shadow_fingerprint() != fingerprint:
+                c.execute("DELETE FROM rebuild_vectors")
+                self.set_meta("rebuild_fingerprint", fingerprint)
+            return c.execute("SELECT COUNT(*) FROM rebuild_vectors").fetchone()[0]
+
+    def shadow_todo_files(self) -> list[FileRow]:
+        """Indexed files the rebuild has not re-embedded yet (or that changed since it did)."""
+        return self._rows("WHERE status = 'ok' AND NOT EXISTS (SELECT 1 FROM rebuild_vectors s WHERE s.id = files.id "
+                          "AND s.size = files.size AND s.mtime = files.mtime) ORDER BY id")  # fmt: skip
+
+    def shadow_todo_items(self) -> list[dict]:
+        """Catalog items the rebuild has not re-embedded yet (or that changed since it did)."""
+        sql = ("SELECT id, key, title, attrs, images, row_hash FROM items WHERE status = 'ok' AND NOT EXISTS "
+               "(SELECT 1 FROM rebuild_vectors s WHERE s.id = items.id AND s.row_hash IS items.row_hash) ORDER BY id")
+        return [{"id": i, "key": k, "title": t, "attrs": json.loads(a), "images": json.loads(im), "row_hash": h}
+                for i, k, t, a, im, h in self.conn.execute(sql)]  # fmt: skip
+
+    def put_shadow(self, rows: Sequence[tuple]) -> None:
+        """(id, vector bytes or None, error or None, size, mtime, row_hash) rows of the rebuild."""
+        with self.transaction() as c:
+            c.executemany("INSERT OR REPLACE INTO rebuild_vectors VALUES (?, ?, ?, ?, ?, ?)", rows)
+
+    def shadow_ready(self, chunk: int = 16384) -> Iterator[list[tuple[int, bytes]]]:
+        """(id, vector) batches of the rebuild for every current indexed row (files or items)."""
+        table, match = ("items", "s.row_hash IS t.row_hash") if self.kind == "catalog" else (
+            "files", "s.size = t.size AND s.mtime = t.mtime")  # fmt: skip
+        cur = self.conn.execute(f"SELECT s.id, s.vec FROM rebuild_vectors s JOIN {table} t ON t.id = s.id "
+                                f"WHERE t.status = 'ok' AND s.vec IS NOT NULL AND {match} ORDER BY s.id")  # fmt: skip
+        while rows := cur.fetchmany(chunk):
+            yield rows
+
+    def shadow_misses(self) -> list[tuple[int, str]]:
+        """Indexed rows the rebuild has no vector for: (id, why)."""
+        table, match = ("items", "s.row_hash IS t.row_hash") if self.kind == "catalog" else (
+            "files", "s.size = t.size AND s.mtime = t.mtime")  # fmt: skip
+        sql = (f"SELECT t.id, COALESCE(s.error, 'changed while the rebuild ran') FROM {table} t LEFT JOIN "
+               f"rebuild_vectors s ON s.id = t.id AND {match} WHERE t.status = 'ok' AND s.vec IS NULL")
+        return [tuple(r) for r in self.conn.execute(sql)]
+
+    def fail_rows(self, rows: Sequence[tuple[int, str]]) -> None:
+        """Mark files (or items) failed with a reason; a file's mtime is reset so the next run looks at it again."""
+        with self.transaction() as c:
+            if self.kind == "catalog":
+                c.executemany("UPDATE items SET status = 'failed', error = ?, row_hash = NULL WHERE id = ?",
+                              [(why, int(i)) for i, why in rows])  # fmt: skip
+            else:
+                c.executemany("UPDATE files SET status = 'failed', error = ?, mtime = -1 WHERE id = ?",
+                              [(why, int(i)) for i, why in rows])  # fmt: skip
+
+    def drop_shadow(self) -> None:
+        with self.transaction() as c:
+            c.execute("DROP TABLE IF EXISTS rebuild_vectors")
+            c.execute("DELETE FROM meta WHERE key = 'rebuild_fingerprint'")
+
+    def shadow_progress(self) -> tuple[int, int] | None:
+        """(re-embedded, to do in all) of an unfinished rebuild, None when none is under way."""
+        if self.shadow_fingerprint() is None:
+            return None
+        table = "items" if self.kind == "catalog" else "files"
+        total = self.conn.execute(f"SELECT COUNT(*) FROM {table} WHERE status = 'ok'").fetchone()[0]
+        try:
+            done = self.conn.execute("SELECT COUNT(*) FROM rebuild_vectors").fetchone()[0]
+        except sqlite3.OperationalError:
+            done = 0
+        return min(done, total), total
+
     def close(self) -> None:
         with suppress(sqlite3.Error):
             self.conn.close()
+        if self._writer:
+            self._writer = False
+            _unlock_dir(self.dir)
 
 
 def _db_text(raw: bytes) -> str:
@@ -315,4 +556,95 @@ def _db_text(raw: bytes) -> str:
 
 
 def _split_sql(script: str) -> list[str]:
-    return [s.strip() for s in script.split(";") if s.strip()]
+    """The statements of ``script``; a trigger's body (``BEGIN ...; END``) stays one statement."""
+    out, current = [], ""
+    for piece in script.split(";"):
+        current += piece + ";"
+        if sqlite3.complete_statement(current):
+            if current.strip(" \n;"):
+                out.append(current.strip())
+            current = ""
+    return out
+
+
+# -- errors --------------------------------------------------------------------------------------
+_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def _code(e: sqlite3.Error) -> int:
+    """The primary SQLite result code of an error (SQLITE_FULL, SQLITE_IOERR...), -1 when unknown."""
+    return getattr(e, "sqlite_errorcode", -1) & 0xFF if getattr(e, "sqlite_errorcode", None) is not None else -1
+
+
+def is_disk_full(e: BaseException) -> bool:
+    return isinstance(e, OSError) and e.errno in _FULL_ERRNOS
+
+
+def _os_error(e: OSError, what: str) -> Exception:
+    if is_disk_full(e):
+        return DiskFull(f"{what}: {e.strerror} (free some space and run the command again)")
+    return StoreError(f"{what}: {e.strerror or e}")
+
+
+def _writable(db_path: Path) -> bool:
+    """Whether this process may write the index (a read-only mount answers False even for root)."""
+    return os.access(db_path.parent, os.W_OK) and (not db_path.exists() or os.access(db_path, os.W_OK))
+
+
+# -- the writer lock: one per index folder and process, shared by that process's IndexDBs ----------
+_locks: dict[str, list] = {}  # realpath -> [fd, holders]
+_locks_guard = threading.Lock()
+
+
+def _lock_dir(directory: Path) -> None:
+    key = os.path.realpath(directory)
+    with _locks_guard:
+        held = _locks.get(key)
+        if held is not None:  # this process already writes there (two IndexDBs of one index)
+            held[1] += 1
+            return
+        if fcntl is None:  # pragma: no cover
+            _locks[key] = [-1, 1]
+            return
+        path = os.path.join(key, LOCK_NAME)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise _os_error(e, f"cannot open the writer lock {path}") from e
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            holder = _holder(fd)
+            os.close(fd)
+            if e.errno in (errno.EWOULDBLOCK, errno.EACCES, errno.EAGAIN):
+                who = f"pid {holder}" if holder else "pid unknown"
+                raise IndexBusy(f"index busy: another visdex process ({who}) is writing to {key}; wait for it to "
+                                "finish (searches keep working meanwhile)") from None  # fmt: skip
+            raise _os_error(e, f"cannot lock {path}") from e
+        with suppress(OSError):  # only for the message above: a full disk must not stop the writer
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        _locks[key] = [fd, 1]
+
+
+def _unlock_dir(directory: Path) -> None:
+    key = os.path.realpath(directory)
+    with _locks_guard:
+        held = _locks.get(key)
+        if held is None:
+            return
+        held[1] -= 1
+        if held[1] <= 0:
+            del _locks[key]
+            if held[0] >= 0:
+                with suppress(OSError):
+                    os.ftruncate(held[0], 0)
+                os.close(held[0])  # closing the descriptor releases the flock
+
+
+def _holder(fd: int) -> int | None:
+    try:
+        return int(os.pread(fd, 32, 0).split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+

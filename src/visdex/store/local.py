@@ -1,10 +1,17 @@
 """The embedded default store: vectors live in the index's SQLite file (the truth, written in
 the same transaction as the file rows), and a FAISS index is derived from them.
 
-The FAISS file records the database *generation* it was built from; when it is missing,
-unreadable or stale (a crash after a commit but before the FAISS file was saved), it is
-rebuilt from SQLite on open. In a running process the FAISS index is updated only after
-the SQLite transaction commits, so a rolled-back batch never reaches it.
+The FAISS file records the database *generation* it was built from and a digest of its ids; on
+load it is also checked against the truth: the same ids as SQLite and a sample of its vectors equal
+to theirs (close, for the compressed kinds). When it is missing, unreadable, stale (a crash after a
+commit but before the file was saved) or disagrees, it is rebuilt from SQLite. In a running process
+the FAISS index is updated only after the SQLite transaction commits, so a rolled-back batch never
+reaches it, and only when it saw every change before (the generation moved by exactly one);
+otherwise it is rebuilt.
+
+Only the index's writer (the process holding its writer lock, see ``IndexDB.hold_writer``) saves the
+file, through a temporary file of its own and a rename; readers never write, so they work on a
+read-only folder or a full disk (a stale file is then rebuilt in memory).
 
 The ANN kind (``ann``, recorded in the index's meta table, one of :data:`ANN_KINDS`):
 
@@ -36,14 +43,17 @@ import json
 import logging
 import math
 import os
+import stat
+import tempfile
 from collections.abc import Sequence
+from contextlib import suppress
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
 from ..errors import BadQuery, MissingDependency
 from .base import VectorStore, as_ids, empty_results, pad_results
-from .db import IndexDB
+from .db import IndexDB, _os_error
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +70,7 @@ DEAD_LABEL = 1 << 62  # HNSW nodes of deleted / replaced vectors are relabelled 
 HNSW_MAX_DEAD = 0.25  # rebuild the graph once this fraction of its nodes is dead
 # Re-ranked shortlist per codec: max(factor * k, minimum) candidates are re-scored with float32 vectors.
 SHORTLIST = {"fp16": (2, 20), "sq8": (4, 40), "ivfpq": (20, 200)}
+VERIFY_SAMPLE = 32  # vectors of a saved FAISS file compared with SQLite's when it is loaded
 
 
 def _faiss():
@@ -125,7 +136,7 @@ class LocalVectorStore(VectorStore):
         self.nprobe: int | None = None
         self.shortlist: int | None = None
         self._index = None
-        self._built: dict = {}  # {"kind", "trained_on", "dead"} of the index in memory
+        self._built: dict = {}  # {"kind", "trained_on", "dead", "generation"} of the index in memory
         self._dirty = False
         self._stale = False  # too many dead HNSW nodes, or outgrew its kind or its training
 
@@ -150,12 +161,23 @@ class LocalVectorStore(VectorStore):
     def index(self):
         if self._stale:  # rebuilt from SQLite; the file on disk is older than the database
             self._index, self._stale = None, False
+        self._forget_if_behind()
         if self._index is None:
             self._index = self._load_or_rebuild()
         return self._index
 
+    def _forget_if_behind(self) -> None:
+        # Another process (or another store object of this one) changed the vectors since this index was built.
+        if self._index is not None and not self.db.in_transaction and self._built.get("generation") != (
+                self.db.generation):  # fmt: skip
+            self._index = None
+
     def _ensure_loaded(self) -> None:
-        # Load (or rebuild) before a write, so the write can be applied in memory after commit.
+        # Load (or rebuild) before a write, so the write can be applied in memory after commit -- unless this
+        # transaction already changed vectors: what it would read is not committed yet (rebuilt later instead).
+        if self.db.vectors_changed:
+            return
+        self._forget_if_behind()
         if self._index is None and not self._stale:
             self._index = self._load_or_rebuild()
 
@@ -176,28 +198,77 @@ class LocalVectorStore(VectorStore):
         return faiss.IndexIDMap2(inner)
 
     def _load_or_rebuild(self):
-        faiss = _faiss()
-        generation, n = self.db.generation, self.count()
-        kind = self.kind_for(n)
-        try:
-            meta = self._disk_meta()
-            if meta.get("generation") == generation and meta.get("dim") == self.dim and meta.get("kind") == kind:
-                index = faiss.read_index(str(self.faiss_path))
-                dead = _count_dead(index)
-                if index.ntotal - dead == n:
-                    self._built = {"kind": kind, "trained_on": meta.get("trained_on", n), "dead": dead}
-                    return index
-        except (OSError, ValueError, RuntimeError):
-            pass
-        log.info("building the FAISS index (%s) of %s from SQLite", kind, self.db.dir)
-        index = self._new_index(kind, n)
-        if not index.is_trained and n:
-            index.train(self._sample(n, ivfpq_params(n, self.dim).train_size if kind == "ivfpq" else SQ_TRAIN_MAX))
-        for ids, vecs in self.iter_vectors():
-            index.add_with_ids(vecs, ids)
-        self._built = {"kind": kind, "trained_on": n, "dead": 0}
+        with self.db.snapshot():  # the generation and the vectors of one moment, whatever other processes commit
+            generation, truth = self.db.generation, self._truth_signature()
+            n = truth[0]
+            kind = self.kind_for(n)
+            index = self._load_saved(generation, kind, truth)
+            if index is not None:
+                return index
+            log.info("building the FAISS index (%s) of %s from SQLite", kind, self.db.dir)
+            index = self._new_index(kind, n)
+            if not index.is_trained and n:
+                size = ivfpq_params(n, self.dim).train_size if kind == "ivfpq" else SQ_TRAIN_MAX
+                index.train(self._sample(self.ids(), size))
+            for ids, vecs in self.iter_vectors():
+                index.add_with_ids(vecs, ids)
+        self._built = {"kind": kind, "trained_on": n, "dead": 0, "generation": generation}
         self._dirty = True
         return index
+
+    def _truth_signature(self) -> tuple[int, int, int]:
+        """:func:`_signature` of the ids in SQLite: kept by triggers (an older read-only index: counted)."""
+        got = self.db.vector_set()
+        if got is None:
+            got = self.db.conn.execute("SELECT COUNT(*), COALESCE(SUM(id % 1000000007), 0), "
+                                       "COALESCE(SUM((id % 65521) * (id % 65521)), 0) FROM vectors").fetchone()
+        return tuple(int(x) for x in got)
+
+    def _load_saved(self, generation: int, kind: str, truth: tuple[int, int, int]):
+        """The saved FAISS index if it was built from exactly what SQLite holds now, else None."""
+        meta = self._disk_meta()
+        if meta.get("generation") != generation or meta.get("dim") != self.dim or meta.get("kind") != kind:
+            return None
+        if "ids" in meta and tuple(meta["ids"]) != truth:  # (files saved before it was recorded: compared below)
+            log.warning("the saved FAISS index of %s names other ids than SQLite: rebuilding it", self.db.dir)
+            return None
+        try:
+            index = _faiss().read_index(str(self.faiss_path))
+        except (OSError, RuntimeError, ValueError):
+            return None
+        if not self._matches(index, kind, truth, generation):
+            log.warning("the saved FAISS index of %s disagrees with SQLite: rebuilding it", self.db.dir)
+            return None
+        self._built = {"kind": kind, "trained_on": meta.get("trained_on", truth[0]), "dead": _count_dead(index),
+                       "generation": generation}  # fmt: skip
+        return index
+
+    def _matches(self, index, kind: str, truth: tuple[int, int, int], generation: int) -> bool:
+        """Whether ``index`` holds the ids SQLite holds (their signature ``truth``) and, for a sample, their
+        vectors: equal for the exact kinds; for the compressed ones, each decoded vector nearer its own than any
+        other sampled one."""
+        ids, where = _live_ids(index)
+        if _signature(ids) != truth:
+            return False
+        if not len(ids):
+            return True
+        sample = np.sort(np.random.default_rng(generation).choice(ids, min(VERIFY_SAMPLE, len(ids)), False))
+        try:
+            decoded = _reconstruct(index, sample, where)
+        except RuntimeError:
+            return False
+        try:
+            want = self.get(sample)
+        except KeyError:  # an id with no vector in SQLite (the signature is a checksum, not a proof)
+            return False
+        codec = kind.partition("-")[2] or ("pq" if kind == "ivfpq" else "")
+        if not codec:
+            return bool(np.allclose(decoded, want, atol=1e-5))
+        if codec == "fp16":
+            return bool(np.allclose(decoded, want, atol=2e-3))
+        sims = decoded @ want.T
+        own = np.diag(sims)
+        return bool((own >= sims.max(axis=1) - 1e-4).all() and (own > 0.5).all())
 
     def iter_vectors(self, chunk: int = 65536):
         """(ids, vectors) batches of every stored vector, by id, read from SQLite (the truth)."""
@@ -207,10 +278,9 @@ class LocalVectorStore(VectorStore):
             vecs = np.frombuffer(b"".join(r[1] for r in rows), np.float32).reshape(len(rows), self.dim)
             yield ids, vecs
 
-    def _sample(self, n: int, size: int) -> np.ndarray:
-        """A random sample of ``size`` stored vectors (all of them when there are fewer) to train on."""
-        ids = self.ids()
-        if size < n:
+    def _sample(self, ids: np.ndarray, size: int) -> np.ndarray:
+        """A random sample of ``size`` of the vectors of ``ids`` (all of them when there are fewer) to train on."""
+        if size < len(ids):
             ids = np.sort(np.random.default_rng(0).choice(ids, size, replace=False))
         return self._get_present(ids)[1]
 
@@ -225,40 +295,91 @@ class LocalVectorStore(VectorStore):
         return self._disk_meta().get("generation")
 
     def flush(self) -> None:
-        """Save the FAISS index (atomically) if it lags behind SQLite; a stale one is rebuilt first."""
+        """Save the FAISS index (atomically) if it lags behind SQLite; a stale one is rebuilt first. Only the
+        index's writer saves (readers never write); a full disk is a DiskFull error that leaves the previous
+        file and no temporary one."""
+        if not self.db.holds_writer:
+            return
         if self._stale:
             self._index, self._stale = None, False
+        self._forget_if_behind()
         if self._index is None and self._disk_generation() != self.db.generation:
             self._index = self._load_or_rebuild()
         if not self._dirty or self._index is None:
             return
-        faiss = _faiss()
-        tmp = self.faiss_path.with_suffix(".tmp")
-        faiss.write_index(self._index, str(tmp))
-        os.replace(tmp, self.faiss_path)
-        meta = {"generation": self.db.generation, "dim": self.dim, **self._built}
-        meta_tmp = self.meta_path.with_suffix(".tmp")
-        meta_tmp.write_text(json.dumps(meta))
-        os.replace(meta_tmp, self.meta_path)
+        self._save()
         self._dirty = False
+
+    def _save(self) -> None:
+        faiss = _faiss()
+        ids, _ = _live_ids(self._index)
+        meta = {**self._built, "dim": self.dim, "count": len(ids), "ids": _signature(ids)}
+        self._remove_orphans()
+        tmps: list[str] = []
+        try:
+            # Temporary files of this process only (two processes once shared one name and swapped halves).
+            faiss_tmp = self._temp_file(tmps, lambda f: faiss.write_index(self._index, faiss.PyCallbackIOWriter(
+                f.write)))  # fmt: skip
+            meta_tmp = self._temp_file(tmps, lambda f: f.write(json.dumps(meta).encode()))
+            # The file first, then the meta that vouches for it: a crash in between leaves a meta that does not
+            # match (another generation or digest), so the file is rebuilt, never trusted.
+            os.replace(faiss_tmp, self.faiss_path)
+            os.replace(meta_tmp, self.meta_path)
+            tmps.clear()
+        except OSError as e:
+            raise _os_error(e, f"cannot save the vector index {self.faiss_path} (the index itself is intact)") from e
+        finally:
+            for t in tmps:
+                with suppress(OSError):
+                    os.unlink(t)
+
+    def _temp_file(self, tmps: list[str], write) -> str:
+        fd, path = tempfile.mkstemp(prefix=f".{FAISS_NAME}.{os.getpid()}.", suffix=".tmp", dir=self.db.dir)
+        tmps.append(path)
+        with os.fdopen(fd, "wb") as f:
+            with suppress(OSError):  # mkstemp makes 0600 files: give it the database's permissions
+                os.fchmod(f.fileno(), stat.S_IMODE(os.stat(self.db.path).st_mode))
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        return path
+
+    def _remove_orphans(self) -> None:
+        """Temporary files left by a writer killed while saving (only a writer saves, and this one is it)."""
+        old = [self.db.dir / "vectors.tmp", self.db.dir / (FAISS_NAME + ".tmp")]  # names before per-process files
+        for p in [*self.db.dir.glob(f".{FAISS_NAME}.*.tmp"), *old]:
+            if p.name.split(".")[3:4] != [str(os.getpid())]:
+                with suppress(OSError):
+                    p.unlink()
 
     # -- contract -------------------------------------------------------------------------
     def upsert(self, ids: Sequence[int] | np.ndarray, vectors: np.ndarray) -> None:
         ids = as_ids(ids)
         vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(len(ids), self.dim)
+        self.db.hold_writer()
         self._ensure_loaded()
         with self.db.transaction() as c:
             c.executemany(
                 "INSERT INTO vectors VALUES (?, ?) ON CONFLICT(id) DO UPDATE SET vec = excluded.vec",
                 [(int(i), v.tobytes()) for i, v in zip(ids, vectors, strict=True)],
             )
-            self.db.bump_generation()
-            self.db.after_commit(lambda: self._apply_upsert(ids, vectors))
+            gen = self.db.bump_generation()
+            self.db.after_commit(lambda: self._apply_upsert(ids, vectors, gen))
 
-    def _apply_upsert(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+    def _follows(self, gen: int) -> bool:
+        """Whether the in-memory index saw every change before the one that made generation ``gen``."""
         self._dirty = True
         if self._stale or self._index is None:
-            return  # rebuilt from SQLite before the next search
+            return False  # rebuilt from SQLite before the next search
+        if self._built.get("generation") != gen - 1:
+            self._index = None  # it missed a change: rebuilt from SQLite before the next search
+            return False
+        self._built["generation"] = gen
+        return True
+
+    def _apply_upsert(self, ids: np.ndarray, vectors: np.ndarray, gen: int) -> None:
+        if not self._follows(gen):
+            return
         index, built = self._index, self._built
         n_after = self._live() + len(ids)  # an estimate (replaced ids count twice): picks kind and retraining
         trained = built["kind"] == "ivfpq" or built["kind"].endswith("-sq8")
@@ -293,15 +414,15 @@ class LocalVectorStore(VectorStore):
         ids = as_ids(ids)
         if not len(ids):
             return
+        self.db.hold_writer()
         self._ensure_loaded()
         with self.db.transaction() as c:
             c.executemany("DELETE FROM vectors WHERE id = ?", [(int(i),) for i in ids])
-            self.db.bump_generation()
-            self.db.after_commit(lambda: self._apply_delete(ids))
+            gen = self.db.bump_generation()
+            self.db.after_commit(lambda: self._apply_delete(ids, gen))
 
-    def _apply_delete(self, ids: np.ndarray) -> None:
-        self._dirty = True
-        if self._stale or self._index is None:
+    def _apply_delete(self, ids: np.ndarray, gen: int) -> None:
+        if not self._follows(gen):
             return
         kind = self._built["kind"]
         if self.kind_for(self._live() - len(ids)) != kind:
@@ -421,7 +542,7 @@ class LocalVectorStore(VectorStore):
         return np.frombuffer(b"".join(found[int(i)] for i in ids), np.float32).reshape(len(ids), self.dim).copy()
 
     def count(self) -> int:
-        return self.db.conn.execute("SELECT COUNT(*) FROM vectors").fetchone()[0]
+        return self._truth_signature()[0]  # kept by triggers: no scan of the vectors
 
     def ids(self) -> np.ndarray:
         return np.fromiter((r[0] for r in self.db.conn.execute("SELECT id FROM vectors ORDER BY id")), np.int64)
@@ -444,14 +565,15 @@ class LocalVectorStore(VectorStore):
 
     def clear(self) -> None:
         """Drop every vector (used when an index is rebuilt with another model)."""
+        self.db.hold_writer()
         with self.db.transaction() as c:
             c.execute("DELETE FROM vectors")
-            self.db.bump_generation()
-            self.db.after_commit(self._reset)
+            gen = self.db.bump_generation()
+            self.db.after_commit(lambda: self._reset(gen))
 
-    def _reset(self) -> None:
+    def _reset(self, gen: int) -> None:
         self._index = self._new_index(self.kind_for(0), 0)
-        self._built = {"kind": self.kind_for(0), "trained_on": 0, "dead": 0}
+        self._built = {"kind": self.kind_for(0), "trained_on": 0, "dead": 0, "generation": gen}
         self._stale = False
         self._dirty = True
 
@@ -465,6 +587,43 @@ def _labels(index) -> np.ndarray:
 
 def _count_dead(index) -> int:
     return int((_labels(index) >= DEAD_LABEL).sum()) if hasattr(index, "id_map") else 0
+
+
+def _signature(ids: np.ndarray) -> tuple[int, int, int]:
+    """A checksum of an id set, the one SQLite keeps by triggers (db.vector_set): count, sum of id mod
+    1000000007, sum of (id mod 65521)^2, with SQLite's remainder (the sign of the id)."""
+    ids = np.asarray(ids, np.int64)
+    r = np.fmod(ids, 65521)
+    return len(ids), int(np.fmod(ids, 1000000007).sum()), int((r * r).sum())
+
+
+def _live_ids(index) -> tuple[np.ndarray, dict | None]:
+    """(sorted ids the index returns, None) for an IndexIDMap; for an IVF index also {id: (list, offset)}."""
+    if hasattr(index, "id_map"):
+        labels = _labels(index)
+        return np.sort(labels[labels < DEAD_LABEL]), None
+    faiss = _faiss()
+    ivf = faiss.extract_index_ivf(index)
+    parts, where = [], {}
+    for lst in range(ivf.nlist):
+        size = ivf.invlists.list_size(lst)
+        if size:
+            ids = faiss.rev_swig_ptr(ivf.invlists.get_ids(lst), size).copy()
+            parts.append(ids)
+            where.update((int(i), (lst, off)) for off, i in enumerate(ids))
+    return (np.sort(np.concatenate(parts)) if parts else np.zeros(0, np.int64)), where
+
+
+def _reconstruct(index, ids: np.ndarray, where: dict | None) -> np.ndarray:
+    """The vectors the index keeps for ``ids`` (decoded, for the compressed kinds)."""
+    if where is None:
+        return np.stack([index.reconstruct(int(i)) for i in ids])
+    faiss = _faiss()
+    ivf = faiss.extract_index_ivf(index)
+    out = np.empty((len(ids), ivf.d), np.float32)
+    for row, i in enumerate(ids):
+        ivf.reconstruct_from_offset(*where[int(i)], faiss.swig_ptr(out[row]))
+    return out
 
 
 def _selector(allowed: np.ndarray | None):
