@@ -190,6 +190,13 @@ class Index:
             prune: bool = True) -> IngestReport:
         """Index (or bring up to date) the images under ``paths``. Bad files are recorded, never fatal."""
         self.ensure_kind("files")
+        fp = self.db.fingerprint
+        if fp is not None and self._query_model is not None:  # another backend: may search, never add (said at once,
+            raise ModelMismatch(  # even when nothing would need embedding)
+                f"the index at {self.path} was built with {fp.name!r}; {self._query_model!r} may search it but not "
+                f"add to it. Index without --model, or re-index: "
+                f"visdex index --index {self.path} --model {self._query_model} --rebuild"
+            )
 
         def model(todo: int = 0) -> Embedder:  # called only when files need embedding: a re-scan of an unchanged
             emb = self._indexing_embedder(todo)  # folder loads no model
