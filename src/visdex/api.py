@@ -322,7 +322,7 @@ class Index:
         ``"beach.jpg + 'at night' - people"`` (see :mod:`visdex.query`); ``crop`` applies to the image term.
         ``text_vectors``: the text terms' vectors, embedded by the caller (a server batches concurrent queries)."""
         crop = Crop.parse(crop) if isinstance(crop, str) else crop
-        self._require_vectors()
+        self.require_vectors()
         if isinstance(query, Image.Image):
             return self._embed_image(query, crop)
         if isinstance(query, os.PathLike):
@@ -355,7 +355,7 @@ class Index:
         """
         if k < 1:
             raise BadQuery("k must be at least 1")
-        self._require_vectors()
+        self.require_vectors()
         allowed = self._allowed(where)
         if isinstance(allowed, np.ndarray) and not len(allowed):
             return []
@@ -366,7 +366,7 @@ class Index:
     def similar(self, item: str | os.PathLike | int, k: int = 10, *, where: str | None = None,
                 min_score: float | None = None, within: float | None = None) -> list[Hit]:
         """Images most like an indexed item (by id or path) or any image file, the item itself left out."""
-        self._require_vectors()
+        self.require_vectors()
         exclude: list[int] = []
         if isinstance(item, int):
             try:
@@ -387,7 +387,7 @@ class Index:
         hits = search_vectors(self.db, self.store, vec, k, allowed=allowed, exclude_ids=exclude)
         return cut_hits(hits, min_score, within)
 
-    def _require_vectors(self) -> None:
+    def require_vectors(self) -> None:
         """A search needs the index's model, which an index learns with its first vectors: without them
         there is nothing to search, and no model to load (never the default one from the hub)."""
         if self.db.fingerprint is None:

@@ -159,6 +159,7 @@ class ServedIndex:
     def _text_embedder(self):
         with self.lock:
             self.warm()
+            self.ix.require_vectors()  # an empty index has no model to embed with: IndexEmpty, never a default one
             return self.ix.text_embedder
 
     # -- searches: texts embedded in shared batches, outside the lock ---------------------
@@ -171,7 +172,7 @@ class ServedIndex:
         if isinstance(query, str):
             crop = opts.get("crop")
             texts = list(dict.fromkeys(t.value for t in parse_query(query, crop=crop).terms if t.kind == "text"))
-            if texts and self.call(lambda ix: ix.fingerprint is not None):
+            if texts:  # embedded before the lock is taken: requests queue in the batcher, not behind the lock
                 vectors = dict(zip(texts, self.texts.embed(texts), strict=True))
         def run(ix: Index) -> list:
             ok = vectors and ix.fingerprint is not None and next(iter(vectors.values())).shape[-1] == ix.fingerprint.dim
