@@ -84,7 +84,7 @@ def export_clip_retrieval(ix, out: str | os.PathLike, *, shard_size: int = DEFAU
     out = Path(out).expanduser().absolute()
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise BadQuery(f"{out} exists and is not an empty folder; export into a new folder", path=str(out))
-    ix._require_vectors()
+    ix.require_vectors()
     _, pq = _pyarrow()
     fp: Fingerprint = ix.fingerprint
     store = ix.store
