@@ -355,7 +355,8 @@ def _print_any_file_name() -> None:
 
 def main() -> None:
     """Console entry point: runs the app and turns library errors into messages and exit codes
-    (0 ok, 1 unexpected error, 2 bad input, 3 model, 4 missing extra, 5 unreadable index, 130 Ctrl-C)."""
+    (0 ok, 1 unexpected error, 2 bad input, 3 model, 4 missing extra, 5 unreadable index, 6 index busy,
+    7 disk full, 130 Ctrl-C)."""
     _print_any_file_name()
     try:
         _load_command_modules()
