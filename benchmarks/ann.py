@@ -37,14 +37,16 @@ import numpy as np
 RESULTS = Path(__file__).resolve().parent / "results"
 DIM, CLUSTERS, ALPHA, SIGMA = 512, 1000, 0.5, 0.7
 DUP_FRACTION = 0.01
-EF_SWEEP = (10, 16, 32, 64, 128, 256, 512, 1024)
+EF_SWEEP = (10, 16, 24, 32, 48, 64, 96, 128, 256, 512, 1024)
 NPROBE_SWEEP = (2, 4, 8, 16, 32, 64, 128, 256, 512)
 SHORTLIST_SWEEP = (20, 50, 100, 200)
 TARGETS = (0.90, 0.95, 0.99)
 FILTERS = {"5%": 20, "50%": 2}  # allowed ids: id % m == 0
 CONFIGS = {
     "visdex-flat": "exact inner product (float32), the --ann flat store",
-    "visdex-auto": "the default store: --ann auto (HNSW at these sizes: from 100k vectors)",
+    "visdex-auto": "the default store: --ann auto (HNSW at these sizes: from 100k vectors; hnswlib's graph "
+    "when hnswlib is installed, else FAISS's)",
+    "visdex-hnsw-faiss": "--ann hnsw on the FAISS engine (what it builds without hnswlib: M=32, efConstruction=80)",
     "visdex-hnsw-fp16": "--ann hnsw-fp16: HNSW over float16 vectors, shortlist 2k re-ranked",
     "visdex-hnsw-sq8": "--ann hnsw-sq8: HNSW over int8 vectors, shortlist 4k re-ranked",
     "visdex-ivfpq": "--ann ivfpq: IVF-PQ, shortlist re-ranked with float32 vectors from SQLite",
@@ -53,6 +55,7 @@ CONFIGS = {
     "hnswlib-default": "hnswlib.Index('ip') with M=16, ef_construction=200 (hnswlib's defaults)",
 }
 DEFAULT_CONFIGS = [c for c in CONFIGS if c != "visdex-flat-sq8"]
+KEPT = ("visdex-auto", "visdex-hnsw-faiss")  # --keep: the HNSW stores benchmarks/dupes_scale.py reuses
 
 
 def unavailable(name: str) -> str | None:
@@ -169,13 +172,15 @@ def recall_at_10(found: np.ndarray, gt: np.ndarray) -> float:
     return float(np.mean(hits)) / 10
 
 
-def timed_queries(search, xq: np.ndarray) -> tuple[np.ndarray, float]:
-    """Ids of one search per query (one at a time) and the queries per second."""
+def timed_queries(search, xq: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """Ids of one search per query (one at a time), the queries per second, and the queries per CPU second
+    of this thread (every search here runs on the calling thread; on a shared machine the CPU time is what
+    other processes' load does not stretch much)."""
     out = np.empty((len(xq), 10), np.int64)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.thread_time()
     for i, q in enumerate(xq):
         out[i] = search(q[None])[0]
-    return out, len(xq) / (time.perf_counter() - t0)
+    return out, len(xq) / (time.perf_counter() - t0), len(xq) / max(time.thread_time() - c0, 1e-9)
 
 
 def run_config(name: str, d: Path, nq: int, workdir: Path) -> dict:
@@ -211,12 +216,14 @@ def run_config(name: str, d: Path, nq: int, workdir: Path) -> dict:
     out["peak_rss_delta_mb"] = round(peak - rss0, 1)
     out["bytes_per_vector"] = round(out["index_bytes"] / n, 1)
     out["index_gb_per_million"] = round(out["index_bytes"] / n * 1e6 / 1e9, 3)
-    faiss.omp_set_num_threads(1)
+    if not name.startswith("visdex-"):
+        faiss.omp_set_num_threads(1)  # the libraries as a user would tune them; the store picks its threads per call
     out["sweep"] = _sweep(name, handle, xq, gt, n)
     out["default"] = _default_point(name, handle, xq, gt)
     if name.startswith("visdex-"):
         out["filtered"] = _filtered(handle, d, xq)
     out["at_recall"] = at_recall(out["sweep"])
+    out["at_recall_cpu"] = at_recall(out["sweep"], "qps_cpu")
     out["load_after"] = os.getloadavg()
     return out
 
@@ -235,7 +242,10 @@ def _build_visdex(name: str, d: Path, workdir: Path, out: dict):
     target.mkdir(parents=True)
     shutil.copy(truth / "index.db", target / "index.db")
     out["sqlite_bytes"] = (target / "index.db").stat().st_size
-    store = LocalVectorStore(IndexDB(target), DIM, ann=name.removeprefix("visdex-"))
+    ann = name.removeprefix("visdex-").removesuffix("-faiss")
+    store = LocalVectorStore(IndexDB(target), DIM, ann=ann)
+    store.hnsw_engine = "faiss" if name.endswith("-faiss") else None
+    getattr(store.db, "hold_writer", lambda: None)()  # only the index's writer saves the file (flush below)
     gc.collect()
     t0 = time.perf_counter()
     store.index  # noqa: B018 - builds the FAISS index from SQLite (training included)
@@ -317,9 +327,10 @@ def _sweep(name: str, handle, xq: np.ndarray, gt: np.ndarray, n: int) -> list[di
     slow = name in ("visdex-flat", "visdex-flat-sq8") and n > 200_000
     qs, g = (xq[:100], gt[:100]) if slow else (xq, gt)  # an exhaustive scan of 1e6 takes ~0.1 s a query
     for kw in _settings(name, handle):
-        found, qps = timed_queries(_searcher(name, handle, **kw), qs)
+        found, qps, qps_cpu = timed_queries(_searcher(name, handle, **kw), qs)
         rows.append({**kw, "recall_at_10": round(recall_at_10(found, g), 4), "qps": round(qps, 1),
-                     "ms_per_query_1thread": round(1000 / qps, 3), "queries": len(qs)})  # fmt: skip
+                     "qps_cpu": round(qps_cpu, 1), "ms_per_query_1thread": round(1000 / qps, 3),
+                     "queries": len(qs)})  # fmt: skip
         print(name, rows[-1], flush=True)
     return rows
 
@@ -333,8 +344,8 @@ def _default_point(name: str, handle, xq: np.ndarray, gt: np.ndarray) -> dict | 
     else:
         kw = {}
     qs, g = (xq[:100], gt[:100]) if name in ("visdex-flat", "visdex-flat-sq8") else (xq, gt)
-    found, qps = timed_queries(_searcher(name, handle, **kw), qs)
-    return {**kw, "recall_at_10": round(recall_at_10(found, g), 4), "qps": round(qps, 1)}
+    found, qps, qps_cpu = timed_queries(_searcher(name, handle, **kw), qs)
+    return {**kw, "recall_at_10": round(recall_at_10(found, g), 4), "qps": round(qps, 1), "qps_cpu": round(qps_cpu, 1)}
 
 
 def _filtered(store, d: Path, xq: np.ndarray) -> dict:
@@ -359,25 +370,42 @@ def _filtered(store, d: Path, xq: np.ndarray) -> dict:
     return out
 
 
-def at_recall(sweep: list[dict]) -> dict:
-    """For each target recall, the fastest sweep setting that reaches it (None if none does)."""
+def at_recall(sweep: list[dict], key: str = "qps") -> dict:
+    """For each target recall, the fastest sweep setting that reaches it (None if none does), by ``key``."""
     out = {}
     for r in TARGETS:
-        ok = [row for row in sweep if row["recall_at_10"] >= r]
-        best = max(ok, key=lambda row: row["qps"]) if ok else None
+        ok = [row for row in sweep if row["recall_at_10"] >= r and key in row]
+        best = max(ok, key=lambda row: row[key]) if ok else None
         out[f"{r:.2f}"] = best
+    return out
+
+
+def vs_baseline(report: dict, base: str = "hnswlib-default") -> dict:
+    """Each configuration's QPS at each target recall over the baseline's, by wall clock and by CPU time."""
+    ref = report["configs"].get(base, {})
+    out = {}
+    for name, r in report["configs"].items():
+        row = {}
+        for t in TARGETS:
+            for key, field in (("qps", "at_recall"), ("qps_cpu", "at_recall_cpu")):
+                mine, theirs = (r.get(field) or {}).get(f"{t:.2f}"), (ref.get(field) or {}).get(f"{t:.2f}")
+                if mine and theirs and key in mine and key in theirs:
+                    row[f"{key}_ratio_at_{t:.2f}"] = round(mine[key] / theirs[key], 3)
+        if row:
+            out[name] = row
     return out
 
 
 def table(report: dict) -> str:
     """The results as a markdown table (``--table FILE`` prints it for a README)."""
     head = ("| index | build s | bytes / vector | RSS delta MB | default: recall@10, QPS | "
-            + " | ".join(f"QPS at recall {t:.2f}" for t in TARGETS) + " |")  # fmt: skip
-    rows = [head, "|" + "---|" * (5 + len(TARGETS))]
+            + " | ".join(f"QPS at recall {t:.2f}" for t in TARGETS) + " | at 0.95 vs hnswlib: wall, CPU |")  # fmt: skip
+    rows = [head, "|" + "---|" * (6 + len(TARGETS))]
+    ratios = vs_baseline(report)
     for name, r in report["configs"].items():
         if "error" in r or "skipped" in r:
             why = f"failed: {r['error']}" if "error" in r else f"skipped: {r['skipped']}"
-            rows.append(f"| {name} | {why} |" + " |" * (4 + len(TARGETS)))
+            rows.append(f"| {name} | {why} |" + " |" * (5 + len(TARGETS)))
             continue
         d = r["default"]
         label = name + (f" ({r['kind']})" if r.get("kind") and r["kind"] not in name else "")
@@ -387,6 +415,9 @@ def table(report: dict) -> str:
             b = r["at_recall"][f"{t:.2f}"]
             setting = ", ".join(f"{k} {b[k]}" for k in ("ef", "nprobe", "shortlist") if b and b.get(k))
             cells.append("not reached" if b is None else f"{b['qps']:g}" + (f" ({setting})" if setting else ""))
+        ratio = ratios.get(name, {})
+        wall, cpu = ratio.get("qps_ratio_at_0.95"), ratio.get("qps_cpu_ratio_at_0.95")
+        cells.append(", ".join(f"{x:g}x" for x in (wall, cpu) if x is not None) or "-")
         rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows)
 
@@ -424,7 +455,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cache", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "visdex-ann")
     ap.add_argument("--out", type=Path)
     ap.add_argument("--force", action="store_true", help="Re-run configurations cached from an earlier run.")
-    ap.add_argument("--keep", action="store_true", help="Keep the visdex stores (dupes_scale.py reuses visdex-auto).")
+    ap.add_argument("--keep", action="store_true",
+                    help=f"Keep the stores that dupes_scale.py reuses ({', '.join(KEPT)}).")  # fmt: skip
     ap.add_argument("--table", type=Path, help="Print a results JSON as a markdown table and exit.")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -477,8 +509,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}: {time.perf_counter() - t1:.0f} s", flush=True)
         report["configs"][name] = json.loads(path.read_text())
         out.write_text(json.dumps(report, indent=1))  # after each configuration: partial results survive
-        if not (args.keep and name == "visdex-auto"):
+        if not (args.keep and name in KEPT):
             shutil.rmtree(d / "work" / name, ignore_errors=True)
+    report["vs_hnswlib_default"] = vs_baseline(report)
     report["wall_s"] = round(time.perf_counter() - t0, 1)
     out.write_text(json.dumps(report, indent=1))
     print(f"wrote {out}")

@@ -4,7 +4,10 @@ Two stages, so that copies are found and look-alikes are not:
 
 1. **Candidates** by k-NN through the vector store (batches of queries, never an all-pairs
    matrix in memory, so it scales with the store's ANN index): pairs whose cosine is at least
-   the model's candidate threshold. Embeddings put a resized, recompressed, slightly cropped,
+   the model's candidate threshold. An HNSW store searches with efSearch :data:`CANDIDATE_EF`
+   instead of its default max(512, 4k): the pass asks only for each vector's nearest few, and a
+   copy is among the nearest (10^6 vectors, 2 cores: see benchmarks/dupes_scale.py).
+   Embeddings put a resized, recompressed, slightly cropped,
    EXIF-rotated or colour-tweaked copy close to its original — but also a burst frame of the
    same scene, or another photo of the same thing.
 2. **Verification** of each candidate pair on the pixels: both images are decoded small
@@ -23,6 +26,7 @@ image (pixels), then the oldest (EXIF date, then file mtime), then the shortest 
 from __future__ import annotations
 
 import fnmatch
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -41,7 +45,10 @@ CANDIDATE_THRESHOLDS: tuple[tuple[str, float], ...] = (
 DEFAULT_CANDIDATE_THRESHOLD = 0.75
 VERIFY_THRESHOLD = 0.85  # normalised cross-correlation of the small grey images
 NEIGHBOURS = 16
-BATCH = 1024
+BATCH = 4096
+# efSearch of the candidate pass on an HNSW store. benchmarks/dupes_scale.py, 10^6 vectors: planted copies
+# found 0.9998 at the store default (512), see results/dupes-1e6.json for this value's recall and time.
+CANDIDATE_EF = 64
 SIG_SIZE = 64
 
 
@@ -146,22 +153,44 @@ def _candidate_pairs(ix, threshold: float, progress=None, device: str | None = N
         from .gpu_dupes import candidate_pairs
 
         return candidate_pairs(ix.store, threshold, NEIGHBOURS, device=device, progress=progress)
-    ids = ix.store.ids()
+    store = ix.store
+    ids = store.ids()
     if progress is not None:
         progress.start(len(ids))
-    pairs: dict[tuple[int, int], float] = {}
-    for start in range(0, len(ids), BATCH):
-        chunk = ids[start : start + BATCH]
-        scores, nbrs = ix.store.search(ix.store.get(chunk), NEIGHBOURS + 1)
-        for a, row_s, row_n in zip(chunk, scores, nbrs, strict=True):
-            for s, b in zip(row_s, row_n, strict=True):
-                if b < 0 or b == a or s < threshold:
-                    continue
-                key = (int(min(a, b)), int(max(a, b)))
-                pairs[key] = max(pairs.get(key, -1.0), float(s))
-        if progress is not None:
-            progress.advance(len(chunk))
-    return [(a, b, s) for (a, b), s in pairs.items()]
+    lo, hi, sim = [], [], []
+    with _candidate_effort(store):
+        for start in range(0, len(ids), BATCH):
+            chunk = ids[start : start + BATCH]
+            scores, nbrs = store.search(store.get(chunk), NEIGHBOURS + 1)
+            a, b, s = np.repeat(chunk, nbrs.shape[1]), nbrs.ravel(), scores.ravel()
+            keep = (b >= 0) & (b != a) & (s >= threshold)
+            a, b = a[keep], b[keep]
+            lo.append(np.minimum(a, b))
+            hi.append(np.maximum(a, b))
+            sim.append(s[keep])
+            if progress is not None:
+                progress.advance(len(chunk))
+    if not lo:
+        return []
+    lo, hi, sim = np.concatenate(lo), np.concatenate(hi), np.concatenate(sim)
+    order = np.lexsort((-sim, hi, lo))  # each pair once (found from both ends), with its best score
+    lo, hi, sim = lo[order], hi[order], sim[order]
+    first = np.ones(len(lo), bool)
+    first[1:] = (lo[1:] != lo[:-1]) | (hi[1:] != hi[:-1])
+    return list(zip(lo[first].tolist(), hi[first].tolist(), sim[first].astype(float).tolist(), strict=True))
+
+
+@contextmanager
+def _candidate_effort(store):
+    """Search an HNSW store with efSearch :data:`CANDIDATE_EF` during the pass, unless its caller set one."""
+    if not hasattr(store, "ef_search") or store.ef_search is not None:
+        yield
+        return
+    store.ef_search = CANDIDATE_EF
+    try:
+        yield
+    finally:
+        store.ef_search = None
 
 
 def _members(ix, ids: list[int]) -> list[DupeMember]:
