@@ -463,6 +463,23 @@ class IndexDB:
         with self.transaction() as c:
             c.executemany("DELETE FROM files WHERE id = ?", [(int(i),) for i in ids])
 
+    def restore_file(self, row: FileRow) -> int:
+        """Put back a row removed by :meth:`delete_files` (visdex.trash undo): under its old id when that is free,
+        else a new one; returns the id. The path must not be indexed already."""
+        taken = self.conn.execute("SELECT 1 FROM files WHERE id = ?", (row.id,)).fetchone() is not None
+        rec = {c: getattr(row, c) for c in FILE_COLUMNS if c != "id"}
+        cols = [c for c in FILE_COLUMNS if c != "id" or not taken]
+        values = [os.fsencode(rec[c]) if c in ("path", "root") else (row.id if c == "id" else rec[c]) for c in cols]
+        marks = ", ".join("CAST(? AS TEXT)" if c in ("path", "root") else "?" for c in cols)
+        with self.transaction() as c:
+            sql = f"INSERT INTO files ({', '.join(cols)}) VALUES ({marks}) RETURNING id"
+            return c.execute(sql, values).fetchone()[0]
+
+    def put_tags(self, file_id: int, tags: Iterable[tuple[str, float]]) -> None:
+        """(label, score) tags of one file, as ``visdex tag`` stored them (restored by visdex.trash undo)."""
+        with self.transaction() as c:
+            c.executemany("INSERT OR REPLACE INTO tags VALUES (?, ?, ?)", [(file_id, lb, s) for lb, s in tags])
+
     # -- a rebuild's vectors, built aside (see visdex.rebuild) -------------------------------
     # One row per file or item re-embedded so far with the new model, stamped with what the row was when it
     # was read (size + mtime, or a catalog row's hash) so a resumed rebuild re-embeds whatever changed since.
