@@ -26,9 +26,21 @@ def dupes(
     device: str | None = typer.Option(
         None, "--device", help="Find candidates by exact k-NN on a torch device (cuda, cuda:1) instead of the index."
     ),
+    move_to: Path | None = typer.Option(None, "--move-to", help="Move every group's copies to this folder "
+                                        "(a dry run unless --apply); the keepers stay. Undo: visdex trash undo."),
+    trash: bool = typer.Option(False, "--trash", help="Like --move-to, into .visdex-trash in the indexed folder."),
+    apply: bool = typer.Option(False, "--apply", help="With --move-to / --trash: move the files (default: dry run)."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="With --apply: do not ask for confirmation."),
 ) -> None:
-    """Exact and near-duplicate images in groups, each with a suggested keeper (largest, then oldest)."""
+    """Exact and near-duplicate images in groups, each with a suggested keeper (largest, then oldest).
+
+    With --trash or --move-to DIR: move the copies out of the way (a dry run first; --apply to do it)."""
     from ..dupes import find_duplicates
+
+    if apply and not (move_to or trash):
+        raise typer.BadParameter("--apply needs --move-to DIR or --trash", param_hint="--apply")
+    if move_to and trash:
+        raise typer.BadParameter("give --move-to DIR or --trash, not both", param_hint="--trash")
 
     with _open(index) as ix:
         bar = _BarProgress(quiet or as_json, label="comparing")
@@ -37,6 +49,10 @@ def dupes(
                                      device=device)  # fmt: skip
         finally:
             bar.stop()
+        if move_to or trash:  # the move (or its dry run) is listed instead of the groups
+            from .trash import move_duplicates
+
+            move_duplicates(ix, groups, move_to, apply=apply, yes=yes, as_json=as_json)
     if out_csv:
         with open(out_csv, "w", newline="") as f:
             w = csv.writer(f)
@@ -44,6 +60,8 @@ def dupes(
             for n, g in enumerate(groups, 1):
                 for m in g.members:
                     w.writerow([n, g.kind, int(m.id == g.keeper_id), m.path, m.width, m.height, m.size, m.score])
+    if move_to or trash:
+        return
     if as_json:
         for g in groups:
             sys.stdout.write(json.dumps(g.to_dict()) + "\n")
