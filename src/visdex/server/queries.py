@@ -181,7 +181,7 @@ def run_search(served, settings, req: SearchRequest) -> tuple[list, float]:
             raise ImageTooLarge("upload too large", field="image")
         image = decode_upload(req.image, settings.max_upload_pixels)
         if not q:  # a weight alone means nothing: the vector is normalised
-            return timed(lambda: served.call(lambda ix: ix.search(image, k=req.k, crop=req.crop, **opts)))
+            return timed(lambda: served.search(image, k=req.k, crop=req.crop, **opts))  # embedded outside the lock
         return _search_with_upload(served, req, q, opts)
     if not q and not req.crop:
         return timed(lambda: served.call(lambda ix: ix.similar(req.id, k=req.k, **opts)))
@@ -208,13 +208,27 @@ def _search_with_upload(served, req: SearchRequest, text: str, opts: dict) -> tu
         Path(tmp).unlink(missing_ok=True)
 
 
+def json_response(body: dict):
+    """``body`` as a JSON response: orjson when installed (the server extra), else the standard library.
+    Paths that are not valid UTF-8 (kept as surrogates) go through the standard library's escaping."""
+    from starlette.responses import JSONResponse, Response
+
+    try:
+        import orjson
+
+        return Response(orjson.dumps(body), media_type="application/json")
+    except (ImportError, TypeError):
+        return JSONResponse(body)
+
+
 def file_urls(item_id: int) -> dict:
     return {"thumb": f"api/files/{item_id}/thumb", "original": f"api/files/{item_id}/original"}
 
 
 def hits_json(served, hits) -> list[dict]:
     """Hits as JSON rows: the library's fields, a display name, the file URLs and the item's tags."""
-    tags = served.call(lambda ix: _tags_of(ix, [h.id for h in hits])) if hits else {}
+    # on the file-lookup connection: the search lock is not taken a second time per request
+    tags = served.files(lambda db: _db_tags(db, [h.id for h in hits])) if hits else {}
     rows = []
     for h in hits:
         d = h.to_dict()
@@ -227,11 +241,15 @@ def hits_json(served, hits) -> list[dict]:
 
 
 def _tags_of(ix, ids: list[int]) -> dict:
-    if ix.db.kind == "catalog":
+    return _db_tags(ix.db, ids)
+
+
+def _db_tags(db, ids: list[int]) -> dict:
+    if db.kind == "catalog":
         return {}
     from ..tags import tags_for
 
-    return tags_for(ix.db, ids)
+    return tags_for(db, ids)
 
 
 def item_json(ix, item_id: int) -> dict:
@@ -285,3 +303,76 @@ def projection_json(proj, method: str) -> dict:
 
 def media_type(path: Path) -> str | None:
     return MEDIA_TYPES.get(path.suffix.lower())
+
+
+# -- pages of results and near-duplicate collapsing ----------------------------------------
+MAX_FETCH = 5000  # hits fetched at most to fill one page (offset + k, more when collapsing)
+COLLAPSE_FLOOR = 0.9  # a burst of copies, not merely a similar scene, even for a model with a low dupes threshold
+
+
+def collapse_threshold(served) -> float:
+    """The cosine at or above which two results are shown as one tile: the model's duplicate threshold,
+    at least :data:`COLLAPSE_FLOOR`."""
+    from ..dupes import default_threshold
+
+    return max(COLLAPSE_FLOOR, default_threshold(served.call(lambda ix: ix.model_name)))
+
+
+def collapse_hits(served, hits: list, threshold: float) -> list[tuple[Any, list]]:
+    """``[(leader, members)]``: each hit joins the first better-ranked leader it has cosine >= ``threshold``
+    with, or leads a tile of its own. Hits are in rank order, so a leader is its group's best hit."""
+    import numpy as np
+
+    if not hits:
+        return []
+    vecs = served.call(lambda ix: ix.store.get([h.id for h in hits]))
+    leaders: list[int] = []
+    groups: list[tuple[Any, list]] = []
+    for i, h in enumerate(hits):
+        if leaders:
+            sims = vecs[leaders] @ vecs[i]
+            j = int(np.argmax(sims))
+            if sims[j] >= threshold:
+                groups[j][1].append(h)
+                continue
+        leaders.append(i)
+        groups.append((h, []))
+    return groups
+
+
+def search_page(served, settings, req: SearchRequest, offset: int, collapse: bool) -> dict:
+    """One page of a search: ``req.k`` results (tiles, when ``collapse``) after the first ``offset``,
+    and ``next_offset`` (None at the end). Each page searches ``offset + k`` deep (plus some when collapsing)."""
+    from dataclasses import replace
+
+    want = offset + req.k
+    fetch = min(MAX_FETCH, want + 1 if not collapse else max(want * 3, want + 20))
+    threshold = collapse_threshold(served) if collapse else None
+    took_total = 0.0
+    while True:
+        hits, took = run_search(served, settings, replace(req, k=fetch))
+        took_total += took
+        groups = collapse_hits(served, hits, threshold) if collapse else [(h, []) for h in hits]
+        exhausted = len(hits) < fetch or fetch >= MAX_FETCH
+        if len(groups) > want or exhausted:
+            break
+        fetch = min(MAX_FETCH, fetch * 3)
+    page = groups[offset:want]
+    rows = hits_json(served, [g[0] for g in page])
+    for row, (_, members) in zip(rows, page, strict=True):
+        if collapse:
+            row["collapsed"] = [
+                {"id": m.id, "name": Path(m.path).name if m.key is None else (m.title or m.key),
+                 "score": round(float(m.score), 6), **file_urls(m.id)}
+                for m in members
+            ]  # fmt: skip
+    more = len(groups) > want
+    return {
+        "count": len(rows),
+        "results": rows,
+        "took_ms": round(took_total, 2),
+        "offset": offset,
+        "next_offset": want if more and rows else None,
+        "total": None if more else offset + len(rows),
+        "collapse_threshold": threshold,
+    }

@@ -36,11 +36,14 @@ def _check_token(request: Request, creds: HTTPAuthorizationCredentials | None, a
         raise HTTPException(401, UNAUTHORIZED, headers={"WWW-Authenticate": "Bearer"})
 
 
-def require_token(request: Request, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> None:
+# async: a check this cheap would cost a hop through the thread pool per request as a plain def
+async def require_token(
+    request: Request, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+) -> None:
     _check_token(request, creds, allow_query=False)
 
 
-def require_token_or_query(
+async def require_token_or_query(
     request: Request, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 ) -> None:
     _check_token(request, creds, allow_query=True)
@@ -66,14 +69,20 @@ ImageWeight = Annotated[
     float, Query(gt=0, le=1000, **FINITE, description="Weight of the image term against the texts.")
 ]
 Seed = Annotated[int, Query(ge=0, le=2**32 - 1, description="Random seed (same seed, same answer).")]
+OFFSET_DOC = "Skip this many results (tiles, with collapse): the next page is at `next_offset`."
+COLLAPSE_DOC = "Show a burst of near-copies as one result; the others are listed in its `collapsed`."
 
 
 def _served(request: Request):
     return request.app.state.served
 
 
-def _hits_response(request: Request, hits, took_ms: float | None = None) -> dict:
-    return {"count": len(hits), "results": queries.hits_json(_served(request), hits), "took_ms": took_ms}
+def _hits_response(request: Request, hits, took_ms: float | None = None) -> Response:
+    """Search results, encoded here: FastAPI's validation and encoding of a returned dict cost more than the
+    search on a hot path (the OpenAPI schema still comes from the route's annotation)."""
+    return queries.json_response(
+        {"count": len(hits), "results": queries.hits_json(_served(request), hits), "took_ms": took_ms}
+    )
 
 
 # -- search ------------------------------------------------------------------------------
@@ -90,10 +99,14 @@ def search_get(
     k: K = 20,
     min_score: MinScore = None,
     within: Within = None,
+    offset: Annotated[int, Query(ge=0, le=4000, description=OFFSET_DOC)] = 0,
+    collapse: Annotated[bool, Query(description=COLLAPSE_DOC)] = False,
 ) -> dict:
     """Text ("dog on a beach"), an indexed image (`id`), or both with `+` / `-` text modifiers and weights
     (`id=12&q=+ at night - people`), a `crop` region of the image, a `where` filter."""
     req = queries.SearchRequest(q, None, id, crop, image_weight, where, k, min_score, within)
+    if offset or collapse:  # pages and tiles: see queries.search_page
+        return queries.search_page(_served(request), request.app.state.settings, req, offset, collapse)
     hits, took = queries.run_search(_served(request), request.app.state.settings, req)
     return _hits_response(request, hits, took)
 
@@ -110,10 +123,14 @@ def search_post(
     k: Annotated[int, Form(ge=1, le=1000)] = 20,
     min_score: Annotated[float | None, Form(**FINITE)] = None,
     within: Annotated[float | None, Form(ge=0, **FINITE)] = None,
+    offset: Annotated[int, Form(ge=0, le=4000, description=OFFSET_DOC)] = 0,
+    collapse: Annotated[bool, Form(description=COLLAPSE_DOC)] = False,
 ) -> dict:
     """The same as `GET /api/search`, with the image term uploaded as `image` (multipart/form-data)."""
     data = image.file.read() if image is not None else None
     req = queries.SearchRequest(q, data, id, crop or None, image_weight, where or None, k, min_score, within)
+    if offset or collapse:
+        return queries.search_page(_served(request), request.app.state.settings, req, offset, collapse)
     hits, took = queries.run_search(_served(request), request.app.state.settings, req)
     return _hits_response(request, hits, took)
 

@@ -1,0 +1,155 @@
+"""The ``/api`` routes of the library views: browsing without a query, facet counts, one image's EXIF facts
+and its duplicates. Browsing and facets run on the file-lookup connection, so they never wait behind a search.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from pydantic import BaseModel, Field
+
+from .. import browse as browsing
+from .. import itemfacts
+from . import queries
+from .routes import MAX_TEXT, Where, require_token
+
+router = APIRouter(prefix="/api", dependencies=[Depends(require_token)], tags=["library"])
+
+
+class BrowseItem(BaseModel):
+    id: int
+    name: str
+    path: str | None = None
+    key: str | None = None
+    size: int | None = None
+    width: int | None = None
+    height: int | None = None
+    format: str | None = None
+    taken_at: str | None = None
+    camera: str | None = None
+    mtime: float | None = None
+    date: str | None = Field(None, description="When taken (EXIF), else when last modified; ISO 8601.")
+    date_source: str | None = Field(None, description='"taken" or "modified" (null in a catalog).')
+    thumb: str
+    original: str
+
+
+class BrowsePage(BaseModel):
+    items: list[BrowseItem]
+    total: int = Field(description="How many items match in all.")
+    offset: int
+    next_offset: int | None = Field(description="The offset of the next page (paging by offset); null at the end.")
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null at the end.")
+
+
+class FacetValue(BaseModel):
+    value: str
+    count: int
+    where: str = Field(description='The filter clause that selects this value, e.g. `camera = "Canon EOS R5"`.')
+
+
+class Facets(BaseModel):
+    total: int = Field(description="How many items the filter selects.")
+    folder: list[FacetValue]
+    year: list[FacetValue] = Field(description="Years taken (EXIF), newest first.")
+    month: list[FacetValue] = Field(description="Months taken (EXIF, YYYY-MM), newest first.")
+    camera: list[FacetValue]
+    format: list[FacetValue]
+    tag: list[FacetValue]
+
+
+class ExifFacts(BaseModel):
+    id: int
+    facts: dict[str, Any] = Field(
+        description="camera make/model, lens, aperture, exposure, iso, focal_length, taken, gps {lat, lon}, ..."
+    )
+
+
+class DuplicateMember(BaseModel):
+    id: int
+    path: str
+    name: str
+    score: float = Field(description="Cosine similarity to the item.")
+    kind: str = Field(description='"exact" (same bytes) or "near" (cosine and pixels agree).')
+    thumb: str
+    original: str
+
+
+class DuplicatesOf(BaseModel):
+    id: int
+    threshold: float | None
+    count: int
+    duplicates: list[DuplicateMember]
+
+
+@router.get("/browse", summary="The library without a query: newest first (taken, else modified), a page at a time")
+def browse(
+    request: Request,
+    where: Where = None,
+    offset: Annotated[int, Query(ge=0, le=10_000_000, description="Skip this many items.")] = 0,
+    cursor: Annotated[
+        str | None, Query(max_length=100, description="`next_cursor` of the page before (wins over `offset`).")
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=browsing.MAX_LIMIT, description="Items per page.")] = 100,
+) -> BrowsePage:
+    """Endless scrolling: ask again with `cursor=next_cursor` until it is null. `where` filters as in search."""
+    served = request.app.state.served
+    with queries.about("where"):  # the filter's errors name the field
+        page = served.files(
+            lambda db: browsing.browse(db, where=where or None, offset=offset, limit=limit, cursor=cursor)
+        )
+    for item in page.items:
+        item.update(queries.file_urls(item["id"]))
+    return BrowsePage(**page.to_dict())
+
+
+@router.get("/facets", summary="Counts of folder, year, month, camera, format and tag values")
+def facets(
+    request: Request,
+    where: Where = None,
+    limit: Annotated[int, Query(ge=1, le=500, description="Values per field, most common first.")] = 50,
+) -> Facets:
+    """Among the items `where` selects; each value carries the `where` clause that selects it."""
+    served = request.app.state.served
+    with queries.about("where"):
+        found = served.files(lambda db: browsing.facets(db, where=where or None, limit=limit))
+    return Facets(**found.to_dict())
+
+
+@router.get("/items/{item_id}/exif", summary="The EXIF facts of one indexed image")
+def exif(request: Request, item_id: int) -> ExifFacts:
+    served = request.app.state.served
+    queries.known_id(item_id)
+    path = served.files(lambda db: _path_of(db, item_id))
+    return ExifFacts(id=item_id, facts=itemfacts.exif_facts(path))
+
+
+def _path_of(db, item_id: int) -> str:
+    from ..errors import NotFound
+
+    row = db.files_by_ids([item_id]).get(item_id) if db.kind != "catalog" else None
+    if row is None:
+        raise NotFound(f"no image file with id {item_id} in the index")
+    return row.path
+
+
+@router.get("/items/{item_id}/duplicates", summary="The copies of one indexed image")
+def duplicates_of(
+    request: Request,
+    item_id: int,
+    threshold: Annotated[
+        float | None, Query(gt=0, le=1, allow_inf_nan=False, description="Cosine (default: the model's).")
+    ] = None,
+) -> DuplicatesOf:
+    """Files with the same bytes, or near copies: cosine at or above the threshold and pixels that line up."""
+    from pathlib import Path
+
+    served = request.app.state.served
+    queries.known_id(item_id)
+    found = served.call(lambda ix: itemfacts.duplicates_of(ix, item_id, threshold=threshold))
+    members = [DuplicateMember(**d.to_dict(), name=Path(d.path).name, **queries.file_urls(d.id)) for d in found]
+    return DuplicatesOf(id=item_id, threshold=threshold, count=len(members), duplicates=members)
+
+
+__all__ = ["router", "MAX_TEXT"]
