@@ -271,3 +271,76 @@ def test_cli_dry_run_moves_nothing_apply_moves_and_undo_restores(library, capsys
     assert code == 2 and "nothing to undo" in err
     code, out, err = run_cli(capsys, "dupes", "--index", ix_dir, "--move-to", folder / "bin", "--apply")
     assert code == 2 and "would be indexed again" in err
+
+
+# -- the HTTP API -------------------------------------------------------------------------------
+def _client(ix_dir: Path, **kw):
+    from visdex.server import create_app
+
+    from serverhelp import local_client
+
+    return local_client(create_app(ix_dir, **kw))
+
+
+def test_http_preview_apply_list_undo(library):
+    ix_dir, folder = library
+    before = _hashes(folder)
+    with _client(ix_dir) as c:
+        keeper = c.get("/api/search", params={"id": 1, "k": 1}).status_code  # a search before: the index is served
+        assert keeper == 200
+        groups = c.get("/api/duplicates", params={"exact_only": True}).json()["groups"]
+        chosen = [{"keeper_id": g["keeper_id"], "move_ids": [m["id"] for m in g["members"] if m["id"] !=
+                   g["keeper_id"]]} for g in groups]  # fmt: skip
+        pre = c.post("/api/trash/preview", json={"groups": chosen})
+        assert pre.status_code == 200, pre.text
+        body = pre.json()
+        assert body["files"] == 4 and body["bytes"] == sum(m["bytes"] for m in body["moves"]) > 0
+        assert c.post("/api/trash/preview", json={"suggested": True, "exact_only": True}).json()["files"] == 4
+        assert _hashes(folder) == before  # a preview moves nothing
+        moved = c.post("/api/trash/apply", json={"suggested": True, "exact_only": True})
+        assert moved.status_code == 200, moved.text
+        batch = moved.json()["batch"]
+        assert moved.json()["files"] == 4
+        gone = {m["path"] for m in moved.json()["moved"]}
+        assert not any(os.path.exists(p) for p in gone)
+        hits = c.get("/api/search", params={"id": 1, "k": 50}).json()["results"]
+        assert hits and not gone & {h["path"] for h in hits}  # the served index follows
+        listed = c.get("/api/trash/batches").json()
+        assert listed["count"] == 1 and listed["batches"][0]["id"] == batch and listed["batches"][0]["files"] == 4
+        back = c.post("/api/trash/undo", json={"batch": batch})
+        assert back.status_code == 200 and back.json()["files"] == 4, back.text
+        assert _hashes(folder) == before
+        hits = c.get("/api/search", params={"id": 1, "k": 50}).json()["results"]
+        assert gone <= {h["path"] for h in hits}
+        assert c.post("/api/trash/undo", json={}).status_code == 404
+        assert c.post("/api/trash/apply", json={"groups": chosen, "suggested": True}).status_code == 422
+        assert c.post("/api/trash/apply", json={"suggested": True, "trash": "relative/bin"}).status_code == 422
+        bad = c.post("/api/trash/apply", json={"suggested": True, "exact_only": True, "trash": str(folder / "bin")})
+        assert bad.status_code == 422 and bad.json()["field"] == "trash"
+        assert c.post("/api/trash/preview", json={"groups": [{"keeper_id": 1, "move_ids": [10**9]}]}).status_code == 404
+        spec = c.get("/openapi.json").json()
+        for path in ("/api/trash/preview", "/api/trash/apply", "/api/trash/batches", "/api/trash/undo"):
+            op = next(iter(spec["paths"][path].values()))
+            assert "$ref" in op["responses"]["200"]["content"]["application/json"]["schema"], path
+        holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from visdex.store.db import IndexDB; "
+                                   "IndexDB(sys.argv[1]).hold_writer(); print('held', flush=True); time.sleep(60)",
+                                   str(ix_dir)], env=ENV, stdout=subprocess.PIPE, text=True)  # fmt: skip
+        try:
+            assert holder.stdout.readline().strip() == "held"
+            busy = c.post("/api/trash/apply", json={"suggested": True, "exact_only": True})
+            assert busy.status_code == 409 and "busy" in busy.json()["error"]
+            assert c.post("/api/trash/undo", json={}).status_code == 409
+        finally:
+            holder.kill()
+            holder.wait()
+    assert _hashes(folder) == before
+
+
+def test_http_trash_routes_need_the_token(library):
+    ix_dir, _ = library
+    with _client(ix_dir, token="s3cret") as c:
+        assert c.get("/api/trash/batches").status_code == 401
+        assert c.post("/api/trash/apply", json={"suggested": True}).status_code == 401
+        ok = c.get("/api/trash/batches", headers={"Authorization": "Bearer s3cret"})
+        assert ok.status_code == 200 and ok.json() == {"count": 0, "batches": []}
+        assert c.get("/api/trash/batches", params={"token": "s3cret"}).status_code == 401  # header only, as /api

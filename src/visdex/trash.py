@@ -367,12 +367,14 @@ def undo(ix, batch: str | None = None) -> UndoReport:
         journal.close()
 
 
-def list_batches(ix) -> list[BatchInfo]:
-    """The batches of this index, newest first (an interrupted one is finished first when no other process
-    writes to the index)."""
+def list_batches(ix, *, finish_interrupted: bool = True) -> list[BatchInfo]:
+    """The batches of this index, newest first. An interrupted one is finished first when ``finish_interrupted``
+    and no other process writes to the index (this takes ``ix``'s writer lock until it closes)."""
+    if not (Path(ix.db.dir) / JOURNAL_NAME).exists():  # never moved anything (and a read-only index stays so)
+        return []
     journal = Journal(ix.db.dir)
     try:
-        if journal.batches(("moving", "undoing")):
+        if finish_interrupted and journal.batches(("moving", "undoing")):
             from .errors import IndexBusy
 
             with suppress(IndexBusy, StoreError):

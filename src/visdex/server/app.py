@@ -110,6 +110,7 @@ def create_app(
 
     from .routes import router
     from .routes_library import router as library_router
+    from .routes_trash import router as trash_router
     from .state import ServedIndex
 
     served = ServedIndex(index_dir, model=model, device=device)  # fails fast on a missing index
@@ -152,6 +153,7 @@ def create_app(
         )
     app.add_middleware(HostCheck, allowed=hosts)
     app.include_router(router)
+    app.include_router(trash_router)
     app.include_router(library_router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     _add_ui_route(app)
