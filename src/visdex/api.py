@@ -187,8 +187,10 @@ class Index:
     # -- writing --------------------------------------------------------------------------
     def add(self, paths: Sequence[str | os.PathLike], *, include: Sequence[str] = (), exclude: Sequence[str] = (),
             progress: Progress | None = None, batch_size: int | None = None, workers: int | None = None,
-            prune: bool = True) -> IngestReport:
-        """Index (or bring up to date) the images under ``paths``. Bad files are recorded, never fatal."""
+            prune: bool = True, engine=None) -> IngestReport:
+        """Index (or bring up to date) the images under ``paths`` (folders, files, tar shards, URLs: see
+        :mod:`visdex.sources`). Bad files are recorded, never fatal. ``engine``: a
+        :class:`visdex.engines.ray_data.RayEngine` decodes and embeds on a Ray cluster instead of here."""
         self.ensure_kind("files")
         fp = self.db.fingerprint
         if fp is not None and self._query_model is not None:  # another backend: may search, never add (said at once,
@@ -199,7 +201,8 @@ class Index:
             )
 
         def model(todo: int = 0) -> Embedder:  # called only when files need embedding: a re-scan of an unchanged
-            emb = self._indexing_embedder(todo)  # folder loads no model
+            emb = self.embedder if engine else self._indexing_embedder(todo)  # folder loads no model; Ray's
+            # workers load their own model, so the driver's need not be fast (no ONNX export for it)
             self._check_writable(emb)
             self.ensure_fingerprint(emb)
             return emb
@@ -207,7 +210,7 @@ class Index:
         # a new index's store needs the model's dimension: opened once the model is
         store = self.store if self.db.fingerprint is not None else (lambda: self.store)
         return ingest(self.db, store, model, [str(p) for p in paths], include=include, exclude=exclude,
-                      batch_size=batch_size, workers=workers, progress=progress, prune=prune)
+                      batch_size=batch_size, workers=workers, progress=progress, prune=prune, engine=engine)
 
     def _indexing_embedder(self, todo: int) -> Embedder:
         """The model that embeds ``todo`` images: on a CPU, by default, its fp32 ONNX Runtime towers (the same
@@ -325,6 +328,8 @@ class Index:
         self.require_vectors()
         if isinstance(query, Image.Image):
             return self._embed_image(query, crop)
+        if isinstance(query, np.ndarray):  # a query vector embedded by the caller (a server, outside its lock)
+            return l2_normalize(np.asarray(query, np.float32).reshape(1, -1))[0]
         if isinstance(query, os.PathLike):
             return self._image_vector(query, crop)
         if isinstance(query, str) and not query.strip():

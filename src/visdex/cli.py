@@ -105,7 +105,8 @@ class _BarProgress:
 
 @app.command()
 def index(
-    paths: list[Path] = typer.Argument(None, help="Folders or image files. None: re-scan the index's folders."),
+    paths: list[str] = typer.Argument(None, help="Folders, image files, tar shards ('s/{00000..00099}.tar'), "
+                                      "URLs (file://, s3://). None: re-scan the index's folders."),
     index: Path | None = IndexOpt,
     model: str | None = typer.Option(None, "--model", "-m", help="Model for a new index (see `visdex models`)."),
     include: list[str] = typer.Option([], "--include", help="Only files matching this glob (repeatable)."),
@@ -134,6 +135,11 @@ def index(
         help="Where a new index keeps its vectors: local (default), milvus:./vectors.db (milvus-lite), "
         "milvus://host:19530 (a Milvus server) [env: VISDEX_STORE]. Remembered; move with `visdex migrate`.",
     ),
+    engine: str = typer.Option("local", "--engine", help="local (this process) or ray (Ray Data on a cluster)."),
+    ray_address: str | None = typer.Option(None, "--ray-address", help="Ray: auto, ray://host:10001; default "
+                                           "RAY_ADDRESS, else a local cluster."),
+    gpus_per_worker: float | None = typer.Option(None, "--gpus-per-worker", help="Ray: GPUs per model actor "
+                                                 "(0: CPU actors; default 1 when the cluster has GPUs)."),
 ) -> None:
     """Index images: new and changed files are embedded, moved files keep their vectors, deleted ones leave.
 
@@ -155,18 +161,24 @@ def index(
     except BaseException:
         ix.close()
         raise
-    targets = list(paths or []) or ([] if catalog else [Path(r) for r in ix.db.roots()])
+    targets = list(paths or []) or ([] if catalog else ix.db.roots())
     if not targets and not catalog:
         ix.close()
         raise typer.BadParameter("give at least one folder or image to index", param_hint="PATHS")
-    bar = _BarProgress(quiet or as_json)
+    bar, runner = _BarProgress(quiet or as_json), None
     try:
+        if engine not in ("local", "ray") or (engine == "ray" and catalog):
+            raise typer.BadParameter("local or ray (a catalog: local)", param_hint="--engine")
+        if engine == "ray":
+            from .engines.ray_data import RayEngine, default_address
+
+            runner = RayEngine(ray_address or default_address(), gpus_per_worker=gpus_per_worker)
         if catalog:
             report = ix.add_catalog(catalog, text_weight=text_weight, id_column=id_column, image_column=image_column,
                                     title_column=title_column, progress=bar, workers=workers, prune=not no_prune)
         else:
             report = ix.add(targets, include=include, exclude=exclude, progress=bar, batch_size=batch_size,
-                            workers=workers, prune=not no_prune)
+                            workers=workers, prune=not no_prune, engine=runner)
         bar.stop()
         if ix.model_loaded:  # the model is in memory now: export its text tower once for fast text queries
             from .models.textquery import has_fast_text
@@ -178,6 +190,8 @@ def index(
     finally:
         bar.stop()
         ix.close()
+        if runner is not None:
+            runner.close()
     if as_json:
         out.print_json(json.dumps({**report.as_dict(), **({"rebuild": rebuilt.as_dict()} if rebuilt else {})}))
         return

@@ -33,10 +33,12 @@ from pathlib import Path
 import numpy as np
 
 from . import config
-from .decode import hash_file, read_and_decode
+from .decode import hash_file
 from .errors import BadImage, VisdexError
-from .files import FileInfo, scan
+from .files import FileInfo
 from .models.base import Embedder, Preprocess
+from .sources import expand_roots, scan_roots
+from .sources import load as load_item
 
 # In-process decoding is faster than starting a pool for small jobs.
 POOL_MIN_FILES = 48
@@ -139,7 +141,7 @@ def _load(info: FileInfo) -> _Loaded | _Failed:
     pre: Preprocess = _W["preprocess"]
     try:
         # draft_size: libjpeg decodes at 1/2..1/8 scale, never below what the model's resize needs
-        digest, dec = read_and_decode(info.path, max_pixels=_W["max_pixels"], draft_size=pre.resize_to)
+        digest, dec = load_item(info.path, max_pixels=_W["max_pixels"], draft_size=pre.resize_to)
         pixels = pre.to_uint8(dec.image)  # uint8 back to the parent: 4x less to pickle than float32
     except BadImage as e:
         return _Failed(info, str(e))
@@ -288,16 +290,19 @@ def ingest(
     workers: int | None = None,
     progress: Progress | None = None,
     prune: bool = True,
+    engine=None,
 ) -> IngestReport:
     """Bring the index up to date with ``roots``. Returns counts of what changed.
 
     ``embedder`` may be a callable that loads the model, given how many files need embedding: it is
     called only when some do, so re-scanning an unchanged folder never loads a model. ``store`` may be
-    a zero-argument callable too (a new index's store needs the model's dimension)."""
+    a zero-argument callable too (a new index's store needs the model's dimension). ``engine``: what decodes
+    and embeds instead of this process (:class:`visdex.engines.ray_data.RayEngine`); planning and writing stay
+    here. ``roots`` may be tar shards and URLs too (:mod:`visdex.sources`)."""
     t0 = time.perf_counter()
     progress = progress or Progress()
-    abs_roots = [str(Path(r).expanduser().resolve()) for r in roots]
-    seen = {info.path: info for info in scan(abs_roots, include=include, exclude=exclude)}
+    abs_roots = expand_roots(roots)
+    seen = {info.path: info for info in scan_roots(abs_roots, include=include, exclude=exclude)}
     db.add_roots(abs_roots)
     plan = _plan(db, seen, abs_roots)
     report = IngestReport(unchanged=plan.unchanged, moved=len(plan.moves))
@@ -321,6 +326,18 @@ def ingest(
     if callable(embedder) and not isinstance(embedder, Embedder):
         embedder = embedder(len(plan.todo))
     store = store() if callable(store) else store
+    if engine is not None:  # decode + embed elsewhere (a Ray cluster); each batch written here as it arrives
+        existing = {i.path for i in plan.todo if db.file_by_path(i.path) is not None}
+        progress.start(len(plan.todo))
+        for batch, vectors in engine.embedded(plan.todo, embedder, batch_size=batch_size):
+            for r in batch:
+                if isinstance(r, _Failed):
+                    progress.failed(r.info.path, r.reason)
+            _commit(db, store, batch, vectors, existing, report)
+            progress.advance(len(batch))
+        store.flush()
+        report.seconds = time.perf_counter() - t0
+        return report
     gpu = _gpu_stages(embedder, batch_size)
     batch_size = batch_size or (gpu.batcher.staging.shape[0] if gpu else config.get("batch_size"))
     workers = default_workers() if workers is None else workers
@@ -409,6 +426,9 @@ def _commit(db, store, batch: list, vectors: np.ndarray | None, existing: set[st
                                               format=r.format, taken_at=r.taken_at, camera=r.camera)))
         if loaded:
             store.upsert(ids, vectors)
+            attrs = [(fid, r.info.attrs) for fid, r in zip(ids, loaded, strict=True) if getattr(r.info, "attrs", None)]
+            if attrs:  # a shard sample's caption, url, json (visdex.sources)
+                db.set_file_attrs(attrs)
         stale = []
         for r in failed:
             fid = db.upsert_file(_record(r.info, now, status="failed", error=r.reason))

@@ -1,0 +1,220 @@
+"""``visdex index --engine ray``: Ray Data decodes and embeds; this process plans and writes.
+
+The driver (this process) plans as the local pipeline does (:func:`visdex.ingest.ingest`: new, changed,
+moved, deleted files; fingerprint checks) and hands the files to embed to Ray Data:
+
+    paths --(CPU tasks)--> decode: hash, EXIF, resize + crop to uint8 --(model actors)--> vectors --> driver
+
+Decode runs as stateless CPU tasks (:func:`decode_batch`, the same decoder as the local pipeline); embedding
+runs in a pool of actors (:class:`EmbedActor`), one per GPU slot (``gpus_per_worker``) or CPU slot, each
+loading the model once and checking its fingerprint against the driver's. Batches are sized per device
+(:data:`visdex.gpu.GPU_BATCH` on a GPU, ``VISDEX_BATCH_SIZE`` on a CPU). Vectors stream back to the driver,
+which writes each batch in one transaction (file rows + vectors, upserts by path): writing a batch twice
+changes nothing, so a Ray task retried after a worker died, or a run started again after the driver was
+killed, neither loses nor duplicates anything.
+
+>>> from visdex import open_index                                              # doctest: +SKIP
+>>> with open_index("ix", model="clip-vit-b-32") as ix:                        # doctest: +SKIP
+...     ix.add(["/data/photos"], engine=RayEngine(address="auto", gpus_per_worker=1))
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+
+from .. import config
+from ..errors import MissingDependency, ModelMismatch, VisdexError
+from ..files import FileInfo
+from ..models.base import Fingerprint, Preprocess
+
+log = logging.getLogger(__name__)
+
+DECODE_BATCH = 16  # files per decode task: amortises task overhead, keeps blocks small (224^2 crops)
+TEXT_FIELDS = ("error", "hash", "format", "taken_at", "camera")
+RETRIES = 3  # a decode task or an actor's call retried after its worker died (then the run stops)
+
+
+class RayEngineError(VisdexError):
+    """Ray could not run the job (cluster unreachable, a worker failing past its retries)."""
+
+    exit_code = 1
+
+
+def _ray():
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError as e:
+        raise MissingDependency("ray", "ray", "visdex index --engine ray") from e
+    return ray
+
+
+# -- the two stages (run on Ray workers) -----------------------------------------------------
+def decode_batch(batch: dict[str, np.ndarray], preprocess: Preprocess, max_pixels: int | None) -> dict:
+    """Ray task: paths -> model-sized uint8 crops and what the index records of each file. A file that does
+    not decode gets ``ok=False`` and its reason (zeros for pixels), exactly as the local pipeline records it."""
+    from ..ingest import _Failed, _init_worker, _load
+
+    _init_worker(preprocess, max_pixels)
+    out: dict[str, list] = {k: [] for k in ("i", "ok", "width", "height", "pixels", *TEXT_FIELDS)}
+    blank = np.zeros((preprocess.size, preprocess.size, 3), np.uint8)
+    for i, path in zip(batch["i"], batch["path"], strict=True):
+        r = _load(FileInfo(str(path), "", 0, 0.0))
+        ok = not isinstance(r, _Failed)
+        out["i"].append(int(i))
+        out["ok"].append(ok)
+        out["error"].append("" if ok else r.reason)
+        out["pixels"].append(r.pixels if ok and r.pixels.shape == blank.shape else blank)
+        for k in ("hash", "format", "taken_at", "camera"):
+            out[k].append((getattr(r, k) or "") if ok else "")
+        out["width"].append(r.width if ok else 0)
+        out["height"].append(r.height if ok else 0)
+    arrays = {k: np.asarray(v, dtype=object if k in TEXT_FIELDS else None) for k, v in out.items()}
+    arrays["pixels"] = np.stack(out["pixels"]) if out["pixels"] else np.zeros((0, *blank.shape), np.uint8)
+    for k in TEXT_FIELDS:  # plain str arrays: Arrow stores them as strings, not pickled objects
+        arrays[k] = arrays[k].astype(str)
+    return arrays
+
+
+class EmbedActor:
+    """Ray actor: loads the model once (on its GPU, or the CPU), embeds the decoded crops of each batch."""
+
+    def __init__(self, model: str, device: str, fingerprint: str):
+        from ..models import load_embedder
+
+        self.embedder = load_embedder(model, device=device)
+        theirs = Fingerprint.from_json(fingerprint)
+        if not self.embedder.fingerprint().compatible(theirs):
+            raise ModelMismatch(
+                f"the model {model!r} on a Ray worker ({self.embedder.fingerprint().short()}) differs from the "
+                f"driver's ({theirs.short()}): install the same model (weights, version) on every node"
+            )
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        ok = np.asarray(batch["ok"], bool)
+        vectors = np.zeros((len(ok), self.embedder.dim), np.float32)
+        if ok.any():
+            pixels = np.asarray(batch["pixels"])[ok]
+            vectors[ok] = self.embedder.embed_pixels(self.embedder.preprocess.normalize(pixels))
+        out = {k: v for k, v in batch.items() if k != "pixels"}
+        out["vector"] = vectors
+        return out
+
+
+# -- the driver ----------------------------------------------------------------------------
+class RayEngine:
+    """Decode and embed on a Ray cluster. ``address``: None starts a local cluster in this process ("auto":
+    the cluster this machine belongs to; "ray://host:10001": Ray Client). ``gpus_per_worker``: GPUs per model
+    actor (0.5: two actors share a GPU; None: 1 when the cluster has GPUs, else CPU actors). ``workers``:
+    model actors (None: one per GPU slot; on CPUs, one per two CPUs). ``init``: more ``ray.init`` arguments.
+
+    A subclass may replace :attr:`decode_fn` or :attr:`actor_cls` (the tests inject faults that way)."""
+
+    decode_fn = staticmethod(decode_batch)
+    actor_cls = EmbedActor
+
+    def __init__(self, address: str | None = None, *, gpus_per_worker: float | None = None,
+                 workers: int | None = None, batch_size: int | None = None, cpus_per_worker: float = 1.0,
+                 init: dict | None = None):  # fmt: skip
+        if gpus_per_worker is not None and gpus_per_worker < 0:
+            raise VisdexError(f"--gpus-per-worker must be 0 or more, not {gpus_per_worker}", field="gpus_per_worker")
+        self.address, self.gpus_per_worker, self.workers = address, gpus_per_worker, workers
+        self.batch_size, self.cpus_per_worker, self.init = batch_size, cpus_per_worker, init or {}
+        self._started = False
+
+    def connect(self):
+        ray = _ray()
+        if not ray.is_initialized():
+            try:
+                ray.init(address=self.address, log_to_driver=False, include_dashboard=False, **self.init)
+            except (ConnectionError, RuntimeError, ValueError) as e:
+                raise RayEngineError(f"cannot reach the Ray cluster at {self.address or 'a new local one'}: {e}") from e
+            self._started = True
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = False  # the driver draws visdex's own bar
+        ctx.print_on_execution_start = False
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
+        return ray
+
+    def close(self) -> None:
+        """Stop the local cluster this engine started (a cluster it joined keeps running)."""
+        if self._started:
+            _ray().shutdown()
+            self._started = False
+
+    def plan(self, ray) -> tuple[int, float, str, int]:
+        """(actors, GPUs per actor, device, batch size) for the cluster as it is now."""
+        resources = ray.cluster_resources()
+        gpus, cpus = float(resources.get("GPU", 0)), float(resources.get("CPU", 1))
+        per = self.gpus_per_worker if self.gpus_per_worker is not None else (1.0 if gpus else 0.0)
+        if per > 0:
+            from ..gpu import GPU_BATCH
+
+            actors = self.workers or max(1, int(gpus / per))
+            return actors, per, "cuda", self.batch_size or GPU_BATCH
+        actors = self.workers or max(1, int(cpus // (2 * self.cpus_per_worker)))  # the other half decodes
+        return actors, 0.0, "cpu", self.batch_size or config.get("batch_size")
+
+    def embedded(self, todo: Sequence[FileInfo], embedder, *, batch_size: int | None = None
+                 ) -> Iterator[tuple[list, np.ndarray | None]]:  # fmt: skip
+        """(batch of ``_Loaded`` / ``_Failed``, vectors of the loaded ones) as Ray finishes them, in any order."""
+        ray = self.connect()
+        if batch_size:
+            self.batch_size = batch_size
+        actors, gpus, device, size = self.plan(ray)
+        log.info("ray: %d model actor(s) on %s, batches of %d, %d files", actors, device, size, len(todo))
+        ds = ray.data.from_items([{"i": i, "path": info.path} for i, info in enumerate(todo)],
+                                 override_num_blocks=max(1, min(len(todo) // DECODE_BATCH, 4096)))  # fmt: skip
+        ds = ds.map_batches(self.decode_fn, batch_size=DECODE_BATCH, batch_format="numpy", num_cpus=1,
+                            max_retries=RETRIES,
+                            fn_kwargs={"preprocess": embedder.preprocess, "max_pixels": config.get("max_pixels")})
+        ds = ds.map_batches(self.actor_cls, batch_size=size, batch_format="numpy",
+                            compute=ray.data.ActorPoolStrategy(size=actors), num_gpus=gpus,
+                            num_cpus=self.cpus_per_worker, max_restarts=RETRIES, max_task_retries=RETRIES,
+                            fn_constructor_kwargs={"model": embedder.name, "device": device,
+                                                   "fingerprint": embedder.fingerprint().to_json()})  # fmt: skip
+        try:
+            for b in ds.iter_batches(batch_size=None, batch_format="numpy"):
+                yield _results(b, todo)
+        except ray.exceptions.RayError as e:
+            cause = _visdex_cause(e)
+            if cause is not None:
+                raise cause from e
+            raise RayEngineError(f"the Ray job failed: {type(e).__name__}: {str(e).splitlines()[0]}") from e
+
+
+def _results(b: dict[str, np.ndarray], todo: Sequence[FileInfo]) -> tuple[list, np.ndarray | None]:
+    from ..ingest import _Failed, _Loaded
+
+    batch, vectors = [], []
+    for j, i in enumerate(b["i"]):
+        info = todo[int(i)]
+        if not b["ok"][j]:
+            batch.append(_Failed(info, str(b["error"][j])))
+            continue
+        text = {k: (str(b[k][j]) or None) for k in ("format", "taken_at", "camera")}
+        batch.append(_Loaded(info, str(b["hash"][j]), int(b["width"][j]), int(b["height"][j]), text["format"],
+                             text["taken_at"], text["camera"], None))  # fmt: skip
+        vectors.append(b["vector"][j])
+    return batch, (np.stack(vectors).astype(np.float32) if vectors else None)
+
+
+def _visdex_cause(e: BaseException) -> VisdexError | None:
+    """A VisdexError raised on a worker (ModelMismatch, MissingDependency) comes back wrapped; unwrap it."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, VisdexError):
+            return e
+        nxt = getattr(e, "cause", None)
+        e = nxt if isinstance(nxt, BaseException) else e.__cause__
+    return None
+
+
+def default_address() -> str | None:
+    """``RAY_ADDRESS`` when set (Ray's own convention), else None: a local cluster."""
+    return os.environ.get("RAY_ADDRESS") or None
