@@ -558,6 +558,27 @@ class IndexDB:
             done = 0
         return min(done, total), total
 
+    # -- attributes of shard samples (caption, url, key, json; see visdex.sources) ----------------
+    # A side table made on first use (outside the migration chain: an index without shards never has it);
+    # rows leave with their file.
+    def set_file_attrs(self, rows: Sequence[tuple[int, dict]]) -> None:
+        with self.transaction() as c:
+            c.execute("CREATE TABLE IF NOT EXISTS file_attrs (file_id INTEGER PRIMARY KEY REFERENCES files(id) "
+                      "ON DELETE CASCADE, caption TEXT, url TEXT, attrs TEXT NOT NULL)")  # fmt: skip
+            c.executemany("INSERT OR REPLACE INTO file_attrs VALUES (?, ?, ?, ?)",
+                          [(fid, a.get("caption"), a.get("url"), json.dumps(a, sort_keys=True)) for fid, a in rows])
+
+    def file_attrs(self, ids: Sequence[int]) -> dict[int, dict]:
+        """file id -> the attributes stored with it (only files that have some)."""
+        if not ids or self.conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'file_attrs'").fetchone() is None:
+            return {}
+        out: dict[int, dict] = {}
+        for start in range(0, len(ids), 900):  # SQLite's bound-parameter limit
+            chunk = [int(i) for i in ids[start : start + 900]]
+            sql = f"SELECT file_id, attrs FROM file_attrs WHERE file_id IN ({', '.join('?' * len(chunk))})"
+            out.update((fid, json.loads(a)) for fid, a in self.conn.execute(sql, chunk))
+        return out
+
     def close(self) -> None:
         with suppress(sqlite3.Error):
             self.conn.close()
