@@ -5,7 +5,9 @@ Each iteration picks a phase and starts the real CLI in a subprocess:
 - ``index``: stashed files come back and a few files are rewritten, then ``visdex index FOLDER``;
 - ``rebuild``: ``visdex index --rebuild --model OTHER`` (the two models alternate);
 - ``tag``: ``visdex tag --labels ...``;
-- ``delete``: some files are removed from the folder, then ``visdex index FOLDER`` prunes them.
+- ``delete``: some files are removed from the folder, then ``visdex index FOLDER`` prunes them;
+- ``trash``: exact copies of a few files are made and indexed, then ``visdex dupes --exact-only --trash --apply``
+  moves them to ``.visdex-trash``; after it, ``visdex trash undo`` (always after a kill, else one time in two).
 
 It is killed (SIGKILL) a random time after its first write reached the database (or, one time in five,
 a random time after it started: start-up and planning). After each kill:
@@ -14,7 +16,9 @@ a random time after it started: start-up and planning). After each kill:
 - every file row marked indexed has exactly one vector of the index's dimension and every vector an
   indexed file; no path twice;
 - a sample of files finds itself first (score 1) through the saved ANN file, loaded as a new process would;
-- ``visdex status`` works (a subprocess, or in-process with ``--status-inline``).
+- ``visdex status`` works (a subprocess, or in-process with ``--status-inline``);
+- after a ``trash`` run, every file of the folder is in place or in the trash with a journal entry, its bytes
+  unchanged; after its undo, every file is back in place.
 
 At the end every file is restored, a last clean ``visdex index`` runs and the same checks apply, plus: every
 file of the folder indexed, no temporary file left. Results -> JSON (kills per phase, failures: must be 0).
@@ -46,7 +50,7 @@ sys.path.insert(0, str(SRC))
 sys.path.insert(0, str(ROOT / "tests"))
 
 RESULTS = ROOT / "benchmarks" / "results"
-PHASES = ("index", "rebuild", "tag", "delete")
+PHASES = ("index", "rebuild", "tag", "delete", "trash")
 LABELS = "cat,dog,car,tree,beach,house"
 SELF_SAMPLE = 5
 
@@ -253,6 +257,55 @@ def _alive(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
+# -- the trash phase ------------------------------------------------------------------------------------
+def _files(folder: Path) -> list[Path]:
+    return [p for p in folder.iterdir() if p.is_file()]
+
+
+def _digest(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _trash_setup(folder: Path, ix: Path, rng: random.Random, launcher) -> dict[str, str]:
+    """Exact copies of a few files, indexed (a clean run): what the move then finds. Returns path -> digest of
+    every file of the folder."""
+    originals = [p for p in _files(folder) if not p.name.startswith("copy-")]
+    for p in rng.sample(sorted(originals), min(4, len(originals))):
+        if not (folder / f"copy-{p.name}").exists():
+            shutil.copy2(p, folder / f"copy-{p.name}")
+    r = visdex("index", folder, "--index", ix, "-q", launcher=launcher)
+    if r.returncode != 0:
+        raise RuntimeError(f"indexing the copies failed: {r.stderr[-300:]}")
+    return {str(p): _digest(p) for p in _files(folder)}
+
+
+def _trash_check(folder: Path, ix: Path, before: dict[str, str], rng: random.Random, launcher,
+                 undo: bool) -> list[str]:  # fmt: skip
+    """Each file in place or in the trash with a journal entry, bytes unchanged; then (after a kill, or one time in
+    two) ``visdex trash undo`` and every file back in place."""
+    problems = []
+    dst_of = {}
+    if (ix / "trash.db").exists():
+        conn = sqlite3.connect(f"{(ix / 'trash.db').as_uri()}?mode=ro", uri=True)
+        dst_of = {os.fsdecode(s): os.fsdecode(d) for s, d in conn.execute("SELECT src, dst FROM entries")}
+        conn.close()
+    for path, digest in before.items():
+        where = Path(path) if Path(path).exists() else Path(dst_of.get(path, "/nonexistent"))
+        if not where.exists():
+            problems.append(f"trash: {path} is neither in place nor in the trash")
+        elif _digest(where) != digest:
+            problems.append(f"trash: {where} changed")
+    if undo or rng.random() < 0.5:
+        r = visdex("trash", "undo", "--index", ix, launcher=launcher)
+        if r.returncode not in (0, 2):  # 2: nothing to undo (killed before its journal entry)
+            problems.append(f"trash undo exited {r.returncode}: {r.stderr[-300:]}")
+        problems += [f"trash undo: {p} not back" for p, d in before.items() if not Path(p).exists() or
+                     _digest(Path(p)) != d]  # fmt: skip
+    return problems
+
+
 # -- the checks ----------------------------------------------------------------------------------------
 def check_index(ix: Path, rng: random.Random, status_inline: bool = True) -> list[str]:
     """Everything that must hold after any kill; the problems found (empty: whole)."""
@@ -354,7 +407,7 @@ def _loop(launcher, work: Path, models: list[str], iterations: int, seed: int, m
         if phase == "index":
             for p in stash.iterdir():
                 shutil.move(p, folder / p.name)
-            for p in rng.sample(sorted(folder.iterdir()), max(3, files // 8)):  # rewritten: re-embedded
+            for p in rng.sample(sorted(_files(folder)), max(3, files // 8)):  # rewritten: re-embedded
                 p.write_bytes(p.read_bytes())
                 os.utime(p, (time.time(), time.time() + rng.random()))
             args = ["index", str(folder), *common]
@@ -363,11 +416,17 @@ def _loop(launcher, work: Path, models: list[str], iterations: int, seed: int, m
             args = ["index", "--rebuild", "--model", target, *common]
         elif phase == "tag":
             args = ["tag", "--labels", LABELS, "--index", str(ix), "-q"]
+        elif phase == "trash":
+            trash_before = _trash_setup(folder, ix, rng, launcher)
+            args = ["dupes", "--exact-only", "--trash", "--apply", "--yes", "-q", "--index", str(ix)]
         else:
-            for p in rng.sample(sorted(folder.iterdir()), max(1, files // 10)):
+            for p in rng.sample(sorted(_files(folder)), max(1, files // 10)):
                 shutil.move(p, stash / p.name)
             args = ["index", str(folder), *common]
         out = run_and_kill(launcher, args, ix, rng, workers, window[phase], early_fraction)
+        if phase == "trash":
+            found = _trash_check(folder, ix, trash_before, rng, launcher, undo=out["killed"])
+            failures += [{"iteration": it, "phase": phase, "problem": p} for p in found]
         if phase == "rebuild":
             fp = _fingerprint(ix)
             if fp is not None and fp.get("source") == str(Path(models[1 - current]).resolve()):
@@ -392,6 +451,7 @@ def _loop(launcher, work: Path, models: list[str], iterations: int, seed: int, m
     # the end: everything back, one clean run
     for p in stash.iterdir():
         shutil.move(p, folder / p.name)
+    shutil.rmtree(folder / ".visdex-trash", ignore_errors=True)  # moved copies (their originals stay)
     r = visdex("index", folder, "--index", ix, "-q", launcher=launcher)
     final = check_index(ix, rng, status_inline)
     if r.returncode != 0:
@@ -399,7 +459,7 @@ def _loop(launcher, work: Path, models: list[str], iterations: int, seed: int, m
     conn = sqlite3.connect(f"{(ix / 'index.db').as_uri()}?mode=ro", uri=True)
     indexed = conn.execute("SELECT COUNT(*) FROM files WHERE status = 'ok'").fetchone()[0]
     conn.close()
-    n_files = len(list(folder.iterdir()))
+    n_files = len(_files(folder))
     if indexed != n_files:
         final.append(f"{indexed} of {n_files} files indexed after the final run")
     temps = [p.name for p in ix.iterdir() if p.name.endswith(".tmp")]
