@@ -344,3 +344,15 @@ def test_http_trash_routes_need_the_token(library):
         ok = c.get("/api/trash/batches", headers={"Authorization": "Bearer s3cret"})
         assert ok.status_code == 200 and ok.json() == {"count": 0, "batches": []}
         assert c.get("/api/trash/batches", params={"token": "s3cret"}).status_code == 401  # header only, as /api
+
+
+def test_only_copies_are_offered_look_alikes_stay(library):
+    ix_dir, folder = library
+    with open_index(ix_dir) as ix:
+        groups = find_duplicates(ix, exact_only=True)
+        chelsea = next(g for g in groups if len(g.members) == 3)
+        other = next(m for m in chelsea.members if m.id != chelsea.keeper_id)
+        other.kind, other.removable = "similar shot", False  # what dupes.py says of another capture of a scene
+        plan = plan_from_groups(ix, groups)
+        assert other.path not in {m.path for m in plan.moves} and plan.files == 3
+        assert any(p == other.path and "look-alike" in why for p, why in plan.skipped)

@@ -46,8 +46,9 @@ from .store.db import FileRow, is_disk_full
 JOURNAL_NAME = "trash.db"
 TRASH_DIR_NAME = ".visdex-trash"
 PARTIAL_SUFFIX = ".visdex-partial"
-#: Member kinds (``DupeMember.kind``, where dupes.py gives one) that are copies and may be moved; others are
-#: look-alikes for a person to review. Members without a kind are all removable (the group is the verdict).
+#: Member kinds (``DupeMember.kind``) that are copies and may be moved; others (a "similar shot") are look-alikes
+#: for a person to review. ``DupeMember.removable``, where dupes.py gives it, decides first; members with neither
+#: are all removable (the group is the verdict).
 REMOVABLE_KINDS = ("exact", "copy")
 _CHUNK = 1 << 20
 
@@ -146,9 +147,9 @@ def plan_from_groups(ix, groups: Sequence) -> MovePlan:
         for m in g.members:
             if m.id == g.keeper_id:
                 continue
-            kind = getattr(m, "kind", None)
-            if kind is not None and kind not in REMOVABLE_KINDS:
-                skipped.append((m.path, f"a look-alike ({kind}), not a copy: review it yourself"))
+            kind, removable = getattr(m, "kind", None), getattr(m, "removable", None)
+            if removable is False or (removable is None and kind is not None and kind not in REMOVABLE_KINDS):
+                skipped.append((m.path, f"a look-alike ({kind or 'not a copy'}), not offered: review it yourself"))
                 continue
             ids.append(m.id)
             kinds[m.id] = kind if kind is not None else getattr(g, "kind", None)

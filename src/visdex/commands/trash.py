@@ -19,6 +19,9 @@ trash_app = typer.Typer(help="Files moved by `visdex dupes --trash`: list the ba
 app.add_typer(trash_app, name="trash")
 
 
+SHOWN_SKIPS = 20
+
+
 def human_bytes(n: int) -> str:
     for unit in ("bytes", "KB", "MB", "GB"):
         if n < 1000 or unit == "GB":
@@ -40,8 +43,10 @@ def move_duplicates(ix, groups, move_to: Path | None, *, apply: bool, yes: bool,
             return
         for m in plan.moves:
             out.print(f"  {escape(m.path)} -> {escape(m.keeper_path)}", highlight=False)
-        for path, why in plan.skipped:
-            out.print(f"  [yellow]kept[/] {escape(path)}: {escape(why)}", highlight=False)
+        for path, why in plan.skipped[:SHOWN_SKIPS]:
+            out.print(f"  [yellow]stays[/] {escape(path)}: {escape(why)}", highlight=False)
+        if len(plan.skipped) > SHOWN_SKIPS:
+            out.print(f"  ... and {len(plan.skipped) - SHOWN_SKIPS} more that stay (--json lists them all)")
         out.print(f"dry run: would move {summary} to {escape(where)}; run again with --apply to move them",
                   highlight=False)  # fmt: skip
         return
