@@ -330,11 +330,11 @@ def move_to_trash(ix, plan: MovePlan | Sequence[PlannedMove], trash: str | os.Pa
                             row.size, json.dumps(asdict(row)), vec, json.dumps(tags.get(m.id, []))))  # fmt: skip
         journal.add_batch(batch, ix.db.get_meta("fingerprint"), entries)  # before anything changes
         _drop_from_index(ix, [m.id for m in moves])
-        states = []
+        states, touched = [], set()
         for (_, seq, fid, src, dst, *_rest), m in zip(entries, moves, strict=True):
             src, dst = os.fsdecode(src), os.fsdecode(dst)
             try:
-                report.copied += _transfer(src, dst, copy)
+                report.copied += _transfer(src, dst, copy, touched)
             except OSError as e:
                 why = e.strerror or str(e)
                 report.failed.append((src, why))
@@ -346,6 +346,7 @@ def move_to_trash(ix, plan: MovePlan | Sequence[PlannedMove], trash: str | os.Pa
             states.append((seq, "moved", None))
             report.moved.append((src, dst))
             report.bytes += m.size
+        _fsync_dirs(touched)
         journal.set_states(batch, states, "moved")
         return report
     finally:
@@ -446,7 +447,7 @@ def _undo(ix, journal: Journal, batch: str, fingerprint: str | None) -> UndoRepo
     entries = [e for e in journal.entries(batch) if e["state"] in ("moved", "conflict")]
     journal.set_states(batch, [], "undoing")
     same_model = fingerprint == ix.db.get_meta("fingerprint")
-    states = []
+    states, touched, back = [], set(), []
     for e in entries:
         src, dst = e["src"], e["dst"]
         _drop_partials(dst, src)
@@ -459,7 +460,7 @@ def _undo(ix, journal: Journal, batch: str, fingerprint: str | None) -> UndoRepo
         elif os.path.lexists(dst):
             try:
                 os.makedirs(os.path.dirname(src), exist_ok=True)
-                _transfer(dst, src, False)
+                _transfer(dst, src, False, touched)
             except OSError as err:
                 report.conflicts.append((src, f"cannot move it back from {dst}: {err.strerror or err}"))
                 states.append((e["seq"], "conflict", err.strerror or str(err)))
@@ -470,12 +471,14 @@ def _undo(ix, journal: Journal, batch: str, fingerprint: str | None) -> UndoRepo
             continue
         row = json.loads(e["row"])
         if same_model and _unchanged(src, row):
-            _restore_row(ix, row, _vec(e["vec"]), json.loads(e["tags"]))
+            back.append((row, _vec(e["vec"]), json.loads(e["tags"])))
             report.restored.append(src)
         else:
             report.reindex.append(src)
         report.bytes += e["size"]
         states.append((e["seq"], "restored", None))
+    _fsync_dirs(touched)
+    _restore_rows(ix, back)  # one transaction; interrupted before it, a rerun finds the files in place and does it
     journal.set_states(batch, states, "undone")
     for e in entries:  # the batch's empty folders go, and an emptied .visdex-trash (a folder the user named stays)
         top = Path(_batch_dir(e["dst"], batch))
@@ -483,16 +486,18 @@ def _undo(ix, journal: Journal, batch: str, fingerprint: str | None) -> UndoRepo
     return report
 
 
-def _transfer(src: str, dst: str, copy: bool) -> bool:
-    """Move one file without overwriting anything; True if it was copied (another file system)."""
+def _transfer(src: str, dst: str, copy: bool, touched: set[str]) -> bool:
+    """Move one file without overwriting anything; True if it was copied (another file system). The folders whose
+    entries changed are added to ``touched``, for the caller to fsync once (a rename not yet durable at a power
+    loss leaves the file in its old place, which recovery handles); a copy is made durable before the original
+    goes."""
     if os.path.lexists(dst):
         raise FileExistsError(errno.EEXIST, "the destination exists", dst)
     os.makedirs(os.path.dirname(dst), exist_ok=True)
     if not copy:
         try:
             os.rename(src, dst)
-            _fsync_dir(os.path.dirname(dst))
-            _fsync_dir(os.path.dirname(src))
+            touched.update((os.path.dirname(dst), os.path.dirname(src)))
             return False
         except OSError as e:
             if e.errno != errno.EXDEV:
@@ -509,7 +514,7 @@ def _transfer(src: str, dst: str, copy: bool) -> bool:
             os.unlink(partial)
         raise
     os.unlink(src)
-    _fsync_dir(os.path.dirname(src))
+    touched.add(os.path.dirname(src))
     return True
 
 
@@ -573,6 +578,11 @@ def _drop_partials(*paths: str) -> None:
             os.unlink(_partial(p))
 
 
+def _fsync_dirs(paths: Iterable[str]) -> None:
+    for p in sorted(paths):
+        _fsync_dir(p)
+
+
 def _fsync_dir(path: str) -> None:
     with suppress(OSError):  # some file systems cannot open or fsync a folder; the rename is done all the same
         fd = os.open(path or ".", os.O_RDONLY)
@@ -602,17 +612,28 @@ def _drop_from_index(ix, ids: list[int]) -> None:
 
 
 def _restore_row(ix, row: dict, vec: np.ndarray | None, tags: list) -> None:
-    """Put a file back in the index as it was, with its vector; nothing when its path is indexed again already
-    (a `visdex index` ran meanwhile) or it has no vector to restore (the next `visdex index` embeds it)."""
-    if ix.db.file_by_path(row["path"]) is not None or (vec is None and row["status"] == "ok"):
+    _restore_rows(ix, [(row, vec, tags)])
+
+
+def _restore_rows(ix, items: list[tuple[dict, np.ndarray | None, list]]) -> None:
+    """Put files back in the index as they were, with their vectors and tags, in one transaction; a file whose
+    path is indexed again already (a `visdex index` ran meanwhile) or that has no vector to restore (the next
+    `visdex index` embeds it) is left alone."""
+    todo = [(row, vec, tags) for row, vec, tags in items
+            if ix.db.file_by_path(row["path"]) is None and (vec is not None or row["status"] != "ok")]  # fmt: skip
+    if not todo:
         return
-    fr = FileRow(**row)
     with ix.db.transaction():
-        fid = ix.db.restore_file(fr)
-        if vec is not None:
-            ix.store.upsert([fid], vec.reshape(1, -1))
-        if tags:
-            ix.db.put_tags(fid, [(lb, s) for lb, s in tags])
+        ids, vecs = [], []
+        for row, vec, tags in todo:
+            fid = ix.db.restore_file(FileRow(**row))
+            if vec is not None:
+                ids.append(fid)
+                vecs.append(vec)
+            if tags:
+                ix.db.put_tags(fid, [(lb, s) for lb, s in tags])
+        if ids:
+            ix.store.upsert(ids, np.stack(vecs))
 
 
 def _vectors(ix, ids: list[int]) -> dict[int, np.ndarray]:
