@@ -22,8 +22,6 @@ from visdex.engines.ray_data import EmbedActor, RayEngine, decode_batch  # noqa:
 
 from clihelp import SRC, run_cli  # noqa: E402
 
-ENV = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
-
 
 @pytest.fixture(scope="module")
 def cluster():
@@ -31,10 +29,20 @@ def cluster():
     from a driver process by its address."""
     if ray.is_initialized():
         ray.shutdown()
+    # a local test cluster: no token, so that the kill test's driver process can join it
+    old, os.environ["RAY_AUTH_MODE"] = os.environ.get("RAY_AUTH_MODE"), "disabled"
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the fault injectors below, on workers
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
+    if old is None:
+        os.environ.pop("RAY_AUTH_MODE", None)
+    else:
+        os.environ["RAY_AUTH_MODE"] = old
+
+
+def _env() -> dict:
+    return {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
 
 
 def _vectors(index: Path) -> dict[str, np.ndarray]:
@@ -151,7 +159,7 @@ class Said(Progress):
 
 with open_index(sys.argv[1], model=sys.argv[2]) as ix:
     ix.db.hold_writer()
-    ix.add([sys.argv[3]], batch_size=2, progress=Said(), engine=SlowEngine(sys.argv[4]))
+    ix.add([sys.argv[3]], batch_size=2, progress=Said(), engine=SlowEngine(sys.argv[4] or None))
 print("finished", flush=True)
 """
 
@@ -162,14 +170,14 @@ def test_a_driver_killed_resumes_with_nothing_lost_or_duplicated(cluster, tmp_pa
         for p in list(folder.glob("*.jpg"))[:10]:
             shutil.copy(p, folder / f"copy{i}-{p.name}")
     n = len(list(folder.glob("*.jpg")))
-    run = subprocess.Popen([sys.executable, "-c", DRIVER, tmp_path / "ix", tiny_clip, folder, cluster], env=ENV,
+    run = subprocess.Popen([sys.executable, "-c", DRIVER, tmp_path / "ix", tiny_clip, folder, cluster], env=_env(),
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
     try:
         seen = 0
         deadline = time.monotonic() + 120
         while seen < 3 and time.monotonic() < deadline:
             line = run.stdout.readline()
-            assert line, run.stderr.read()
+            assert line, (run.wait(), run.stderr.read())
             seen += line.strip() == "batch"
         run.send_signal(signal.SIGKILL)
     finally:

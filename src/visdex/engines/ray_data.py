@@ -168,7 +168,7 @@ class RayEngine:
         actors, gpus, device, size = self.plan(ray)
         log.info("ray: %d model actor(s) on %s, batches of %d, %d files", actors, device, size, len(todo))
         ds = ray.data.from_items([{"i": i, "path": info.path} for i, info in enumerate(todo)],
-                                 override_num_blocks=max(1, min(len(todo) // DECODE_BATCH, 4096)))  # fmt: skip
+                                 override_num_blocks=max(1, min(-(-len(todo) // DECODE_BATCH), 4096)))  # fmt: skip
         ds = ds.map_batches(self.decode_fn, batch_size=DECODE_BATCH, batch_format="numpy", num_cpus=1,
                             max_retries=RETRIES,
                             fn_kwargs={"preprocess": embedder.preprocess, "max_pixels": config.get("max_pixels")})
@@ -178,7 +178,8 @@ class RayEngine:
                             fn_constructor_kwargs={"model": embedder.name, "device": device,
                                                    "fingerprint": embedder.fingerprint().to_json()})  # fmt: skip
         try:
-            for b in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            # re-sliced to model batches: each one is one transaction on the driver (and one step of the bar)
+            for b in ds.iter_batches(batch_size=size, batch_format="numpy"):
                 yield _results(b, todo)
         except ray.exceptions.RayError as e:
             cause = _visdex_cause(e)
