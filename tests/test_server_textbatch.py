@@ -66,3 +66,61 @@ def test_a_failing_batch_fails_every_waiting_request():
     with pytest.raises(RuntimeError, match="fell over"):
         batcher.embed(["a cat"])
     batcher.close()
+
+
+def test_a_text_asked_again_is_answered_from_the_cache(served):
+    s, want = served
+    q = QUERIES[0]
+    first = [(h.id, h.score) for h in s.search(q, k=4)]
+    batches = s.texts.batches
+    again = [(h.id, h.score) for h in s.search(q, k=4)]
+    assert s.texts.batches == batches  # no forward pass for a text embedded before
+    assert again == first
+    s.texts.forget()  # what a re-index with another model does
+    s.search(q, k=4)
+    assert s.texts.batches == batches + 1
+
+
+def test_the_text_cache_keeps_the_most_recent_texts():
+    class Counting:
+        calls: list[list[str]] = []
+
+        def embed_texts(self, texts):
+            self.calls.append(list(texts))
+            return np.ones((len(texts), 4), np.float32)
+
+    emb = Counting()
+    batcher = TextBatcher(lambda: emb, cache_size=2)
+    for t in ("a", "b", "a", "c", "a", "b"):
+        batcher.embed([t])
+    batcher.close()
+    assert emb.calls == [["a"], ["b"], ["c"], ["b"]]  # "b" was the least recent when "c" came
+
+
+def test_searches_go_on_while_an_upload_is_being_embedded(served):
+    """An uploaded image's forward pass runs outside the search lock: text searches do not queue behind it."""
+    from PIL import Image
+
+    s, want = served
+    emb = s.ix.embedder
+    entered, release = threading.Event(), threading.Event()
+    real = emb.embed_images
+
+    def slow(images):  # the forward pass of a big model on a busy machine
+        entered.set()
+        release.wait(30)
+        return real(images)
+
+    emb.embed_images = slow
+    upload = threading.Thread(target=lambda: s.search(Image.new("RGB", (64, 48), "red"), k=3))
+    upload.start()
+    try:
+        assert entered.wait(30)
+        t0 = time.monotonic()
+        hits = s.search(QUERIES[1], k=4)  # before: waited for the upload to finish (here: never)
+        assert time.monotonic() - t0 < 10
+        assert [h.id for h in hits] == [i for i, _ in want[QUERIES[1]]]
+    finally:
+        release.set()
+        upload.join(30)
+        emb.embed_images = real

@@ -17,8 +17,11 @@ thumbnails and originals use a third connection, so they never wait behind a sea
 Text queries are embedded outside that lock, by one :class:`TextBatcher` thread: the texts of
 every request that arrives while a batch is being embedded go into the next batch, so sixteen
 concurrent clients cost about one forward pass of sixteen texts, not sixteen passes one after
-another. The text tower is the exported ONNX one when there is one (see
-:mod:`visdex.models.textquery`; ``serve`` exports it once at start-up).
+another; a small LRU answers a text asked again (the web UI pages, re-filters, re-sorts) without
+one. The text tower is the exported ONNX one when there is one (see
+:mod:`visdex.models.textquery`; ``serve`` exports it once at start-up). Uploaded images are
+embedded outside that lock too, at most one per core at a time, so a 40 ms image forward pass
+never holds up the millisecond searches queued behind it; only the vector search runs locked.
 
 When another process (``visdex index``) changes the index while it is served, the next request
 notices the new generation and reloads the vectors, so new photos show up without a restart.
@@ -27,14 +30,18 @@ notices the new generation and reloads the vectors, so new photos show up withou
 from __future__ import annotations
 
 import logging
+import os
 import queue
+import sys
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
+from PIL import Image
 
 from ..api import Index, open_index
 from ..store.db import IndexDB
@@ -52,9 +59,13 @@ class TextBatcher:
     (1, 512)
     """
 
-    def __init__(self, embedder: Callable[[], Any], max_batch: int = 64):
+    def __init__(self, embedder: Callable[[], Any], max_batch: int = 64, cache_size: int = 1024):
         self._embedder = embedder  # called on the worker thread each batch: follows a re-opened index
         self.max_batch = max_batch
+        self.cache_size = cache_size
+        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()  # text -> vector, most recent last
+        self._cache_lock = threading.Lock()
+        self._cache_owner: Any = None  # the embedder the cached vectors came from
         self._queue: queue.Queue[tuple[list[str], Future] | None] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
@@ -63,10 +74,18 @@ class TextBatcher:
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         if not texts:
             return np.zeros((0, 0), np.float32)
-        self._ensure_thread()
-        fut: Future = Future()
-        self._queue.put((list(texts), fut))
-        return fut.result()
+        texts = list(texts)
+        with self._cache_lock:
+            known = {t: v for t in texts if (v := self._cache.get(t)) is not None}
+            for t in known:
+                self._cache.move_to_end(t)
+        missing = list(dict.fromkeys(t for t in texts if t not in known))
+        if missing:
+            self._ensure_thread()
+            fut: Future = Future()
+            self._queue.put((missing, fut))
+            known.update(zip(missing, fut.result(), strict=True))
+        return np.stack([known[t] for t in texts])
 
     def _ensure_thread(self) -> None:
         with self._start_lock:
@@ -93,18 +112,36 @@ class TextBatcher:
             self._embed_jobs(jobs)
 
     def _embed_jobs(self, jobs: list[tuple[list[str], Future]]) -> None:
-        texts = [t for job_texts, _ in jobs for t in job_texts]
+        texts = list(dict.fromkeys(t for job_texts, _ in jobs for t in job_texts))  # a text asked twice: embedded once
         try:
-            vectors = self._embedder().embed_texts(texts)
+            embedder = self._embedder()
+            by_text = dict(zip(texts, embedder.embed_texts(texts), strict=True))
         except BaseException as exc:  # every waiting request gets the error, none hangs
             for _, fut in jobs:
                 fut.set_exception(exc)
             return
         self.batches += 1
-        start = 0
+        self._remember(embedder, by_text)
         for job_texts, fut in jobs:
-            fut.set_result(vectors[start : start + len(job_texts)])
-            start += len(job_texts)
+            fut.set_result(np.stack([by_text[t] for t in job_texts]))
+
+    def _remember(self, embedder: Any, by_text: dict[str, np.ndarray]) -> None:
+        with self._cache_lock:
+            if embedder is not self._cache_owner:  # another model (the index was re-made): old vectors are not its
+                self._cache.clear()
+                self._cache_owner = embedder
+            for t, v in by_text.items():
+                v.flags.writeable = False  # shared between requests: nobody may change it in place
+                self._cache[t] = v
+                self._cache.move_to_end(t)
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+
+    def forget(self) -> None:
+        """Drop the cached vectors (the index was re-made with another model)."""
+        with self._cache_lock:
+            self._cache.clear()
+            self._cache_owner = None
 
     def close(self) -> None:
         if self._thread is not None and self._thread.is_alive():
@@ -119,9 +156,15 @@ class ServedIndex:
     >>> served.call(lambda ix: ix.search("a cat", k=3))                     # doctest: +SKIP
     """
 
-    def __init__(self, path: str | Path, *, model: str | None = None, device: str | None = None):
+    def __init__(self, path: str | Path, *, model: str | None = None, device: str | None = None,
+                 model_threads: int | None = 1):  # fmt: skip
         self.path = Path(path).expanduser()
         self.device = device
+        # torch threads for the image passes of uploads. One: a server runs requests side by side, and two
+        # OpenMP threads on a busy 2-core machine wait for each other (measured 48 -> 35 ms CPU an upload,
+        # ~10x less wall time under load). None leaves torch's setting alone.
+        self.model_threads = model_threads
+        self._torch_threads: int | None = None  # torch's own setting, put back by close()
         self.ix: Index = open_index(self.path, model=model, device=device, create=False)
         self.lock = threading.RLock()
         self._generation = self.ix.db.generation
@@ -134,6 +177,8 @@ class ServedIndex:
         self._files_lock = threading.Lock()
         self._files_db: IndexDB | None = None
         self.texts = TextBatcher(self._text_embedder)
+        # image forward passes outside self.lock, one per core at most (each on model_threads threads)
+        self._image_slots = threading.BoundedSemaphore(max(1, (os.cpu_count() or 1) // (model_threads or 2)))
 
     def warm(self) -> None:
         """Load the model and the vectors now, so the first query is not a cold one (once; later calls return).
@@ -142,6 +187,7 @@ class ServedIndex:
             if self._warm or self.ix.fingerprint is None:
                 return
             emb = self.ix.embedder  # loads and checks the model against the index's fingerprint
+            self._limit_torch_threads()
             _ = self.ix.store.index  # builds or loads FAISS once, not inside a racing request
             if "text" in emb.modalities:
                 try:  # the model is loaded now: export its text tower once (no-op when cached or switched off)
@@ -156,6 +202,13 @@ class ServedIndex:
                 self.ix.text_embedder.embed_texts(["warm up"])  # first forward pays one-off allocations
             self._warm = True
 
+    def _limit_torch_threads(self) -> None:
+        torch = sys.modules.get("torch")  # an ONNX model never imported it: nothing to limit
+        if torch is None or self.model_threads is None or self._torch_threads is not None:
+            return
+        self._torch_threads = torch.get_num_threads()
+        torch.set_num_threads(self.model_threads)
+
     def _text_embedder(self):
         with self.lock:
             self.warm()
@@ -168,17 +221,40 @@ class ServedIndex:
         requests' texts) before the lock is taken for the search itself."""
         from ..query import parse_query
 
-        vectors = None
-        if isinstance(query, str):
+        vectors, image, fingerprint = None, None, self._fingerprint
+        if isinstance(query, Image.Image):  # embedded before the lock is taken, like texts
+            image, crop = query, opts.pop("crop", None)
+            query = self.embed_image(image, crop)
+        elif isinstance(query, str):
             crop = opts.get("crop")
             texts = list(dict.fromkeys(t.value for t in parse_query(query, crop=crop).terms if t.kind == "text"))
             if texts:  # embedded before the lock is taken: requests queue in the batcher, not behind the lock
                 vectors = dict(zip(texts, self.texts.embed(texts), strict=True))
+
         def run(ix: Index) -> list:
+            if image is not None:  # re-indexed with another model meanwhile: embed again with the new one
+                vec = query if self._fingerprint == fingerprint else image
+                return ix.search(vec, k=k, crop=None if vec is query else crop, **opts)
             ok = vectors and ix.fingerprint is not None and next(iter(vectors.values())).shape[-1] == ix.fingerprint.dim
             return ix.search(query, k=k, text_vectors=vectors if ok else None, **opts)  # re-indexed meanwhile: redo
 
         return self.call(run)
+
+    def embed_image(self, image: Image.Image, crop=None) -> np.ndarray:
+        """An uploaded image's query vector, embedded under its own lock (not the search lock)."""
+        with self.lock:
+            self.warm()
+            ix = self.ix
+            ix.require_vectors()
+            embedder = ix.embedder
+        from ..query import Crop
+
+        image = image.convert("RGB")  # as Index.search does with an image, minus the lock
+        if crop is not None:
+            crop = Crop.parse(crop) if isinstance(crop, str) else crop
+            image = image.crop(crop.box(*image.size))
+        with self._image_slots:
+            return embedder.embed_images([image])[0]
 
     # -- the main index -------------------------------------------------------------------
     def call(self, fn: Callable[[Index], T]) -> T:
@@ -196,6 +272,7 @@ class ServedIndex:
         if fingerprint != self._fingerprint:  # first vectors, or re-indexed with another model: start afresh
             old, self.ix = self.ix, open_index(self.path, device=self.device, create=False)
             old.close()
+            self.texts.forget()
             self._fingerprint, self._warm = fingerprint, False
             self.warm()
         else:  # the store caches the FAISS index in memory; a fresh one reloads it from disk / SQLite
@@ -234,6 +311,8 @@ class ServedIndex:
 
     def close(self) -> None:
         self.texts.close()
+        if self._torch_threads is not None:
+            sys.modules["torch"].set_num_threads(self._torch_threads)
         with self.lock:
             self.ix.close()
         with self._analysis_lock:
