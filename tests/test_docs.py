@@ -43,7 +43,8 @@ def _command_names() -> set[str]:
     from visdex.cli import _load_command_modules, app
 
     _load_command_modules()
-    return {c.name or c.callback.__name__.replace("_", "-") for c in app.registered_commands}
+    groups = {g.name for g in app.registered_groups}  # `visdex trash list|undo`
+    return {c.name or c.callback.__name__.replace("_", "-") for c in app.registered_commands} | groups
 
 
 def test_every_cli_command_is_documented():
