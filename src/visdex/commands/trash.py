@@ -4,6 +4,7 @@ out of the way as one batch each, with an undo (see :mod:`visdex.trash`)."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -22,6 +23,10 @@ app.add_typer(trash_app, name="trash")
 SHOWN_SKIPS = 20
 
 
+def files(n: int) -> str:
+    return f"{n:,} file" + ("" if n == 1 else "s")
+
+
 def human_bytes(n: int) -> str:
     for unit in ("bytes", "KB", "MB", "GB"):
         if n < 1000 or unit == "GB":
@@ -36,7 +41,7 @@ def move_duplicates(ix, groups, move_to: Path | None, *, apply: bool, yes: bool,
 
     plan = plan_from_groups(ix, groups)
     where = check_trash(ix, move_to) if move_to is not None else f"{TRASH_DIR_NAME} in the indexed folder"
-    summary = f"{plan.files} files, {human_bytes(plan.bytes)}"
+    summary = f"{files(plan.files)}, {human_bytes(plan.bytes)}"
     if not apply:
         if as_json:
             sys.stdout.write(json.dumps({"dry_run": True, "trash": where, **plan.to_dict()}) + "\n")
@@ -61,7 +66,9 @@ def move_duplicates(ix, groups, move_to: Path | None, *, apply: bool, yes: bool,
         return
     for path, why in report.failed:
         err.print(f"[yellow]not moved[/] {escape(path)}: {escape(why)}", highlight=False)
-    out.print(f"moved {len(report.moved)} files, {human_bytes(report.bytes)} to {escape(where)} (batch "
+    dirs = sorted({dst.split(f"{os.sep}{report.batch}{os.sep}")[0] for _, dst in report.moved})  # the trash folders
+    shown = dirs[0] if len(dirs) == 1 else f"{len(dirs)} trash folders ({dirs[0]}, ...)"
+    out.print(f"moved {files(len(report.moved))}, {human_bytes(report.bytes)} to {escape(shown)} (batch "
               f"{report.batch}); undo with: visdex trash undo {report.batch}", highlight=False)  # fmt: skip
 
 
@@ -84,10 +91,11 @@ def list_(
         return
     table = Table(box=None)
     for col in ("batch", "when", "state", "in the trash", "where"):
-        table.add_column(col)
+        # a batch id is copied whole; a long folder wraps
+        table.add_column(col, no_wrap=col != "where", overflow="fold", min_width=20 if col == "where" else None)
     for b in batches:
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(b.created_at))
-        size = f"{b.files} files, {human_bytes(b.bytes)}" + (f" ({b.restored} restored)" if b.restored else "")
+        size = f"{files(b.files)}, {human_bytes(b.bytes)}" + (f" ({b.restored} restored)" if b.restored else "")
         table.add_row(b.id, when, b.state, size, escape(", ".join(b.trash)))
     out.print(table)
 
@@ -109,6 +117,6 @@ def undo(
     for path, why in report.conflicts:
         err.print(f"[yellow]not restored[/] {escape(path)}: {escape(why)}", highlight=False)
     back = len(report.restored) + len(report.reindex)
-    out.print(f"restored {back} files, {human_bytes(report.bytes)} (batch {report.batch})", highlight=False)
+    out.print(f"restored {files(back)}, {human_bytes(report.bytes)} (batch {report.batch})", highlight=False)
     if report.reindex:
         out.print(f"{len(report.reindex)} of them changed in the trash: `visdex index` embeds them again")
