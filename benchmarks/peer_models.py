@@ -421,6 +421,56 @@ def sanity_check(model_folder: Path, datadir: Path, bpe_gz: Path, images: list[P
     }
 
 
+def photo_folders(work: Path, quick: bool) -> dict[str, Path]:
+    """name -> folder of JPEGs (made once; a folder per count so a quick run never sees extra files)."""
+    sys.path.insert(0, str(ROOT / "src"))
+    from visdex import bench
+
+    n6, nv = (40, 200) if quick else (200, 1000)
+    folders = {f"6mp-{n6}": (work / f"photos-6mp-{n6}", n6, 6.0, 0),
+               f"0.3mp-{nv}": (work / f"photos-0.3mp-{nv}", nv, 0.3072, 1)}  # fmt: skip
+    for folder, n, mp, seed in folders.values():
+        bench.make_photo_set(folder, n, megapixels=mp, seed=seed)  # 0.3072 MP: 640x480's pixels, 3:2
+    return {name: v[0] for name, v in folders.items()}
+
+
+def add_common_args(ap: argparse.ArgumentParser, rounds: int, quick_rounds: int) -> None:
+    """The options every side-by-side script takes: work folder, rclip, rounds, --quick, output folder."""
+    ap.add_argument("--work", default="/tmp/visdex-peers")
+    ap.add_argument("--rclip", default="/tmp/rclip-venv/bin/rclip")
+    ap.add_argument(
+        "--rounds", type=int, default=None, help=f"timed rounds (default {rounds}; --quick: {quick_rounds})"
+    )
+    ap.add_argument("--quick", action="store_true", help=f"40 and 200 files, {quick_rounds} rounds")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+
+
+def machine_state() -> dict:
+    """Load average and CPU pressure now (recorded at the start and the end of a run)."""
+    return {"load_average": loadavg(), "cpu_pressure": cpu_pressure()}
+
+
+def shared_result_fields(prep: dict, images: list[Path], start: dict) -> dict:
+    """What every side-by-side result records past its own numbers: the two tools' agreement on ``images``,
+    the machine's load at ``start`` (:func:`machine_state`) and now, the commit, the machine."""
+    sys.path.insert(0, str(ROOT / "src"))
+    from visdex import bench
+
+    end = machine_state()
+    return {
+        "sanity_check": sanity_check(prep["model_folder"], prep["rclip_template"], prep["bpe"], images,
+                                     prep["rclip_python"]),
+        "load_average_start": start["load_average"],
+        "load_average_end": end["load_average"],
+        "cpu_pressure_start": start["cpu_pressure"],
+        "cpu_pressure_end": end["cpu_pressure"],
+        "git": git_state(),
+        "load_note": "shared machine: other engineers' jobs ran at the same time (see load and CPU pressure); "
+                     "compare ratios, not seconds; CPU-time ratios are the steadier ones",
+        "machine": bench.machine_info(),
+    }  # fmt: skip
+
+
 def prepare(work: Path, rclip_bin: str | None = None) -> dict:
     """Model folder, rclip template data dir and vocabulary under ``work`` (each made once)."""
     work = Path(work)

@@ -35,7 +35,6 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import peer_models as pm  # noqa: E402
-from startup import photo_folders  # noqa: E402
 
 GOAL = 1.5  # visdex default img/s over rclip's
 
@@ -222,20 +221,16 @@ def main() -> None:
     from visdex import bench
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--work", default="/tmp/visdex-peers")
-    ap.add_argument("--rclip", default="/tmp/rclip-venv/bin/rclip")
-    ap.add_argument("--rounds", type=int, default=None, help="timed rounds (default 3; --quick: 2)")
-    ap.add_argument("--quick", action="store_true", help="40 and 200 files, 2 rounds")
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    pm.add_common_args(ap, rounds=3, quick_rounds=2)
     ap.add_argument("--torch", action="store_true", help="also time VISDEX_CPU_BACKEND=torch (slow)")
     ap.add_argument("--no-profile", action="store_true", help="skip the per-stage CPU cost breakdown")
     args = ap.parse_args()
     n_rounds = args.rounds or (2 if args.quick else 3)
 
-    load_start, pressure_start = pm.loadavg(), pm.cpu_pressure()
+    start = pm.machine_state()
     work = Path(args.work)
     prep = pm.prepare(work, args.rclip)
-    folders = photo_folders(work, args.quick)
+    folders = pm.photo_folders(work, args.quick)
     warm = work / "photos-warmup-16"
     bench.make_photo_set(warm, 16, megapixels=2.0, seed=7)
     run_dir = work / "peers-run"
@@ -267,17 +262,8 @@ def main() -> None:
         "runs": runs,
         "clip_retrieval": "skipped: it loads models only by OpenAI-CLIP / open_clip pretrained names, downloaded "
                           "from the hub (unreachable here), not from a local folder, so it cannot run this model",
-        "sanity_check": pm.sanity_check(prep["model_folder"], prep["rclip_template"], prep["bpe"],
-                                        sorted(next(iter(folders.values())).glob("*.jpg"))[:4], prep["rclip_python"]),
-        "load_average_start": load_start,
-        "load_average_end": pm.loadavg(),
-        "cpu_pressure_start": pressure_start,
-        "cpu_pressure_end": pm.cpu_pressure(),
-        "git": pm.git_state(),
-        "load_note": "shared machine: other engineers' jobs ran at the same time (see load and CPU pressure); "
-                     "compare ratios, not seconds; CPU-time ratios are the steadier ones",
+        **pm.shared_result_fields(prep, sorted(next(iter(folders.values())).glob("*.jpg"))[:4], start),
     }  # fmt: skip
-    result["machine"] = bench.machine_info()
     print(bench.write_result(result, args.out, "peers"))
     for fname, res in result["results"].items():
         print(fname, {t: (r["img_per_s"], r.get("speedup_vs_rclip"), r.get("cpu_speedup_vs_rclip"))

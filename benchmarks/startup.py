@@ -54,18 +54,6 @@ QUERIES = [
 ]
 
 
-def photo_folders(work: Path, quick: bool) -> dict[str, Path]:
-    """name -> folder of JPEGs (made once; a folder per count so a quick run never sees extra files)."""
-    from visdex import bench
-
-    n6, nv = (40, 200) if quick else (200, 1000)
-    folders = {f"6mp-{n6}": (work / f"photos-6mp-{n6}", n6, 6.0, 0),
-               f"0.3mp-{nv}": (work / f"photos-0.3mp-{nv}", nv, 0.3072, 1)}  # fmt: skip
-    for folder, n, mp, seed in folders.values():
-        bench.make_photo_set(folder, n, megapixels=mp, seed=seed)  # 0.3072 MP: 640x480's pixels, 3:2
-    return {name: v[0] for name, v in folders.items()}
-
-
 class Tools:
     """The four commands, each with its own environment: visdex (index dir per folder) and rclip
     (data dir per folder, sharing the exported model files)."""
@@ -247,11 +235,7 @@ def main() -> None:
     from visdex import bench
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--work", default="/tmp/visdex-peers")
-    ap.add_argument("--rclip", default="/tmp/rclip-venv/bin/rclip")
-    ap.add_argument("--rounds", type=int, default=None, help="timed rounds (default 5; --quick: 3)")
-    ap.add_argument("--quick", action="store_true", help="40 and 200 files, 3 rounds")
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    pm.add_common_args(ap, rounds=5, quick_rounds=3)
     ap.add_argument(
         "--profile-only",
         action="store_true",
@@ -260,10 +244,10 @@ def main() -> None:
     args = ap.parse_args()
     n_rounds = args.rounds or (3 if args.quick else 5)
 
-    load_start, pressure_start = pm.loadavg(), pm.cpu_pressure()
+    start = pm.machine_state()
     work = Path(args.work)
     prep = pm.prepare(work, args.rclip)
-    folders = photo_folders(work, args.quick)
+    folders = pm.photo_folders(work, args.quick)
     run_dir = work / "startup-run"
     if args.profile_only:
         import json
@@ -310,17 +294,8 @@ def main() -> None:
         "results": summarise(runs),
         "search_profile": profile,
         "runs": runs,
-        "sanity_check": pm.sanity_check(prep["model_folder"], prep["rclip_template"], prep["bpe"],
-                                        sorted(folders[first_name].glob("*.jpg"))[:4], prep["rclip_python"]),
-        "load_average_start": load_start,
-        "load_average_end": pm.loadavg(),
-        "cpu_pressure_start": pressure_start,
-        "cpu_pressure_end": pm.cpu_pressure(),
-        "git": pm.git_state(),
-        "load_note": "shared machine: other engineers' jobs ran at the same time (see load and CPU pressure); "
-                     "compare ratios, not seconds; CPU-time ratios are the steadier ones",
+        **pm.shared_result_fields(prep, sorted(folders[first_name].glob("*.jpg"))[:4], start),
     }  # fmt: skip
-    result["machine"] = bench.machine_info()
     print(bench.write_result(result, args.out, "startup"))
     for name, metrics in result["results"].items():
         for metric, r in metrics.items():
