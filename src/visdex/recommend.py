@@ -434,7 +434,9 @@ def _ann_flag(store: StorePlan, n: int) -> str:
     from .store.local import AUTO_HNSW_FROM
 
     if store.backend == "milvus":
-        return " --store milvus://MILVUS_HOST:19530"
+        from .store.milvus import ann_for_plan
+
+        return f" --store milvus://MILVUS_HOST:19530 --ann {ann_for_plan(store)}"
     if store.index == "ivfpq":
         return " --ann ivfpq"
     codec = "-fp16" if "fp16" in store.codec else "-sq8" if "int8" in store.codec else ""  # e.g. "128-d int8"
