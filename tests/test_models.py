@@ -29,6 +29,9 @@ CATALOG_NAMES = [
     "siglip2-base",
     "dinov2-small",
     "dinov2-base",
+    "openclip-vit-b-32",
+    "openclip-vit-l-14",
+    "mobileclip2-s0",
     "effnet-lite0",
     "lite0-minilm",
 ]
@@ -81,6 +84,9 @@ def test_catalog_lists_every_model_with_default_first():
         "siglip2-base": 768,
         "dinov2-small": 384,
         "dinov2-base": 768,
+        "openclip-vit-b-32": 512,
+        "openclip-vit-l-14": 768,
+        "mobileclip2-s0": 512,
         "effnet-lite0": 1280,
         "lite0-minilm": 384,
     }
@@ -134,9 +140,10 @@ def test_hub_model_offline_names_the_offline_models():
     assert "effnet-lite0" in message and "lite0-minilm" in message and "local model directory" in message
 
 
-def test_names_dispatch_to_the_right_loader(monkeypatch, tmp_path):
+def test_names_dispatch_to_the_right_family_adapter(monkeypatch, tmp_path):
     import visdex.models.hf as hf
     import visdex.models.offline as offline
+    from visdex.models.families import family, resolve
 
     calls = []
     monkeypatch.setattr(hf, "load_hf", lambda source, **kw: calls.append(("hf", source, kw.get("name"))))
@@ -152,6 +159,16 @@ def test_names_dispatch_to_the_right_loader(monkeypatch, tmp_path):
         ("offline", "effnet-lite0", None),
         ("hf", str(tmp_path), None),
     ]
+    # every catalog row names a family that has an adapter; prefixes and folders find theirs
+    assert {s.name: family(s.family).name for s in list_models()}["mobileclip2-s0"] == "open_clip"
+    assert resolve("open_clip:ViT-B-32/laion2b_s34b_b79k", [])[1].source == "ViT-B-32/laion2b_s34b_b79k"
+    assert resolve("timm:resnet50.a1_in1k", [])[0].name == "timm"
+    oc, tm = tmp_path / "oc", tmp_path / "tm"
+    oc.mkdir(), tm.mkdir()
+    (oc / "open_clip_config.json").write_text("{}")
+    (oc / "config.json").write_text(json.dumps({"model_type": "clip"}))  # OpenCLIP's hub layout has both
+    (tm / "config.json").write_text(json.dumps({"architecture": "resnet50"}))
+    assert [resolve(str(p), [])[0].name for p in (oc, tm)] == ["open_clip", "timm"]
 
 
 def test_resolve_device():

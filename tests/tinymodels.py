@@ -144,3 +144,50 @@ def make_tiny_siglip2(path: Path, seed: int = 0) -> Path:
     config = Siglip2Config(text_config=_text_kwargs(), vision_config={**vision, "num_patches": 16})
     processor = Siglip2ImageProcessor(patch_size=PATCH, max_num_patches=16)
     return _save(Siglip2Model(config), path, processor, _tokenizer(MAX_TEXT))
+
+
+# ---------------------------------------------------------------- OpenCLIP and timm (tiny, random weights)
+
+# A 2-layer OpenCLIP ViT with the real CLIP BPE vocabulary (49,408 tokens, shipped in open_clip's wheel) and
+# context length 77, so texts go through OpenCLIP's own tokenizer exactly as for a hub model.
+TINY_OPENCLIP_CFG = {
+    "embed_dim": 16,
+    "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "head_width": 16, "patch_size": 8},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
+}
+
+
+def make_tiny_openclip(path: Path, seed: int = 0) -> Path:
+    """An OpenCLIP folder (``open_clip_config.json`` + ``open_clip_model.safetensors``), as OpenCLIP's hub
+    repos are laid out: loads with ``open_clip:local-dir:<path>`` or the bare path."""
+    import json
+
+    import torch
+    from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+    from open_clip.model import CLIP
+    from safetensors.torch import save_file
+
+    torch.manual_seed(seed)
+    model = CLIP(**TINY_OPENCLIP_CFG).eval()
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    preprocess_cfg = {"size": 32, "mode": "RGB", "mean": OPENAI_DATASET_MEAN, "std": OPENAI_DATASET_STD,
+                      "interpolation": "bicubic", "resize_mode": "shortest", "fill_color": 0}  # fmt: skip
+    cfg = {"model_cfg": TINY_OPENCLIP_CFG, "preprocess_cfg": preprocess_cfg}
+    (path / "open_clip_config.json").write_text(json.dumps(cfg))
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path / "open_clip_model.safetensors"))
+    return path
+
+
+def make_tiny_timm(path: Path, arch: str = "test_vit", seed: int = 0) -> Path:
+    """A timm folder written by ``timm.models.save_for_hf`` (``config.json`` + ``model.safetensors``): timm's own
+    tiny test architectures (``test_vit``, ``test_efficientnet``, ``test_resnet``; ~0.4 M params, 160 px)."""
+    import timm
+    import torch
+    from timm.models import save_for_hf
+
+    torch.manual_seed(seed)
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    save_for_hf(timm.create_model(arch, pretrained=False).eval(), str(path))
+    return path

@@ -215,8 +215,9 @@ def bench_ingest(folder: Path, model: str, workers: int, batch_size: int, device
 def bench_naive(files: Sequence[Path], model: str, batch_size: int) -> dict:
     """The tutorial recipe: PIL open, the model's own processor, one batch at a time, FAISS IndexFlatIP.
 
-    transformers models use their AutoImageProcessor; the timm-based offline models use timm's
-    eval transform. Nothing runs in parallel except what torch does inside the model.
+    Each family's adapter builds it from its library's documented recipe (transformers: AutoImageProcessor;
+    timm and the offline models: timm's eval transform; OpenCLIP: create_model_and_transforms).
+    Nothing runs in parallel except what torch does inside the model.
     """
     import faiss
     import torch
@@ -234,45 +235,13 @@ def bench_naive(files: Sequence[Path], model: str, batch_size: int) -> dict:
 
 
 def _naive_model(model: str):
-    """(images -> features, dim) the way a tutorial builds it, for a catalog name, hf:<repo> or a directory."""
-    import torch
-
+    """(images -> features, dim) the way the family's library documents it: its adapter's recipe."""
     from .models import _BY_NAME
+    from .models.families import resolve
     from .models.onnx import split_backend
 
-    name = split_backend(model)[1]
-    spec = _BY_NAME.get(name)
-    if spec is not None and spec.offline:
-        import timm
-
-        from .models.offline import load_lite0_classifier
-
-        net, _ = load_lite0_classifier("cpu")
-        transform = timm.data.create_transform(**timm.data.resolve_data_config({}, model=net))
-
-        def forward(images):
-            x = torch.stack([transform(im) for im in images])
-            return net.forward_head(net.forward_features(x), pre_logits=True)
-
-        return forward, net.num_features
-    from transformers import AutoImageProcessor, AutoModel
-
-    source = spec.source if spec is not None else (name[3:] if name.startswith("hf:") else name)
-    processor = AutoImageProcessor.from_pretrained(source)
-    net = AutoModel.from_pretrained(source).eval()
-    if net.config.model_type.startswith("dinov2"):
-        dim = net.config.hidden_size
-        return (lambda images: net(**processor(images=images, return_tensors="pt")).pooler_output), dim
-
-    def forward(images):
-        out = net.get_image_features(**processor(images=images, return_tensors="pt"))
-        return out if isinstance(out, torch.Tensor) else out.pooler_output
-
-    from PIL import Image
-
-    with torch.no_grad():
-        probe = forward([Image.new("RGB", (64, 64))])
-    return forward, int(probe.shape[-1])
+    adapter, ref = resolve(split_backend(model)[1], list(_BY_NAME))
+    return adapter.naive_forward(ref)
 
 
 def bench_query(index_path: Path, queries: Sequence[str], k: int = 10, repeats: int = 5) -> dict:

@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterator, Sequence
 import numpy as np
 
 from .files import FileInfo
-from .models.base import Embedder, Preprocess, l2_normalize
+from .models.base import Embedder, Preprocess
 
 log = logging.getLogger(__name__)
 
@@ -48,29 +48,13 @@ def is_cuda(embedder: Embedder) -> bool:
 def image_forward(emb: Embedder) -> tuple[Callable, Callable[[np.ndarray], np.ndarray]] | None:
     """(normalised CUDA batch -> raw features, raw features -> final vectors) for a torch embedder, else None.
 
-    Uses each embedder's own forward so the GPU path computes exactly what ``embed_pixels`` does.
+    The embedder's family adapter supplies it, from the embedder's own forward, so the GPU path computes
+    exactly what ``embed_pixels`` does.
     """
-    from .models.hf import HFEmbedder
-    from .models.offline import EffNetLite0Embedder, Lite0MiniLMEmbedder
+    from .models.families import adapter_for
 
-    if isinstance(emb, HFEmbedder):
-        return emb._image_batch, l2_normalize
-    if isinstance(emb, (EffNetLite0Embedder, Lite0MiniLMEmbedder)):
-        import torch
-
-        net = emb.classifier
-
-        def pooled(x):
-            x = x.contiguous(memory_format=torch.channels_last)
-            return net.forward_head(net.forward_features(x), pre_logits=True)
-
-        if isinstance(emb, EffNetLite0Embedder):
-            return pooled, l2_normalize
-        from .models.onnx import conse
-
-        return (lambda x: torch.softmax(net.classifier(pooled(x)).float(), dim=-1),
-                lambda probs: conse(probs, emb.class_embeddings, emb.top_k))  # fmt: skip
-    return None
+    adapter = adapter_for(emb)
+    return adapter.image_forward(emb) if adapter is not None else None
 
 
 class GpuBatcher:
@@ -149,7 +133,10 @@ def crop_like_preprocess(img, pre: Preprocess):
         nw, nh = max(pre.size, nw), max(pre.size, nh)
         if (nw, nh) != (w, h):
             img = F.resize(img, [nh, nw], interpolation=mode, antialias=True)
-        top, left = (nh - pre.size) // 2, (nw - pre.size) // 2
+        if getattr(pre, "crop", "floor") == "round":  # torchvision's CenterCrop (OpenCLIP, timm)
+            top, left = int(round((nh - pre.size) / 2.0)), int(round((nw - pre.size) / 2.0))
+        else:
+            top, left = (nh - pre.size) // 2, (nw - pre.size) // 2
         out = img[:, top : top + pre.size, left : left + pre.size]
     return out.clamp(0, 255).to(torch.uint8).permute(1, 2, 0).contiguous()
 

@@ -98,33 +98,26 @@ class ModelProfile:
     text_ms: dict[str, float]
     img_per_s: dict[str, float]
 
-    @property
-    def family(self) -> str:
-        """clip, siglip, dinov2 or effnet: what decides preprocessing and the contrastive loss."""
-        return next((f for f in ("siglip", "clip", "dinov2") if self.name.startswith(f)), self.name.split("-")[0])
+    family: str = ""
 
     @property
     def is_cnn(self) -> bool:
         return "CNN" in self.arch
 
 
-# Speeds: CPU = torch fp32 on 2 cores, GPU = one H100 in fp16; estimates unless benchmarks/results says otherwise.
-MODEL_PROFILES: tuple[ModelProfile, ...] = (
-    ModelProfile("clip-vit-b-32", "ViT-B/32", 88, 512, True, False, 0.30, 0.66,
-                 {"cpu": 35, "gpu": 4}, {"cpu": 10, "gpu": 3}, {"cpu": 35, "gpu": 9000}),
-    ModelProfile("clip-vit-b-16", "ViT-B/16", 86, 512, True, False, 0.33, 0.70,
-                 {"cpu": 110, "gpu": 5}, {"cpu": 10, "gpu": 3}, {"cpu": 10, "gpu": 2500}),
-    ModelProfile("clip-vit-l-14", "ViT-L/14", 304, 768, True, False, 0.365, 0.74,
-                 {"cpu": 450, "gpu": 10}, {"cpu": 25, "gpu": 4}, {"cpu": 2.5, "gpu": 700}),
-    ModelProfile("siglip2-base", "ViT-B/16", 93, 768, True, True, 0.52, 0.72,
-                 {"cpu": 110, "gpu": 5}, {"cpu": 20, "gpu": 3}, {"cpu": 10, "gpu": 2500}),
-    ModelProfile("dinov2-small", "ViT-S/14", 22, 384, False, False, 0.0, 0.78,
-                 {"cpu": 30, "gpu": 4}, {}, {"cpu": 35, "gpu": 7000}),
-    ModelProfile("dinov2-base", "ViT-B/14", 86, 768, False, False, 0.0, 0.82,
-                 {"cpu": 110, "gpu": 5}, {}, {"cpu": 10, "gpu": 2500}),
-    ModelProfile("effnet-lite0", "CNN EfficientNet-Lite0", 4.7, 1280, False, False, 0.0, 0.60,
-                 {"cpu": 12, "gpu": 3}, {}, {"cpu": 80, "gpu": 8000}),
-)  # fmt: skip
+def _profiles() -> tuple[ModelProfile, ...]:
+    """One profile per catalog row that carries one: the catalog is the one table of models."""
+    from .models.catalog import CATALOG
+
+    return tuple(
+        ModelProfile(spec.name, p.arch, p.params_m, spec.dim, spec.supports_text, p.multilingual, p.quality_text,
+                     p.quality_visual, dict(p.image_ms), dict(p.text_ms), dict(p.img_per_s), spec.family)
+        for spec in CATALOG
+        if (p := spec.profile) is not None
+    )  # fmt: skip
+
+
+MODEL_PROFILES: tuple[ModelProfile, ...] = _profiles()
 _PROFILE = {p.name: p for p in MODEL_PROFILES}
 
 # Per hardware, the runtimes tried in order, with their latency factor (ONNX int8: >= 2x torch fp32).
@@ -297,9 +290,10 @@ def _per_class(c: Constraints) -> float:
 
 
 def _contrastive_loss(family: str) -> str:
-    if family == "siglip":
-        return "sigmoid pairwise loss (SigLIP's own; works with modest batch sizes)"
-    return "InfoNCE (CLIP's symmetric cross-entropy over in-batch negatives; larger batches help)"
+    """The loss the family's adapter names for caption fine-tuning."""
+    from .models.families import family as family_adapter
+
+    return family_adapter(family).profile.contrastive_loss or "InfoNCE (CLIP's symmetric cross-entropy)"
 
 
 TRAINING_RULES: tuple[TrainingRule, ...] = (

@@ -1,9 +1,10 @@
 """Model registry: list the catalog, look a name up, load an embedder.
 
 A model is named by its catalog name (``clip-vit-b-32``), by ``hf:<repo-id>`` for any CLIP,
-SigLIP / SigLIP 2 or DINOv2 repo on the Hugging Face hub, or by the path of a local directory
-written by ``save_pretrained``. Importing this package is cheap: torch and transformers are
-imported only when a model is loaded.
+SigLIP / SigLIP 2 or DINOv2 repo on the Hugging Face hub, by ``open_clip:ARCH/PRETRAINED`` or
+``open_clip:hf-hub:<repo>``, by ``timm:NAME``, or by the path of a local directory (``save_pretrained``,
+an OpenCLIP or a timm folder). Each family's adapter in :mod:`visdex.models.families` does the loading.
+Importing this package is cheap: torch and transformers are imported only when a model is loaded.
 
 >>> [spec.name for spec in list_models()][:2]
 ['clip-vit-b-32', 'clip-vit-b-16']
@@ -86,7 +87,7 @@ def resolve_device(device: str = "auto") -> str:
 def load_embedder(
     name: str = DEFAULT_MODEL, device: str = "auto", batch_size: int | None = None, backend: str | None = None
 ) -> Embedder:
-    """Load a model by catalog name, ``hf:<repo-id>`` or local directory, ready to embed.
+    """Load a model by catalog name, ``hf:<repo-id>``, ``open_clip:...``, ``timm:...`` or local directory.
 
     ``backend`` (``torch``, ``onnx``, ``onnx-int8``), or the same as a name prefix
     (``onnx-int8:clip-vit-b-32``), picks the runtime; see :mod:`visdex.models.onnx`.
@@ -106,27 +107,14 @@ def load_embedder(
         from .onnx import load_onnx
 
         return load_onnx(name, chosen, device=device, batch_size=batch_size)
-    if name in _BY_NAME:
-        spec = _BY_NAME[name]
-        if spec.offline:
-            from .offline import load_offline
-
-            return load_offline(name, device=resolve_device(device), batch_size=batch_size)
-        from .hf import load_hf
-
-        return load_hf(spec.source, name=name, spec=spec, device=resolve_device(device), batch_size=batch_size)
-    if name.startswith("hf:") and len(name) > 3:
-        from .hf import load_hf
-
-        return load_hf(name[3:], name=name, device=resolve_device(device), batch_size=batch_size)
     path = Path(name).expanduser()
-    if path.is_dir():
+    if name not in _BY_NAME and path.is_dir():
         from .head import is_head_dir, load_head
 
         if is_head_dir(path):  # written by `visdex finetune labelled`: a base model plus a learnt head
             return load_head(path, device=resolve_device(device), batch_size=batch_size)
-        from .hf import load_hf, local_model_type
+    from .families import resolve
 
-        local_model_type(path)  # fail fast, before importing torch, on a folder that is not a supported model
-        return load_hf(str(path), device=resolve_device(device), batch_size=batch_size)
-    raise UnknownModel(name, list(_BY_NAME))
+    # The family adapter owns loading; resolving reads no weights, so a bad name fails before torch is imported.
+    adapter, ref = resolve(name, list(_BY_NAME))
+    return adapter.load(ref, device=resolve_device(device), batch_size=batch_size)

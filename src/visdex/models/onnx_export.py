@@ -131,93 +131,15 @@ def synthetic_images(n: int, seed: int = 0, size: tuple[int, int] = (320, 256)) 
 
 
 def _towers(emb: Embedder) -> dict:
-    """name -> (module, example inputs, input names, family kind) for each tower of ``emb``."""
+    """name -> (module, example inputs, input names, "transformer"|"cnn") for each tower of ``emb``: its adapter's."""
     import torch
 
-    from .hf import HFEmbedder, _features
-    from .offline import EffNetLite0Embedder, Lite0MiniLMEmbedder
+    from .families import adapter_for
 
-    towers = {}
-    pixels = torch.zeros(EXPORT_BATCH, 3, emb.preprocess.size, emb.preprocess.size)
-    if isinstance(emb, HFEmbedder):
-        if emb.model_type == "siglip2":
-            raise ModelLoadError(
-                f"the ONNX backend does not support SigLIP 2 NaFlex checkpoints ({emb.name}); use the torch backend "
-                "(its fixed-resolution SigLIP 2 models, such as siglip2-base, are supported)"
-            )
-
-        class ImageTower(torch.nn.Module):
-            def __init__(self) -> None:
-                super().__init__()
-                self.model = emb.model
-
-            def forward(self, pixels):
-                return emb._image_batch(pixels)
-
-        towers["image"] = (ImageTower(), (pixels,), ["pixels"], "transformer")
-        if emb.tokenizer is not None:
-            names = _text_input_names(emb.tokenizer, emb.family)
-
-            class TextTower(torch.nn.Module):
-                def __init__(self) -> None:
-                    super().__init__()
-                    self.model = emb.model
-
-                def forward(self, input_ids, attention_mask=None):
-                    kwargs = {"input_ids": input_ids}
-                    if attention_mask is not None:
-                        kwargs["attention_mask"] = attention_mask
-                    return _features(self.model.get_text_features(**kwargs))
-
-            towers["text"] = (TextTower(), _text_example(emb.tokenizer, names), names, "transformer")
-    elif isinstance(emb, (EffNetLite0Embedder, Lite0MiniLMEmbedder)):
-        probs = isinstance(emb, Lite0MiniLMEmbedder)
-        classifier = emb.classifier.to(memory_format=torch.contiguous_format)
-
-        class CNN(torch.nn.Module):
-            def __init__(self) -> None:
-                super().__init__()
-                self.net = classifier
-
-            def forward(self, pixels):
-                pooled = self.net.forward_head(self.net.forward_features(pixels), pre_logits=True)
-                return torch.softmax(self.net.classifier(pooled), dim=-1) if probs else pooled
-
-        towers["image"] = (CNN(), (pixels,), ["pixels"], "cnn")
-        if probs:
-            keys = _tokenize(emb.tokenizer).keys()
-            tok_names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in keys]
-
-            class MiniLM(torch.nn.Module):  # mean of token states under the mask, as sentence-transformers pools
-                def __init__(self) -> None:
-                    super().__init__()
-                    self.model = emb.text_model
-
-                def forward(self, input_ids, attention_mask, token_type_ids=None):
-                    states = self.model(input_ids=input_ids, attention_mask=attention_mask,
-                                        token_type_ids=token_type_ids).last_hidden_state
-                    mask = attention_mask.unsqueeze(-1).to(states.dtype)
-                    return (states * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-
-            towers["text"] = (MiniLM(), _text_example(emb.tokenizer, tok_names), tok_names, "transformer")
-    else:
+    adapter = adapter_for(emb)
+    if adapter is None:
         raise ModelLoadError(f"the ONNX backend cannot export {type(emb).__name__} ({emb.name})")
-    return towers
-
-
-def _tokenize(tokenizer, texts=("a photo", "a photo of a cat on a sofa")):
-    return tokenizer(list(texts), padding=True, return_tensors="pt")
-
-
-def _text_input_names(tokenizer, family: str) -> list[str]:
-    """The inputs HFEmbedder passes: input_ids, plus attention_mask when the tokenizer makes one."""
-    keys = _tokenize(tokenizer).keys()
-    return [k for k in ("input_ids", "attention_mask") if k in keys]
-
-
-def _text_example(tokenizer, names: list[str]) -> tuple:
-    batch = _tokenize(tokenizer)
-    return tuple(batch[n] for n in names)
+    return adapter.onnx_towers(emb, torch.zeros(EXPORT_BATCH, 3, emb.preprocess.size, emb.preprocess.size))
 
 
 # ---------------------------------------------------------------- export, check, quantise
@@ -382,16 +304,13 @@ def _quantise(src: Path, dst: Path, kind: str, preprocess, input_name: str) -> s
 
 
 def _tokenizer_settings(emb: Embedder, names: list[str]) -> dict:
-    from .hf import HFEmbedder
+    from .families import adapter_for
 
     tok = emb.tokenizer
-    if isinstance(emb, HFEmbedder):
-        padding = "max_length" if emb.family == "siglip" else "longest"
-        length, lowercase = emb.text_length, emb.lowercase
-    else:
-        length, padding, lowercase = emb.max_text_length, "longest", False
+    wanted = adapter_for(emb).tokenizer_settings(emb)
     return {
-        "inputs": names, "max_length": int(length), "padding": padding, "lowercase": bool(lowercase),
+        "inputs": names, "max_length": int(wanted["max_length"]), "padding": wanted["padding"],
+        "lowercase": bool(wanted["lowercase"]),
         "pad_id": int(tok.pad_token_id if tok.pad_token_id is not None else 0), "pad_token": str(tok.pad_token or ""),
     }  # fmt: skip
 
@@ -519,11 +438,14 @@ def _export_into(emb: Embedder, tmp: Path, identity: dict, text_only: bool = Fal
     fp = emb.fingerprint()
     manifest: dict = {
         "format": FORMAT_VERSION, "identity": identity, "base_fingerprint": json.loads(fp.to_json()),
-        "family": getattr(emb, "family", ""), "dim": emb.dim, "modalities": sorted(emb.modalities),
+        "family": getattr(emb, "family", ""), "dim": emb.dim,
         "preprocess": emb.preprocess.to_dict(), "towers": {}, "versions": versions(),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }  # fmt: skip
-    for name, (module, example, names, kind) in _towers(emb).items():
+    towers = _towers(emb)
+    # what the export can embed: a family may export fewer towers than its torch model has
+    manifest["modalities"] = sorted(emb.modalities & set(towers))
+    for name, (module, example, names, kind) in towers.items():
         text = name == "text"
         if text_only and not text:
             continue

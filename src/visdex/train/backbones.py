@@ -3,13 +3,10 @@ and cached, and the last ``train_blocks`` stages, trained on the cached activati
 
 With ``train_blocks=0`` the cut is after the whole network: the cache holds the model's own
 L2-normalised vectors and only the projection head trains (any embedder works). With more, the
-network family must be known here (the names are those of the network's ``state_dict``):
-
-``effnet``  (effnet-lite0, timm EfficientNet-Lite0): stem, 7 block stages ``blocks.0`` .. ``blocks.6``,
-            then ``conv_head`` + ``bn2``; ``train_blocks=1`` trains the head convolution, 3 trains
-            ``blocks.5``, ``blocks.6`` and the head convolution.
-``dinov2``  (transformers Dinov2Model): patch embeddings, ``encoder.layer.0`` .. ``N-1``, ``layernorm``;
-            ``train_blocks=1`` trains the final layer norm, 2 the last layer and the norm.
+embedder's family adapter cuts the network (``Family.trainable_stages``; the names are those of the
+network's ``state_dict``): e.g. EfficientNet-Lite0's 7 block stages then ``conv_head`` + ``bn2``
+(``train_blocks=1`` trains the head convolution), DINOv2's encoder layers then ``layernorm``, a timm
+ViT's blocks then ``norm``, a timm CNN's stages.
 
 BatchNorm statistics stay frozen (the network stays in eval mode): small P x K batches would
 estimate them badly, and the base model's statistics are what the cached prefix produced.
@@ -17,20 +14,12 @@ estimate them badly, and the base model's statistics are what the cached prefix 
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 
+from ..models.families import Stage
 from .common import TrainSetupError
 
-TRAINABLE_FAMILIES = ("effnet", "dinov2")
-
-
-class Stage:
-    """One cut point: state-dict name prefixes it owns and the function that runs it."""
-
-    def __init__(self, names: tuple[str, ...], run: Callable):
-        self.names, self.run = names, run
+__all__ = ["Backbone", "Stage"]
 
 
 class Backbone:
@@ -53,24 +42,16 @@ class Backbone:
 
     # -- what the families look like -----------------------------------------------------------
     def _build(self) -> None:
-        family = getattr(self.emb, "family", None)
-        if family == "effnet" and hasattr(self.emb, "classifier"):
-            m = self.module = self.emb.classifier.float()
-            self.stages = [Stage((f"blocks.{i}.",), m.blocks[i]) for i in range(len(m.blocks))]
-            self.stages.append(Stage(("conv_head.", "bn2."), lambda h: m.bn2(m.conv_head(h))))
-            self._stem = lambda x: m.bn1(m.conv_stem(x.contiguous(memory_format=_channels_last())))
-            self._pool = m.global_pool
-        elif family == "dinov2" and hasattr(self.emb, "model"):
-            m = self.module = self.emb.model.float()
-            self.stages = [Stage((f"encoder.layer.{i}.",), _unwrap(layer)) for i, layer in enumerate(m.encoder.layer)]
-            self.stages.append(Stage(("layernorm.",), m.layernorm))
-            self._stem = m.embeddings
-            self._pool = lambda h: h[:, 0]  # the CLS token after the final norm: Dinov2Model's pooler_output
-        else:
+        from ..models.families import adapter_for
+
+        adapter = adapter_for(self.emb)
+        cut = adapter.trainable_stages(self.emb) if adapter is not None else None
+        if cut is None:
             raise TrainSetupError(
-                f"--train-blocks needs a network visdex knows how to cut ({', '.join(TRAINABLE_FAMILIES)} families); "
-                f"{self.emb.name!r} is not one: train only the projection head (--train-blocks 0)"
+                f"--train-blocks needs a network visdex knows how to cut ({', '.join(trainable_families())} "
+                f"families); {self.emb.name!r} is not one: train only the projection head (--train-blocks 0)"
             )
+        self.module, self.stages, self._stem, self._pool = cut.module, cut.stages, cut.stem, cut.pool
         self.module.eval()
 
     @property
@@ -128,17 +109,8 @@ class Backbone:
         apply_backbone_tensors(self.module, tensors, "the checkpoint")
 
 
-def _channels_last():
-    import torch
+def trainable_families() -> list[str]:
+    """Names of the families whose adapters can cut their image network into stages."""
+    from ..models.families import Family, families
 
-    return torch.channels_last
-
-
-def _unwrap(layer) -> Callable:
-    """A transformers layer returns a tensor (v5) or a tuple whose first item is the hidden state (v4)."""
-
-    def run(h):
-        out = layer(h)
-        return out[0] if isinstance(out, tuple) else out
-
-    return run
+    return [f.name for f in families() if type(f).trainable_stages is not Family.trainable_stages]

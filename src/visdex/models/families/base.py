@@ -1,0 +1,136 @@
+"""What a model family adapter is: the one place that knows how a family loads, runs, exports and trains.
+
+Callers (the loader, the GPU batcher, the ONNX exporter, fine-tuning, ``bench``, ``recommend``)
+ask the embedder's adapter (:func:`visdex.models.families.adapter_for`) and never look at the
+family themselves. Adapter modules import torch and the family's library lazily, inside their
+methods, so importing one is cheap.
+
+>>> FamilyProfile(good_for="text and image search", contrastive_loss="InfoNCE").cnn
+False
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ...errors import ModelLoadError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from ..base import Embedder
+    from ..catalog import ModelSpec
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A model as the user named it: ``name`` as typed, ``source`` what the family loads (hub id, architecture,
+    path), the catalog entry when there is one, and whether ``source`` is a local directory."""
+
+    name: str
+    source: str
+    spec: ModelSpec | None = None
+    local: bool = False
+
+
+@dataclass(frozen=True)
+class FamilyProfile:
+    """What ``recommend`` needs to know about a family (per-model numbers live in the catalog rows).
+
+    ``contrastive_loss``: the loss ``finetune captions`` uses (None: the family has no text tower).
+    """
+
+    good_for: str
+    contrastive_loss: str | None = None
+    cnn: bool = False
+
+
+class Stage:
+    """One cut point for metric learning: the state-dict name prefixes it owns and the function that runs it."""
+
+    def __init__(self, names: tuple[str, ...], run: Callable):
+        self.names, self.run = names, run
+
+
+@dataclass
+class Stages:
+    """An image network cut into stages: ``stem`` (never trained), ``stages`` in order, ``pool`` -> vectors.
+
+    ``module`` is the torch module whose ``named_parameters`` the stage names refer to.
+    """
+
+    module: Any
+    stem: Callable
+    stages: list[Stage] = field(default_factory=list)
+    pool: Callable = lambda h: h
+
+
+class Family:
+    """A model family adapter. Subclasses set the class attributes and override what their family does.
+
+    ``catalog_families``: the ``family`` values of catalog rows (and of ``Embedder.family``) this adapter
+    serves. ``prefixes``: name schemes it loads (``open_clip:``). ``order``: lower claims local folders first.
+    """
+
+    name: str = ""
+    catalog_families: tuple[str, ...] = ()
+    prefixes: tuple[str, ...] = ()
+    profile: FamilyProfile = FamilyProfile(good_for="")
+    order: int = 50
+
+    # -- naming and loading ------------------------------------------------------------------------
+    def claims_dir(self, path: Path) -> bool:
+        """Whether a local directory holds a model of this family."""
+        return False
+
+    def load(self, ref: ModelRef, device: str, batch_size: int | None) -> Embedder:
+        raise NotImplementedError
+
+    def identity(self, ref: ModelRef) -> dict:
+        """Source, weights revision and preprocessing of ``ref`` without loading it (and without torch): the key
+        of its ONNX export. ``revision`` is ``"unknown"`` when the weights are not on this machine yet."""
+        raise NotImplementedError
+
+    # -- running -------------------------------------------------------------------------------------
+    def image_forward(self, emb: Embedder) -> tuple[Callable, Callable[[np.ndarray], np.ndarray]] | None:
+        """(normalised torch batch -> raw features, raw features as numpy -> final vectors) for the GPU batcher;
+        None when the embedder has no torch image forward."""
+        return None
+
+    def onnx_towers(self, emb: Embedder, pixels) -> dict:
+        """``{"image"|"text": (module, example inputs, input names, "transformer"|"cnn")}`` to export to ONNX."""
+        raise ModelLoadError(f"the ONNX backend cannot export {type(emb).__name__} ({emb.name})")
+
+    def tokenizer_settings(self, emb: Embedder) -> dict:
+        """How the exported text tower's input is tokenised: ``max_length``, ``padding`` ("longest" or
+        "max_length"), ``lowercase``; the exporter adds the rest."""
+        raise ModelLoadError(f"{emb.name} has no text tower to export")
+
+    def trainable_stages(self, emb: Embedder) -> Stages | None:
+        """The image network cut into stages for ``finetune labelled --train-blocks N``; None: head only."""
+        return None
+
+    def naive_forward(self, ref: ModelRef) -> tuple[Callable, int]:
+        """(PIL images -> torch features, dim) built the way the family's library documents it: ``bench``'s
+        baseline."""
+        raise ModelLoadError(f"no library recipe for {ref.name} to benchmark against")
+
+
+def torch_batches(emb: Embedder, pixels: np.ndarray, forward: Callable) -> np.ndarray:
+    """Run ``forward`` over (n, 3, H, W) float32 pixels in ``emb.batch_size`` chunks on ``emb.device``
+    (``emb.dtype`` when set), returning float32 numpy features (not normalised)."""
+    import numpy as np
+    import torch
+
+    pixels = np.asarray(pixels, dtype=np.float32)
+    dtype = getattr(emb, "dtype", torch.float32)
+    step = int(getattr(emb, "batch_size", 32) or 32)
+    outs = []
+    with torch.inference_mode():
+        for start in range(0, len(pixels), step):
+            x = torch.from_numpy(pixels[start : start + step]).to(emb.device, dtype)
+            outs.append(forward(x).float().cpu().numpy())
+    return np.concatenate(outs) if outs else np.zeros((0, emb.dim), np.float32)
