@@ -364,7 +364,8 @@ def model_standins(tiny_clip, tiny_siglip) -> dict[str, str]:
     like DINOv2's, take the docs' --dim 128 (the tiny DINOv2 makes 32-d ones)."""
     from visdex.models import list_models
 
-    by_family = {"clip": str(tiny_clip), "siglip": str(tiny_siglip), "dinov2": "effnet-lite0"}
+    by_family = {"clip": str(tiny_clip), "open_clip": str(tiny_clip), "siglip": str(tiny_siglip),
+                 "dinov2": "effnet-lite0", "timm": "effnet-lite0"}  # fmt: skip
     standins = {}
     for spec in list_models():
         if not spec.offline:
