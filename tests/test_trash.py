@@ -207,9 +207,12 @@ def _consistent(ix, folder: Path, before: dict[str, str]) -> None:
             assert hashlib.sha256(dst.read_bytes()).hexdigest() == digest, rel
 
 
+# by default every other or third step (each run is a fresh interpreter); every one of them with -m slow
 @pytest.mark.parametrize(
-    ("mode", "stride"), [("rename", 1), ("copy", 3), pytest.param("copy", 1, marks=pytest.mark.slow)]
-)
+    ("mode", "stride"),
+    [("rename", 2), ("copy", 3), pytest.param("rename", 1, marks=pytest.mark.slow),
+     pytest.param("copy", 1, marks=pytest.mark.slow)],
+)  # fmt: skip
 def test_kill_9_at_every_step_of_a_move_leaves_files_that_undo_restores(library, mode, stride):
     ix_dir, folder = library
     before = _hashes(folder)
@@ -224,13 +227,59 @@ def test_kill_9_at_every_step_of_a_move_leaves_files_that_undo_restores(library,
         kills += not seen_finish
         with open_index(ix_dir) as ix:
             _consistent(ix, folder, before)
-            if list_batches(ix):  # the batch got as far as its journal: undo it (finishing the crashed move first)
+            if list_batches(ix):  # the batch got as far as its journal; listing finished the crashed move:
+                for rel in before:  # in place and indexed, or in the trash and not
+                    src = str(folder / rel)
+                    assert (ix.db.file_by_path(src) is not None) == os.path.exists(src), (at, rel)
                 undo(ix)
             assert _hashes(folder) == before, at
             assert _answers(ix, folder) == answers, at
             (ix_dir / JOURNAL_NAME).unlink()  # each run starts from a clean journal
-        at += stride  # the copy path has more steps: by default every third one keeps the test short
-    assert kills >= 5, kills
+        at += stride
+    assert kills >= 4, kills
+
+
+UNDO_KILLER = KILLER.replace("plan = plan_from_groups(ix, find_duplicates(ix, exact_only=True))\n", "").replace(
+    "move_to_trash(ix, plan, copy=copy)", "from visdex.trash import undo; undo(ix)"
+)
+
+
+def test_kill_9_during_an_undo_then_undo_again_brings_everything_back(library, tmp_path):
+    ix_dir, folder = library
+    before = _hashes(folder)
+    with open_index(ix_dir) as ix:
+        answers = _answers(ix, folder)
+    at, finished = 1, False
+    while not finished:
+        with open_index(ix_dir) as ix:
+            move_to_trash(ix, _plan(ix), tmp_path / f"bin-{at}", copy=at % 2 == 0)  # undo copies back for even ones
+        run = subprocess.run([sys.executable, "-c", UNDO_KILLER, str(ix_dir), str(at), "-"], env=ENV,
+                             capture_output=True, text=True, timeout=120)  # fmt: skip
+        finished = run.returncode == 0
+        assert finished or run.returncode == -signal.SIGKILL, run.stderr
+        with open_index(ix_dir) as ix:
+            if not finished:
+                assert list_batches(ix)[0].state == "undone"  # the interrupted undo was finished by looking
+            assert _hashes(folder) == before, at
+            assert _answers(ix, folder) == answers, at
+        at += 3
+
+
+def test_undo_leaves_a_file_in_the_trash_when_its_place_is_taken_and_tries_again(library):
+    ix_dir, folder = library
+    before = _hashes(folder)
+    with open_index(ix_dir) as ix:
+        report = move_to_trash(ix, _plan(ix))
+        src, dst = report.moved[0]
+        Path(src).write_bytes(b"a new file with the old name")
+        back = undo(ix)
+        assert [p for p, _ in back.conflicts] == [src] and len(back.restored) == 3
+        assert Path(src).read_bytes() == b"a new file with the old name" and os.path.exists(dst)
+        assert list_batches(ix)[0].state == "partly undone"
+        os.unlink(src)
+        again = undo(ix, report.batch)
+        assert again.restored == [src] and not again.conflicts
+        assert _hashes(folder) == before
 
 
 def test_a_second_writer_is_refused_while_a_move_would_run(library):

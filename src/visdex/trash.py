@@ -733,6 +733,6 @@ def _pick_batch(journal: Journal, batch: str | None) -> tuple[str, str | None]:
     if len(match) > 1:
         raise BadQuery(f"{batch!r} names {len(match)} batches; give more of the id", field="batch")
     bid, _, state, fingerprint = match[0]
-    if state == "undone":
+    if state == "undone" and not journal.summary(bid)[0]:  # files left in the trash (conflicts) may be tried again
         raise BadQuery(f"batch {bid} was undone already", field="batch")
     return bid, fingerprint
