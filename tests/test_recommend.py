@@ -306,7 +306,7 @@ def test_next_steps_build_the_recommended_store():
     roomy = rec(query="visual", catalog_size=1_000_000)
     assert roomy.store.index == "hnsw" and roomy.store.codec == "fp32"
     assert roomy.commands[-1].endswith(roomy.model.name) and "--ann" not in roomy.commands[-1]  # auto does it
-    assert rec(query="both", catalog_size=10**9).commands[-1].endswith("--store milvus://MILVUS_HOST:19530")
+    assert rec(query="both", catalog_size=10**9).commands[-1].endswith("--store milvus://MILVUS_HOST:19530 --ann hnsw")
     sq8 = [r for r in (rec(query="visual", catalog_size=3_000_000, memory_gb=g) for g in (1.5, 2.5, 4))
            if r.store.codec == "int8" and r.store.dim == r.model.dim]  # fmt: skip
     assert all(r.commands[-1].endswith("--ann hnsw-sq8") for r in sq8)

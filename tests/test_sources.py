@@ -102,3 +102,15 @@ def test_missing_shard_is_an_error_before_anything_is_written(capsys, tmp_path, 
     code, _, err = run_cli(capsys, "index", f"{tmp_path}/{{00000..00001}}.tar", "--index", tmp_path / "ix",
                            "--model", tiny_clip, "-q")  # fmt: skip
     assert code != 0 and "00000.tar" in err
+
+
+def test_webdataset_captions_reach_a_clip_retrieval_export(capsys, tmp_path, photos, tiny_clip):
+    pa = pytest.importorskip("pyarrow.parquet")
+    d, expected = _shards(tmp_path, photos)
+    with open_index(tmp_path / "ix", model=str(tiny_clip)) as ix:
+        ix.add([d / "00000.tar", d / "00001.tar"])
+    code, _, err = run_cli(capsys, "export", "--format", "clip-retrieval", tmp_path / "emb", "--index", tmp_path / "ix")
+    assert code == 0, err
+    table = pa.read_table(tmp_path / "emb" / "metadata" / "metadata_0.parquet").to_pylist()
+    got = {r["image_path"]: (r["caption"], r["url"]) for r in table}
+    assert got == {path: (caption, url) for path, (_, caption, url) in expected.items()}

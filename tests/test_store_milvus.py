@@ -271,3 +271,69 @@ def test_lost_collection_is_an_error_not_an_empty_index(tmp_path, lite):
     store.index.drop_collection(store.collection)
     with pytest.raises(StoreError, match="--rebuild"):
         MilvusVectorStore(db, 8).count()
+
+
+# -- production settings: index type by the embedded store's rule, partition key, status ------------------
+@pytest.mark.parametrize(("ann", "kind", "params"), [
+    ("flat", "FLAT", {}),
+    ("hnsw", "HNSW", {"M": 32, "efConstruction": 80}),
+    ("hnsw-sq8", "IVF_SQ8", {"nlist": 1024}),
+    ("ivfpq", "IVF_PQ", {"nlist": 1024, "m": 16, "nbits": 8}),
+    ("diskann", "DISKANN", {}),
+])  # fmt: skip
+def test_index_type_follows_ann_and_status_reports_it(tmp_path, lite, ann, kind, params, monkeypatch):
+    """milvus-lite builds every one of these (its describe_index reports the type, not the parameters: the
+    parameters handed to pymilvus' documented add_index are checked)."""
+    from pymilvus.milvus_client.index import IndexParams
+
+    sent = []
+    add_index = IndexParams.add_index
+    monkeypatch.setattr(IndexParams, "add_index", lambda self, field, **kw: (sent.append((field, kw)),
+                                                                              add_index(self, field, **kw))[1])
+    store = MilvusVectorStore(IndexDB(tmp_path / "ix"), 16, lite, ann=ann)
+    vecs = rand_vecs(300, 16)
+    store.upsert(np.arange(300), vecs)
+    info = store.info()
+    assert (info["index"], info["load_state"], info["partition_key"]) == (kind, "Loaded", "root")
+    assert sent == [("vector", {"index_type": kind, "metric_type": "IP", "params": params})]
+    assert info["index_params"] == params
+    assert kind in info["backend"] and "loaded" in info["backend"]
+    _, ids = store.search(vecs[:1], 5)
+    assert ids[0][0] == 0 or kind in ("IVF_PQ", "IVF_SQ8")  # lossy codes may rank a near neighbour first
+
+
+def test_search_parameters_per_index_type():
+    """What search sends per index type (the server-side kinds milvus-lite does not rank by: checked here)."""
+    assert milvus.search_params("HNSW", 10) == {"ef": 512}
+    assert milvus.search_params("HNSW", 2000) == {"ef": 8000}
+    assert milvus.search_params("IVF_PQ", 10) == {"nprobe": milvus.IVF_NPROBE}
+    assert milvus.search_params("IVF_SQ8", 10) == {"nprobe": milvus.IVF_NPROBE}
+    assert milvus.search_params("DISKANN", 10) == {"search_list": 100}
+    assert milvus.search_params("DISKANN", 500) == {"search_list": 500}
+    assert milvus.index_params("IVF_PQ", 512) == {"nlist": 1024, "m": 64, "nbits": 8}
+    assert 512 % milvus.index_params("IVF_PQ", 512)["m"] == 0
+
+
+def test_recommended_plan_sets_the_milvus_index():
+    from visdex.sizing import plan_store
+
+    gib = 1 << 30
+    assert milvus.ann_for_plan(plan_store(10**7, 512, 64 * gib)) == "hnsw"
+    assert milvus.ann_for_plan(plan_store(10**7, 512, 8 * gib)) in ("ivf-sq8", "ivfpq")
+    assert milvus.ann_for_plan(plan_store(10**9, 512, 1 * gib)) == "diskann"
+
+
+def test_filtered_search_prunes_to_the_roots_partitions(tmp_path, lite):
+    """Each vector carries its root as the partition key; a filter under one root adds ``root in [...]``."""
+    for name, photos in (("a", ("coffee", "chelsea", "rocket")), ("b", ("astronaut", "moon", "camera"))):
+        write_shots(tmp_path / name, {f"{name}{p}": (p, "", None, None, "JPEG") for p in photos})
+    with open_index(tmp_path / "ix", model="lite0-minilm", store=lite) as ix:
+        ix.add([tmp_path / "a", tmp_path / "b"])
+        a = str(tmp_path / "a")
+        f = ix.store.compile_where(f"folder = '{a}'")
+        assert f.expr.startswith(f'(root in ["{a}"])')
+        assert "root in" not in ix.store.compile_where("width > 10").expr
+        assert _query_ids(ix.store, f'root == "{a}"') == {r.id for r in ix.db.files_under([a])}
+        hits = ix.search("a photo", k=10, where=f"path ~ '{a}/*'")
+        assert hits and all(h.path.startswith(a + "/") for h in hits)
+        assert milvus.root_clause("folder = 'trip'", [a], False) is None  # relative: says nothing about roots

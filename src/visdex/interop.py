@@ -154,8 +154,10 @@ def _metadata_rows(db, ids: np.ndarray) -> list[dict | None]:
                  "id": int(i), "width": None, "height": None, "taken": None, "key": it["key"]}
                 for i in ids]  # fmt: skip
     rows = db.files_by_ids(ids)
+    attrs = db.file_attrs([int(i) for i in ids])  # a WebDataset sample's caption and url (visdex.sources)
     return [None if (r := rows.get(int(i))) is None else
-            {"image_path": r.path, "caption": None, "url": r.path if _is_url(r.path) else None, "id": int(i),
+            {"image_path": r.path, "caption": attrs.get(int(i), {}).get("caption"),
+             "url": attrs.get(int(i), {}).get("url") or (r.path if _is_url(r.path) else None), "id": int(i),
              "width": r.width, "height": r.height, "taken": r.taken_at}
             for i in ids]  # fmt: skip
 

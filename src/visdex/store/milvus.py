@@ -47,7 +47,11 @@ PUSH_BATCH = 2048
 ID_FILTER_CHUNK = 50_000  # ids per "id in [...]" expression; larger allowed sets are searched in chunks
 MAX_TOPK = 16_384  # Milvus' limit on k
 HNSW_M, HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH = 32, 80, 512
-MILVUS_ANN = ("auto", "flat", "hnsw")
+IVF_NLIST, IVF_NPROBE = 1024, 32  # nlist ~ 4 sqrt(n) at 6e4..1e6 vectors per segment (Milvus indexes segments)
+DISKANN_SEARCH_LIST = 100
+MILVUS_ANN = ("auto", "flat", "hnsw", "ivf-sq8", "ivfpq", "diskann")
+ROOT_FIELD = "root"  # partition key: a file's root folder (or shard), "catalog" for items
+PARTITIONS = 64  # Milvus hashes partition-key values into this many partitions
 
 
 _OUTBOX_DDL = (
@@ -226,6 +230,7 @@ class MilvusVectorStore(VectorStore):
             self.collection = new_collection_name()
             db.set_meta(META_COLLECTION, self.collection)
         self.ef_search: int | None = None
+        self._has_root = True
         self._client = None
         self._lock = threading.RLock()
         self._pending = 0
@@ -253,7 +258,7 @@ class MilvusVectorStore(VectorStore):
             client = connect(self.spec)
             with self._errors("open the collection"):
                 if client.has_collection(self.collection):
-                    self._check_dim(client)
+                    self._check_dim(client)  # also notes whether it has the root partition key
                     client.load_collection(self.collection)
                 elif self.db.get_meta(META_CREATED) == self.collection:
                     raise StoreError(
@@ -269,6 +274,7 @@ class MilvusVectorStore(VectorStore):
 
     def _check_dim(self, client) -> None:
         desc = client.describe_collection(self.collection)
+        self._has_root = any(f["name"] == ROOT_FIELD for f in desc["fields"])  # collections made before it: none
         vec = next((f for f in desc["fields"] if f["name"] == "vector"), None)
         dim = int((vec or {}).get("params", {}).get("dim", -1))
         if dim != self.dim:
@@ -281,6 +287,8 @@ class MilvusVectorStore(VectorStore):
         schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
         schema.add_field("id", DataType.INT64, is_primary=True)
         schema.add_field("vector", DataType.FLOAT_VECTOR, dim=self.dim)
+        # Partition key: a search filtered to some roots (folders, shards) reads only their partitions.
+        schema.add_field(ROOT_FIELD, DataType.VARCHAR, max_length=65_535, is_partition_key=True)
         for name in VARCHAR_FIELDS:
             schema.add_field(name, DataType.VARCHAR, max_length=65_535, nullable=True)
         for name in INT_FIELDS:
@@ -290,10 +298,10 @@ class MilvusVectorStore(VectorStore):
             schema.add_field(name, DataType.JSON, nullable=True)
         params = client.prepare_index_params()
         kind = self.index_type
-        extra = {"M": HNSW_M, "efConstruction": HNSW_EF_CONSTRUCTION} if kind == "HNSW" else {}
-        params.add_index("vector", index_type=kind, metric_type="IP", params=extra)
+        params.add_index("vector", index_type=kind, metric_type="IP", params=index_params(kind, self.dim))
         # Strong: a search sees every write acknowledged before it, from any process.
-        client.create_collection(self.collection, schema=schema, index_params=params, consistency_level="Strong")
+        client.create_collection(self.collection, schema=schema, index_params=params, consistency_level="Strong",
+                                 num_partitions=PARTITIONS)  # fmt: skip
         log.info("created Milvus collection %s (%s, %d-d) on %s", self.collection, kind, self.dim,
                  self.spec.describe())  # fmt: skip
 
@@ -355,12 +363,26 @@ class MilvusVectorStore(VectorStore):
 
     def _write(self, client, ids: Sequence[int], vecs: Sequence[np.ndarray]) -> None:
         fields = scalar_fields(self.db, ids)
+        if self._has_root:
+            roots = self._roots(ids)
+            for i in fields:
+                fields[i][ROOT_FIELD] = roots.get(int(i), "catalog")
         step = max(1, min(PUSH_BATCH, (8 << 20) // (4 * self.dim)))  # ~8 MB per request
         with self._errors("write to the collection"):
             for start in range(0, len(ids), step):
                 part = zip(ids[start : start + step], vecs[start : start + step], strict=True)
                 rows = [{"id": int(i), "vector": np.asarray(v, np.float32), **fields[int(i)]} for i, v in part]
                 client.upsert(self.collection, rows)
+
+    def _roots(self, ids: Sequence[int]) -> dict[int, str]:
+        """The root (folder or shard) each file id was found under; items have none."""
+        out: dict[int, str] = {}
+        ids = [int(i) for i in ids]
+        for start in range(0, len(ids), 900):
+            chunk = ids[start : start + 900]
+            sql = f"SELECT id, root FROM files WHERE id IN ({','.join('?' * len(chunk))})"
+            out.update((int(i), str(r)) for i, r in self.db.conn.execute(sql, chunk))
+        return out
 
     def write_direct(self, ids: Sequence[int] | np.ndarray, vectors: np.ndarray) -> None:
         """Write straight to Milvus, bypassing the outbox (copying a whole store: ``visdex migrate``)."""
@@ -406,9 +428,7 @@ class MilvusVectorStore(VectorStore):
                      for s in range(0, len(allowed), ID_FILTER_CHUNK)]  # fmt: skip
         if not len(queries) or not exprs:
             return empty_results(len(queries), k)
-        params = {"metric_type": "IP"}
-        if self.index_type == "HNSW":
-            params["params"] = {"ef": min(32_768, max(kk, self.ef_search or max(HNSW_EF_SEARCH, 4 * kk)))}
+        params = {"metric_type": "IP", "params": search_params(self.index_type, kk, self.ef_search)}
         got_s = [[] for _ in queries]
         got_i = [[] for _ in queries]
         with self._errors("search"):
@@ -428,9 +448,11 @@ class MilvusVectorStore(VectorStore):
 
     def compile_where(self, where: str):
         """A ``--where`` filter as a Milvus expression (see :mod:`.milvus_where`), for :meth:`search`."""
-        from .milvus_where import translate_where
+        from .milvus_where import MilvusFilter, translate_where
 
-        return translate_where(self.db, where)
+        f = translate_where(self.db, where)
+        roots = root_clause(where, self.db.roots(), self.db.kind == "catalog") if self._has_root else None
+        return MilvusFilter(f"({roots}) and ({f.expr})", f.fallbacks) if roots else f
 
     def _fetch(self, client, ids: Sequence[int]) -> dict[int, np.ndarray]:
         found: dict[int, np.ndarray] = {}
@@ -478,8 +500,22 @@ class MilvusVectorStore(VectorStore):
                 it.close()
 
     def info(self) -> dict:
-        return {"backend": f"milvus ({self.spec.describe()}, {self.index_type})", "store": self.spec.url,
-                "collection": self.collection, "ann": self.ann, "count": self.count(), "dim": self.dim}  # fmt: skip
+        """What ``visdex status`` shows: the collection, its index as Milvus reports it, and its load state."""
+        count = self.count()
+        client = self._conn()
+        with self._errors("describe the collection"):
+            idx = client.describe_index(self.collection, "vector") or {}
+            state = client.get_load_state(self.collection).get("state")
+        index = idx.get("index_type", self.index_type)
+        # a server reports the build parameters; milvus-lite does not: then those visdex sends for the type
+        params = {k: v for k, v in idx.items() if k not in ("index_type", "field_name", "index_name", "metric_type",
+                                                              "total_rows", "indexed_rows", "pending_index_rows",
+                                                              "state")} or index_params(index, self.dim)  # fmt: skip
+        load = getattr(state, "name", str(state))
+        return {"backend": f"milvus ({self.spec.describe()}, {index}, {load.lower()})", "store": self.spec.url,
+                "collection": self.collection, "ann": self.ann, "count": count, "dim": self.dim, "index": index,
+                "index_params": params, "indexed_rows": idx.get("indexed_rows"), "load_state": load,
+                "partition_key": ROOT_FIELD if self._has_root else None}  # fmt: skip
 
     def flush(self) -> None:
         """Push every pending change (indexing ends with this)."""
@@ -524,13 +560,84 @@ class _MilvusErrors:
 
 
 def _milvus_index(ann: str) -> str:
-    """An --ann kind -> the Milvus index: "auto", "FLAT" or "HNSW"."""
+    """An --ann kind -> the Milvus index, by the embedded store's rule: exact (FLAT), a graph (HNSW), int8
+    codes in inverted lists (IVF_SQ8: the local ``-sq8`` kinds), product codes (IVF_PQ), or vectors on SSD
+    (DISKANN, when even codes do not fit RAM). "auto": FLAT on milvus-lite, HNSW on a server."""
     from .local import ANN_KINDS
 
     if ann not in ANN_KINDS and ann not in MILVUS_ANN:
         raise BadQuery(f"unknown --ann {ann!r}: with Milvus one of {', '.join(MILVUS_ANN)}")
-    base = ann.partition("-")[0]
+    if ann in ("ivf-sq8", "diskann", "ivfpq"):
+        return {"ivf-sq8": "IVF_SQ8", "diskann": "DISKANN", "ivfpq": "IVF_PQ"}[ann]
+    base, _, quant = ann.partition("-")
+    if quant == "sq8":
+        return "IVF_SQ8"
     return {"auto": "auto", "flat": "FLAT"}.get(base, "HNSW")
+
+
+def index_params(kind: str, dim: int) -> dict:
+    """Build parameters sent with ``create_index`` for a Milvus index type (documented Milvus 2.5 API)."""
+    if kind == "HNSW":
+        return {"M": HNSW_M, "efConstruction": HNSW_EF_CONSTRUCTION}
+    if kind == "IVF_SQ8":
+        return {"nlist": IVF_NLIST}
+    if kind == "IVF_PQ":
+        from .local import ivfpq_params
+
+        return {"nlist": IVF_NLIST, "m": ivfpq_params(1_000_000, dim).m, "nbits": 8}  # the embedded store's codes
+    return {}  # FLAT; DISKANN's build is set in the server's config (diskIndex.*)
+
+
+def search_params(kind: str, k: int, ef: int | None = None) -> dict:
+    """Per-search parameters for a Milvus index type: HNSW's ef, IVF's nprobe, DiskANN's search_list."""
+    if kind == "HNSW":
+        return {"ef": min(32_768, max(k, ef or max(HNSW_EF_SEARCH, 4 * k)))}
+    if kind in ("IVF_SQ8", "IVF_PQ"):
+        return {"nprobe": IVF_NPROBE}
+    if kind == "DISKANN":
+        return {"search_list": min(16_384, max(k, DISKANN_SEARCH_LIST))}
+    return {}
+
+
+def ann_for_plan(plan) -> str:
+    """The ``--ann`` for Milvus that follows a :class:`visdex.sizing.StorePlan` (``visdex recommend``): exact,
+    HNSW at full precision, IVF_SQ8 for int8 / fp16 codes, IVF_PQ for product codes, DISKANN when nothing
+    fits the memory budget."""
+    if not plan.fits_memory:
+        return "diskann"
+    if plan.index == "ivfpq" or plan.codec.startswith("pq"):
+        return "ivfpq"
+    if plan.codec != "fp32":
+        return "ivf-sq8"
+    return "hnsw" if plan.index == "hnsw" else "flat"
+
+
+def root_clause(where: str, roots: Sequence[str], catalog: bool) -> str | None:
+    """``root in [...]`` implied by a filter's top-level path / folder comparisons, so Milvus prunes to those
+    roots' partitions; None when the filter does not narrow the roots. Only added (ANDed) to the translated
+    filter, so it never changes what matches."""
+    from ..filters import parse_where
+    from .milvus_where import lit
+
+    if catalog or not roots:
+        return None
+    tree = parse_where(where, catalog=False)
+    leaves = [tree] if tree[0] == "leaf" else [n for n in tree[1] if n[0] == "leaf"] if tree[0] == "and" else []
+    keep = set(roots)
+    for _, leaf in leaves:
+        if leaf.field.value.lower() not in ("path", "folder") or leaf.op not in ("=", "~") or len(leaf.values) != 1:
+            continue
+        if leaf.values[0].startswith("~"):
+            continue  # a home-relative value: expanded by the SQL side, not worth pruning here
+        prefix = re.split(r"[*?\[]", leaf.values[0], maxsplit=1)[0].lower() if leaf.op == "~" else \
+            leaf.values[0].lower()  # fmt: skip
+        if not prefix.startswith("/") and "://" not in prefix:
+            continue  # only an absolute path or URL says which roots it lies under
+        keep &= {r for r in roots if prefix.startswith(r.lower().rstrip("/") + "/") or r.lower().startswith(prefix)
+                 or prefix == r.lower()}  # fmt: skip
+    if keep == set(roots):
+        return None
+    return f"{ROOT_FIELD} in [{', '.join(lit(r) for r in sorted(keep))}]"
 
 
 def install_outbox(db: IndexDB) -> None:
