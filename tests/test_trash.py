@@ -365,6 +365,9 @@ def test_http_preview_apply_list_undo(library):
         assert gone <= {h["path"] for h in hits}
         assert c.post("/api/trash/undo", json={}).status_code == 404
         assert c.post("/api/trash/apply", json={"groups": chosen, "suggested": True}).status_code == 422
+        # a page elsewhere can POST text/plain without a CORS preflight: never read as JSON, nothing moves
+        plain = c.post("/api/trash/apply", content=b'{"suggested": true}', headers={"Content-Type": "text/plain"})
+        assert plain.status_code == 422 and _hashes(folder) == before
         assert c.post("/api/trash/apply", json={"suggested": True, "trash": "relative/bin"}).status_code == 422
         bad = c.post("/api/trash/apply", json={"suggested": True, "exact_only": True, "trash": str(folder / "bin")})
         assert bad.status_code == 422 and bad.json()["field"] == "trash"
