@@ -90,18 +90,125 @@
   }
 
   // -- views --------------------------------------------------------------------------------
-  const VIEWS = ["search", "dupes", "map"];
+  const VIEWS = ["search", "browse", "dupes", "map"];
 
-  function route() {
-    const name = (location.hash.replace(/^#/, "").split("?")[0] || "search");
-    const view = VIEWS.includes(name) ? name : "search";
+  // -- URL state: "#view?field=value&...": every view, its query and filters, the viewer's image.
+  // Reload restores it, Back / Forward walk it, a URL can be shared. (An uploaded image cannot be in a URL.)
+  const nav = { restoring: false, applied: null, typing: false, view: "search" };
+
+  function parseHash(hash = location.hash) {
+    const [name, query] = hash.replace(/^#/, "").split(/\?(.*)/s);
+    return { view: VIEWS.includes(name) ? name : "search", params: new URLSearchParams(query || "") };
+  }
+
+  const currentView = () => nav.view;
+
+  /** The URL of the page as it is now (the view shown, its fields, the image open in the viewer). */
+  function urlNow(view = currentView()) {
+    const p = new URLSearchParams();
+    if (view === "search") {
+      if ($("q").value.trim()) p.set("q", $("q").value.trim());
+      for (const m of state.mods) p.append(m.sign > 0 ? "plus" : "minus", m.text);
+      if (state.image && state.image.kind === "id") { p.set("id", state.image.id); p.set("name", state.image.name || ""); }
+      if (state.crop) p.set("crop", cropParam());
+      if ($("where").value.trim()) p.set("where", $("where").value.trim());
+      if ($("k").value !== "40") p.set("k", $("k").value);
+      if ($("within").value) p.set("within", $("within").value);
+      if (!$("collapse").checked) p.set("collapse", "0");
+    } else if (view === "browse") {
+      if ($("browse-where").value.trim()) p.set("where", $("browse-where").value.trim());
+    } else if (view === "dupes") {
+      if ($("dupe-threshold").value) p.set("threshold", $("dupe-threshold").value);
+      if ($("dupe-exact").checked) p.set("exact", "1");
+    }
+    if ($("viewer").open && viewer.item) p.set("view", viewer.item.id);
+    const qs = p.toString();
+    return "#" + view + (qs ? "?" + qs : "");
+  }
+
+  /** Record the page's state in the URL: a new history entry, or (while typing, stepping) the same one. */
+  function syncUrl(push = true) {
+    if (nav.restoring) return;
+    const url = urlNow();
+    const typed = nav.typing; // typing makes one entry, which later keystrokes update
+    nav.typing = false;
+    if (url === location.hash) return;
+    nav.applied = url;
+    if (push && !(typed && history.state && history.state.typed)) history.pushState(typed ? { typed: true } : null, "", url);
+    else history.replaceState(history.state, "", url);
+  }
+
+  function showView(view) {
+    nav.view = view;
     for (const v of VIEWS) $("view-" + v).hidden = v !== view;
     for (const a of document.querySelectorAll(".tab")) {
       if (a.dataset.view === view) a.setAttribute("aria-current", "page");
       else a.removeAttribute("aria-current");
     }
-    if (view === "dupes") loadDupes();
-    if (view === "map") loadMap();
+  }
+
+  /** Make the page what the URL says (on load, Back / Forward, a clicked tab or a pasted link). */
+  function applyUrl() {
+    if (location.hash === nav.applied) return;
+    nav.applied = location.hash;
+    const { view, params } = parseHash();
+    nav.restoring = true;
+    try {
+      showView(view);
+      if (view === "search") restoreSearch(params);
+      else if (view === "browse") restoreBrowse(params);
+      else if (view === "dupes") {
+        $("dupe-threshold").value = params.get("threshold") || "";
+        $("dupe-exact").checked = params.get("exact") === "1";
+        loadDupes();
+      } else if (view === "map") loadMap();
+      const id = params.get("view");
+      if (id && /^-?\d+$/.test(id)) {
+        if (!$("viewer").open || !viewer.item || String(viewer.item.id) !== id) openViewer({ id: Number(id) }, viewerListFor(view, Number(id)));
+      } else if ($("viewer").open) {
+        $("viewer").close();
+      }
+    } finally {
+      nav.restoring = false;
+    }
+  }
+
+  function viewerListFor(view, id) {
+    const list = view === "browse" ? browse.items : view === "search" ? state.hits : [];
+    const item = list.find((x) => x.id === id);
+    return item ? [list, item] : [[], null];
+  }
+
+  function restoreSearch(p) {
+    $("q").value = p.get("q") || "";
+    state.mods = [...p.entries()].filter(([k]) => k === "plus" || k === "minus").map(([k, v]) => ({ sign: k === "plus" ? 1 : -1, text: v }));
+    renderMods();
+    $("where").value = p.get("where") || "";
+    $("k").value = ["20", "40", "100", "200"].includes(p.get("k")) ? p.get("k") : "40";
+    $("within").value = p.get("within") || "";
+    $("collapse").checked = p.get("collapse") !== "0";
+    updateFilterCount();
+    const id = p.get("id");
+    if (id && /^-?\d+$/.test(id)) {
+      if (!state.image || state.image.kind !== "id" || String(state.image.id) !== id) {
+        const name = p.get("name") || `image ${id}`;
+        setImage({ kind: "id", id: Number(id), name, url: fileUrl(`api/files/${id}/thumb`, { size: 1024 }) });
+      }
+    } else if (state.image && state.image.kind === "id") setImage(null);
+    const crop = (p.get("crop") || "").split(",").map(Number);
+    state.crop = crop.length === 4 && crop.every((v) => v >= 0 && v <= 1) ? { x: crop[0], y: crop[1], w: crop[2], h: crop[3] } : null;
+    if (state.image) renderQueryImage();
+    runSearch();
+  }
+
+  /** A tab: that view as it was left (its fields are kept), as a new history entry. */
+  function goView(view) {
+    showView(view);
+    syncUrl(true);
+    if (view === "browse") loadBrowse();
+    else if (view === "dupes") loadDupes();
+    else if (view === "map") loadMap();
+    else if (view === "search") runSearch();
   }
 
   async function loadStatus() {
@@ -137,14 +244,33 @@
     return c ? [c.x, c.y, c.w, c.h].map((v) => v.toFixed(4)).join(",") : null;
   }
 
+  /** One page of the search described by ``fields`` (an upload goes as multipart). */
+  function fetchSearch(fields, offset, signal) {
+    const all = { ...fields, offset: offset ? String(offset) : "" };
+    if (state.image && state.image.kind === "upload") {
+      const fd = new FormData();
+      fd.append("image", state.image.file, state.image.name || "image");
+      for (const [k, v] of Object.entries(all)) if (v) fd.append(k, v);
+      return api("api/search", { method: "POST", body: fd, signal });
+    }
+    const p = new URLSearchParams();
+    for (const [k, v] of Object.entries(all)) if (v) p.set(k, v);
+    if (state.image) p.set("id", state.image.id);
+    return api("api/search?" + p, { signal });
+  }
+
   async function runSearch() {
     searchSoon.cancel();
     const text = composedText();
-    const fields = { q: text, k: $("k").value, where: $("where").value.trim(), within: $("within").value, crop: cropParam() };
+    const fields = { q: text, k: $("k").value, where: $("where").value.trim(), within: $("within").value, crop: cropParam(),
+      collapse: $("collapse").checked ? "true" : "" };
     const key = JSON.stringify([fields, state.image && state.image.seq]);
     if (key === state.sent) return; // already running or on screen
     if (state.ctrl) state.ctrl.abort();
     state.sent = key;
+    if (currentView() === "search") syncUrl();
+    state.page = null;
+    $("results-more").hidden = true;
     if (!text && !state.image) {
       state.seq++;
       showAlert("search-alert", "");
@@ -159,17 +285,7 @@
     $("results-meta").textContent = "Searching…";
     let res;
     try {
-      if (state.image && state.image.kind === "upload") {
-        const fd = new FormData();
-        fd.append("image", state.image.file, state.image.name || "image");
-        for (const [k, v] of Object.entries(fields)) if (v) fd.append(k, v);
-        res = await api("api/search", { method: "POST", body: fd, signal: ctrl.signal });
-      } else {
-        const p = new URLSearchParams();
-        for (const [k, v] of Object.entries(fields)) if (v) p.set(k, v);
-        if (state.image) p.set("id", state.image.id);
-        res = await api("api/search?" + p, { signal: ctrl.signal });
-      }
+      res = await fetchSearch(fields, 0, ctrl.signal);
     } catch (e) {
       if (e.name === "AbortError" || seq !== state.seq) return;
       state.sent = null; // a retry of the same search runs again
@@ -181,8 +297,39 @@
     if (seq !== state.seq) return;
     showAlert("search-alert", "");
     renderResults(res);
+    // more pages: the API says where the next starts; a first page without one is full when it holds k
+    const next = "next_offset" in res ? res.next_offset : res.count >= Number(fields.k) ? res.count : null;
+    state.page = { fields, seq, next, loading: false };
+    $("results-more").hidden = next == null;
   }
   const searchSoon = debounce(runSearch, 250);
+
+  /** The next page of results under the ones shown ("Load more", or scrolling near the end). */
+  async function loadMoreResults() {
+    const page = state.page;
+    if (!page || page.next == null || page.loading || page.seq !== state.seq) return;
+    page.loading = true;
+    $("results-more").textContent = "Loading…";
+    try {
+      const res = await fetchSearch(page.fields, page.next, state.ctrl ? state.ctrl.signal : undefined);
+      if (page.seq !== state.seq) return;
+      const best = Math.max(1e-6, ...state.hits.map((r) => r.score));
+      state.hits.push(...res.results);
+      $("results").append(...res.results.map((hit) => resultCard(hit, best)));
+      page.next = res.next_offset;
+      $("results-meta").textContent = resultsMeta(state.hits.length, res.took_ms);
+    } catch (e) {
+      if (e.name !== "AbortError") showAlert("search-alert", e.message);
+    } finally {
+      page.loading = false;
+      $("results-more").textContent = "Load more";
+      $("results-more").hidden = page.next == null;
+    }
+  }
+
+  const resultsMeta = (n, took) => n
+    ? `${n} result${n === 1 ? "" : "s"}` + (took != null ? ` · ${Math.round(took)} ms` : "")
+    : "No results — try other words or fewer filters.";
 
   /** An error replaces the results: results of an earlier query under it would read as its answer. */
   function showSearchError(message) {
@@ -198,9 +345,28 @@
     const hits = (state.hits = res.results);
     const best = Math.max(1e-6, ...hits.map((r) => r.score));
     $("results").replaceChildren(...hits.map((hit) => resultCard(hit, best)));
-    $("results-meta").textContent = hits.length
-      ? `${hits.length} result${hits.length === 1 ? "" : "s"}` + (res.took_ms != null ? ` · ${Math.round(res.took_ms)} ms` : "")
-      : "No results — try other words or fewer filters.";
+    $("results-meta").textContent = resultsMeta(hits.length, res.took_ms);
+  }
+
+  /** "+N": the near-copies a tile stands for, shown after it (and hidden again) on demand. */
+  function stackBadge(hit, best) {
+    const n = hit.collapsed.length;
+    const badge = h("button", { type: "button", class: "stack-badge", "aria-expanded": "false",
+      "aria-label": `Show ${n} near-duplicate${n === 1 ? "" : "s"} of ${hit.name}`, title: `${n} near-identical`,
+      onclick: () => {
+        const card = badge.closest(".card");
+        const open = badge.getAttribute("aria-expanded") === "true";
+        badge.setAttribute("aria-expanded", String(!open));
+        if (open) { for (const el of $("results").querySelectorAll(`[data-stack="${hit.id}"]`)) el.remove(); return; }
+        const cards = hit.collapsed.map((m) => {
+          const c = resultCard({ ...m, tags: [], path: m.name }, best);
+          c.dataset.stack = hit.id;
+          c.classList.add("stacked");
+          return c;
+        });
+        card.after(...cards);
+      } }, `+${n}`);
+    return badge;
   }
 
   function resultCard(hit, best) {
@@ -213,6 +379,7 @@
       h("button", { class: "thumb", type: "button", title: "More like this", "aria-label": `More like ${hit.name}`,
         onclick: () => moreLikeThis(hit) }, img),
       h("span", { class: "score", title: "cosine similarity" }, hit.score.toFixed(3)),
+      hit.collapsed && hit.collapsed.length ? stackBadge(hit, best) : null,
       h("div", { class: "body" },
         h("div", { class: "name", title: hit.path }, hit.name),
         h("div", { class: "bar", "aria-hidden": "true" }, bar),
@@ -237,7 +404,7 @@
       return;
     }
     setImage({ kind: "upload", file, name: file.name || "pasted image", url: URL.createObjectURL(file) });
-    location.hash = "#search";
+    if (currentView() !== "search") showView("search");
     runSearch();
   }
 
@@ -246,9 +413,10 @@
     $("q").value = "";
     state.mods = [];
     renderMods();
-    if (location.hash !== "#search") location.hash = "#search";
+    if (currentView() !== "search") showView("search");
     window.scrollTo({ top: 0, behavior: "smooth" });
     runSearch();
+    $("q").focus({ preventScroll: true }); // focus lands where the new query can be refined
   }
 
   function renderQueryImage() {
@@ -369,11 +537,14 @@
   }
 
   /** A tag chip adds its clause once; a second click takes it out again (a chip is a toggle). */
-  function toggleWhere(clause) {
-    const w = $("where");
+  function toggleClause(w, clause) {
     const terms = andTerms(w.value.trim());
     if (terms && terms.includes(clause)) w.value = terms.filter((t) => t !== clause).join(" and ");
     else if (!w.value.includes(clause)) w.value = w.value.trim() ? `${w.value.trim()} and ${clause}` : clause;
+  }
+
+  function toggleWhere(clause) {
+    toggleClause($("where"), clause);
     updateFilterCount();
     runSearch();
   }
@@ -385,7 +556,16 @@
 
   function initSearch() {
     $("search-form").addEventListener("submit", (e) => { e.preventDefault(); runSearch(); });
-    $("q").addEventListener("input", searchSoon);
+    $("q").addEventListener("input", () => { nav.typing = true; searchSoon(); });
+    $("collapse").addEventListener("change", runSearch);
+    $("results-more").addEventListener("click", loadMoreResults);
+    // Escape closes the filters panel and gives focus back to its button
+    $("filters").addEventListener("keydown", (e) => {
+      if (e.key !== "Escape") return;
+      $("filters").hidden = true;
+      $("filters-toggle").setAttribute("aria-expanded", "false");
+      $("filters-toggle").focus();
+    });
     $("q").addEventListener("keydown", (e) => { if (e.key === "Enter") { e.preventDefault(); runSearch(); } });
     $("file").addEventListener("change", (e) => { setUpload(e.target.files[0]); e.target.value = ""; });
     $("mod-plus").addEventListener("click", () => addMod(1));
@@ -427,12 +607,12 @@
 
   // -- viewer (one image, large) ------------------------------------------------------------
   // list: the items the arrow keys step through (the results, the duplicates), or none
-  const viewer = { list: [], index: -1, seq: 0 };
+  const viewer = { list: [], index: -1, seq: 0, item: null };
 
   function stepViewer(delta) {
     const i = viewer.index + delta;
     if (viewer.index < 0 || i < 0 || i >= viewer.list.length) return;
-    openViewer(viewer.list[i], viewer.list);
+    openViewer(viewer.list[i], viewer.list, true);
   }
 
   function initViewer() {
@@ -454,10 +634,12 @@
     });
   }
 
-  async function openViewer(item, list = []) {
+  async function openViewer(item, list = [], stepping = false) {
     const dlg = $("viewer");
     const seq = ++viewer.seq;
+    if (Array.isArray(list[0])) [list, item] = [list[0], list[1] || item]; // (list, item) found for a URL
     viewer.list = list;
+    viewer.item = item;
     viewer.index = list.indexOf(item);
     $("viewer-prev").hidden = $("viewer-next").hidden = viewer.index < 0;
     $("viewer-prev").disabled = viewer.index <= 0;
@@ -469,11 +651,29 @@
     $("viewer-open").href = fileUrl(item.original || `api/files/${item.id}/original`);
     $("viewer-meta").textContent = "";
     $("viewer-tags").replaceChildren();
-    $("viewer-similar").onclick = () => { dlg.close(); moreLikeThis({ id: item.id, name: item.name, thumb: `api/files/${item.id}/thumb` }); };
-    if (!dlg.open) dlg.showModal();
+    $("viewer-exif").replaceChildren();
+    $("viewer-dupes-out").replaceChildren();
+    $("viewer-similar").onclick = () => {
+      const it = viewer.item;
+      closeViewer(false); // the viewer's URL entry becomes the new search's: Back goes to where the viewer was opened
+      moreLikeThis({ id: it.id, name: it.name, thumb: `api/files/${it.id}/thumb` });
+    };
+    $("viewer-dupes").onclick = () => findDuplicatesOf(viewer.item);
+    const wasOpen = dlg.open;
+    if (!wasOpen) dlg.showModal();
+    if (!nav.restoring) {
+      // opening is a history entry (Back closes it); stepping to the next image replaces it
+      syncUrl(!wasOpen && !stepping);
+    }
+    loadExif(item.id, seq);
     try {
       const d = await api(`api/items/${item.id}`);
       if (seq !== viewer.seq) return; // stepped on to another image meanwhile
+      if (!item.name) {
+        item.name = d.name;
+        $("viewer-name").textContent = d.name;
+        $("viewer-img").alt = d.name;
+      }
       const bits = [];
       if (d.width) bits.push(`${d.width} × ${d.height}`);
       if (d.format) bits.push(d.format);
@@ -485,6 +685,190 @@
     } catch (e) {
       if (seq === viewer.seq) $("viewer-meta").textContent = e.message;
     }
+  }
+
+  const EXIF_LABELS = { make: "Make", model: "Camera", lens: "Lens", taken: "Taken", aperture: "Aperture",
+    exposure: "Exposure", iso: "ISO", focal_length: "Focal length", focal_length_35mm: "35 mm equiv.", flash: "Flash",
+    software: "Software", artist: "Artist", copyright: "Copyright", gps: "GPS" };
+
+  async function loadExif(id, seq) {
+    try {
+      const { facts } = await api(`api/items/${id}/exif`);
+      if (seq !== viewer.seq) return;
+      const rows = Object.entries(EXIF_LABELS).filter(([k]) => facts[k] != null && !(k === "make" && String(facts.model || "").startsWith(facts[k])));
+      $("viewer-exif").replaceChildren(...rows.flatMap(([k, label]) => {
+        const v = k === "gps" ? `${facts.gps.lat.toFixed(5)}, ${facts.gps.lon.toFixed(5)}` : String(facts[k]);
+        return [h("dt", {}, label), h("dd", {}, v)];
+      }));
+    } catch (_) { /* a catalog item or a file gone: no facts to show */ }
+  }
+
+  async function findDuplicatesOf(item) {
+    const out = $("viewer-dupes-out");
+    const seq = viewer.seq;
+    out.replaceChildren(h("p", { class: "hint" }, "Looking for copies…"));
+    try {
+      const res = await api(`api/items/${item.id}/duplicates`);
+      if (seq !== viewer.seq) return;
+      if (!res.count) { out.replaceChildren(h("p", { class: "hint" }, "No copies of this image found.")); return; }
+      out.replaceChildren(
+        h("p", { class: "hint" }, `${res.count} cop${res.count === 1 ? "y" : "ies"} of this image:`),
+        h("div", { class: "dupe-strip" }, res.duplicates.map((d) =>
+          h("button", { type: "button", class: "strip-item", title: `${d.name} (${d.kind})`, "aria-label": `View ${d.name}, ${d.kind} copy`,
+            onclick: () => openViewer(d, [], true) },
+            h("img", { src: fileUrl(d.thumb, { size: 128 }), alt: "" }),
+            h("span", { class: "kind " + d.kind }, d.kind)))));
+    } catch (e) {
+      if (seq === viewer.seq) out.replaceChildren(h("p", { class: "alert" }, e.message));
+    }
+  }
+
+  /** Close the viewer (its image leaves the URL). */
+  function closeViewer(back = true) {
+    if (!back) {
+      viewer.item = null;
+      history.replaceState(history.state, "", (nav.applied = urlNow()));
+    }
+    if ($("viewer").open) $("viewer").close(); // the close handler below does the rest
+  }
+
+  function onViewerClosed() {
+    viewer.item = null;
+    viewer.seq++;
+    if (nav.restoring) return;
+    // the entry stays, without the image: history.back() here would race with whatever the user does next
+    syncUrl(false);
+  }
+
+  // -- library: browse without a query -----------------------------------------------------
+  const browse = { pageSize: 100, where: null, items: [], cursor: null, loading: false, seq: 0, total: 0, lastMonth: null, facetsFor: null };
+  const monthName = (ym) => {
+    const [y, m] = ym.split("-").map(Number);
+    return new Date(Date.UTC(y, m - 1, 1)).toLocaleString("en", { month: "long", year: "numeric", timeZone: "UTC" });
+  };
+  // thumbnails load when their tile comes within one screen of the view, never further ahead
+  const thumbLoader = "IntersectionObserver" in window ? new IntersectionObserver((entries) => {
+    for (const e of entries) {
+      if (!e.isIntersecting) continue;
+      const img = e.target;
+      img.src = img.dataset.src;
+      thumbLoader.unobserve(img);
+    }
+  }, { rootMargin: "100% 0px 100% 0px" }) : null;
+
+  function restoreBrowse(p) {
+    $("browse-where").value = p.get("where") || "";
+    loadBrowse();
+  }
+
+  /** (Re)load the library for the filter in the box, unless it is on screen already. */
+  async function loadBrowse(force = false) {
+    const where = $("browse-where").value.trim();
+    updateBrowseCount();
+    if (where === browse.where && !force) return;
+    browse.where = where;
+    const seq = ++browse.seq;
+    Object.assign(browse, { items: [], cursor: null, loading: false, total: 0, lastMonth: null });
+    $("library").replaceChildren();
+    showAlert("browse-alert", "");
+    $("browse-meta").textContent = "Loading…";
+    loadFacets(where);
+    await browsePage(seq);
+  }
+
+  async function browsePage(seq) {
+    if (browse.loading || seq !== browse.seq) return;
+    browse.loading = true;
+    const p = new URLSearchParams({ limit: String(browse.pageSize) });
+    if (browse.where) p.set("where", browse.where);
+    if (browse.cursor) p.set("cursor", browse.cursor);
+    try {
+      const res = await api("api/browse?" + p);
+      if (seq !== browse.seq) return;
+      browse.total = res.total;
+      browse.cursor = res.next_cursor;
+      appendLibrary(res.items);
+      $("browse-meta").textContent = res.total
+        ? `${res.total.toLocaleString()} image${res.total === 1 ? "" : "s"} · newest first`
+        : browse.where ? "Nothing matches this filter." : "Nothing indexed yet.";
+    } catch (e) {
+      if (seq !== browse.seq) return;
+      browse.where = null; // the same filter runs again when asked
+      $("browse-meta").textContent = "";
+      $("library").replaceChildren();
+      showAlert("browse-alert", e.message);
+    } finally {
+      if (seq === browse.seq) browse.loading = false;
+    }
+    if (seq === browse.seq && browse.cursor && nearEnd()) browsePage(seq); // still room below: fill it
+  }
+
+  /** Whether the end of the library is within a screen of the view (the next page should come). */
+  function nearEnd() {
+    const r = $("browse-sentinel").getBoundingClientRect();
+    return !$("view-browse").hidden && r.top < window.innerHeight * 2;
+  }
+
+  function appendLibrary(items) {
+    const start = browse.items.length;
+    browse.items.push(...items);
+    let grid = $("library").lastElementChild && $("library").lastElementChild.querySelector(".lib-grid");
+    items.forEach((it, i) => {
+      const month = it.date ? it.date.slice(0, 7) : "";
+      if (month !== browse.lastMonth || !grid) {
+        browse.lastMonth = month;
+        const id = "month-" + (month || "undated") + "-" + (start + i);
+        grid = h("div", { class: "lib-grid" });
+        $("library").append(h("section", { class: "month", "aria-labelledby": id },
+          h("h2", { id }, month ? monthName(month) : "Undated"), grid));
+      }
+      grid.append(libraryTile(it));
+    });
+  }
+
+  function libraryTile(it) {
+    const img = h("img", { alt: "", decoding: "async", dataset: { src: fileUrl(it.thumb, { size: 256 }) } });
+    if (thumbLoader) thumbLoader.observe(img); else img.src = img.dataset.src;
+    const when = it.date ? (it.date_source === "taken" ? "taken " : "modified ") + it.date.slice(0, 10) : "";
+    return h("button", { type: "button", class: "tile", dataset: { id: it.id }, title: `${it.name}${when ? " · " + when : ""}`,
+      "aria-label": `${it.name}${when ? ", " + when : ""}`, onclick: () => openViewer(it, browse.items) }, img);
+  }
+
+  const FACETS = [["folder", "Folder"], ["year", "Year"], ["month", "Month"], ["camera", "Camera"], ["format", "Format"], ["tag", "Tag"]];
+
+  async function loadFacets(where) {
+    try {
+      const p = new URLSearchParams();
+      if (where) p.set("where", where);
+      const f = await api("api/facets?" + p);
+      if (where !== browse.where) return;
+      const terms = andTerms(where) || [];
+      $("facet-groups").replaceChildren(...FACETS.filter(([k]) => f[k] && f[k].length).map(([k, label]) =>
+        h("section", { class: "facet", "aria-labelledby": "facet-" + k },
+          h("h2", { id: "facet-" + k }, label),
+          h("div", { class: "facet-values" }, f[k].slice(0, 12).map((v) =>
+            h("button", { type: "button", class: "tag", "aria-pressed": String(terms.includes(v.where)), dataset: { clause: v.where },
+              title: v.value, onclick: (e) => { toggleClause($("browse-where"), e.currentTarget.dataset.clause); applyBrowseWhere(); } },
+              `${facetLabel(k, v.value)} · ${v.count.toLocaleString()}`))))));
+    } catch (_) { /* the library itself shows the error */ }
+  }
+
+  function facetLabel(field, value) {
+    if (field === "month") return monthName(value);
+    if (field === "folder") return value.split("/").filter(Boolean).slice(-2).join("/") || "/";
+    if (field === "format") return value.toUpperCase();
+    return value;
+  }
+
+  function updateBrowseCount() {
+    const n = (andTerms($("browse-where").value.trim()) || [1]).length;
+    $("browse-filter-count").hidden = !n;
+    $("browse-filter-count").textContent = n;
+  }
+
+  function applyBrowseWhere() {
+    loadBrowse().then(() => window.scrollTo({ top: 0 }));
+    syncUrl(true);
   }
 
   // -- duplicates ---------------------------------------------------------------------------
@@ -517,10 +901,13 @@
     }
   }
 
+  const GROUP_KINDS = { exact: "exact copies", copy: "copies", "similar shot": "similar shots", near: "near duplicates" };
+  const kindClass = (k) => String(k || "near").replace(/\s+/g, "-");
+
   function dupeGroup(g, i, all) {
     return h("section", { class: "dupe-group", "aria-label": `Group ${i + 1}` },
       h("header", {}, `Group ${i + 1}`,
-        h("span", { class: "kind " + g.kind }, g.kind === "exact" ? "exact copies" : "near duplicates"),
+        h("span", { class: "kind " + kindClass(g.kind) }, GROUP_KINDS[g.kind] || "near duplicates"),
         h("span", { class: "hint" }, `${g.members.length} files`)),
       h("div", { class: "dupe-members" }, g.members.map((m) => {
         const keeper = m.id === g.keeper_id;
@@ -533,7 +920,9 @@
             h("b", { title: m.path }, m.name),
             h("span", {}, `${m.width || "?"} × ${m.height || "?"} · ${fmtBytes(m.size)}`),
             h("span", {}, when),
-            keeper ? h("span", {}, "suggested keeper") : h("span", {}, `similarity ${Number(m.score).toFixed(3)}`)));
+            keeper ? h("span", {}, "suggested keeper") : h("span", {}, `similarity ${Number(m.score).toFixed(3)}`),
+            // how it relates to the keeper, where the API says (exact / copy / similar shot)
+            m.kind && !keeper ? h("span", { class: "kind " + kindClass(m.kind) }, m.kind) : null));
       })));
   }
 
@@ -784,20 +1173,46 @@
   }
 
   // -- start --------------------------------------------------------------------------------
+  function initBrowse() {
+    const w = $("browse-where");
+    w.addEventListener("keydown", (e) => { if (e.key === "Enter") { e.preventDefault(); applyBrowseWhere(); } });
+    w.addEventListener("change", applyBrowseWhere);
+    if (matchMedia("(max-width: 720px)").matches) $("facet-panel").open = false; // a phone: the grid first
+    const more = () => { if (browse.cursor && !browse.loading) browsePage(browse.seq); };
+    if ("IntersectionObserver" in window) {
+      new IntersectionObserver((es) => { if (es.some((e) => e.isIntersecting)) more(); }, { rootMargin: "0px 0px 100% 0px" })
+        .observe($("browse-sentinel"));
+      // results: the next page comes once the reader scrolls near the end (a short first page stays as asked)
+      new IntersectionObserver((es) => { if (scrollY > 0 && es.some((e) => e.isIntersecting)) loadMoreResults(); },
+        { rootMargin: "0px 0px 50% 0px" })
+        .observe($("results-more"));
+    }
+  }
+
   function start() {
     $("token-dialog").addEventListener("cancel", (e) => e.preventDefault()); // nothing works without a token
     initSearch();
     initViewer();
     initMap();
-    $("dupe-threshold").addEventListener("change", () => loadDupes(true));
-    $("dupe-exact").addEventListener("change", () => loadDupes(true));
-    window.addEventListener("hashchange", route);
-    route();
+    initBrowse();
+    $("viewer").addEventListener("close", onViewerClosed);
+    $("dupe-threshold").addEventListener("change", () => { loadDupes(true); syncUrl(true); });
+    $("dupe-exact").addEventListener("change", () => { loadDupes(true); syncUrl(true); });
+    for (const a of document.querySelectorAll(".tab, .brand")) {
+      a.addEventListener("click", (e) => {
+        if (e.ctrlKey || e.metaKey || e.shiftKey || e.button) return; // a new tab: the plain link
+        e.preventDefault();
+        goView(parseHash(a.getAttribute("href")).view);
+      });
+    }
+    window.addEventListener("popstate", applyUrl);
+    window.addEventListener("hashchange", applyUrl);
+    applyUrl();
     loadStatus().then(loadTags);
     if (!matchMedia("(pointer: coarse)").matches && $("view-search").hidden === false) $("q").focus();
   }
 
   // exposed for tests and the curious: the state of the page, read-only
-  window.visdex = { state, map };
+  window.visdex = { state, map, browse, viewer };
   start();
 })();

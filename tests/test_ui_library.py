@@ -1,0 +1,293 @@
+"""The library views in a real browser (Playwright + Debian's Chromium, as tests/test_browser.py): browsing
+without a query (months, endless scrolling, facets), the URL as the page's state (reload, Back / Forward),
+near-copies collapsed in results, pages of results past the first, the viewer's EXIF facts and copies.
+
+Run only these: ``pytest -m browser tests/test_ui_library.py``; ``VISDEX_SCREENSHOTS=1`` writes the
+screenshots to ``docs/screenshots/``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from test_browser import CHROMIUM, CHROMIUM_ARGS, DOCS_SHOTS, _shot
+from visdex import open_index
+from visdex.server import create_app
+
+from imagefactory import real_photos, write_photo
+from serverhelp import LiveServer
+
+pytestmark = pytest.mark.browser
+
+CAMERAS = [("Canon", "Canon EOS R5"), ("Apple", "iPhone 12"), ("FUJIFILM", "X-T4")]
+WIDE = {"width": 1440, "height": 900}
+PHONE = {"width": 390, "height": 844}
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory) -> Path:
+    if os.environ.get("VISDEX_SCREENSHOTS"):
+        DOCS_SHOTS.mkdir(parents=True, exist_ok=True)
+        return DOCS_SHOTS
+    return tmp_path_factory.mktemp("screenshots")
+
+
+@pytest.fixture(scope="module")
+def library(tmp_path_factory) -> dict:
+    """42 small photos over 6 months of 2023 (crops of the real photos), 3 cameras, 2 folders,
+    plus a burst: the cat and 5 exact copies of it; indexed with the offline lite0-minilm model."""
+    root = tmp_path_factory.mktemp("lib")
+    photos = real_photos()
+    names = sorted(n for n in photos if n != "chelsea")  # the cat is the burst alone
+    n = 0
+    for month in range(1, 7):
+        folder = root / "photos" / ("trips" if month % 2 else "home")
+        folder.mkdir(parents=True, exist_ok=True)
+        for j in range(7):
+            arr = photos[names[(month + j) % len(names)]]
+            h, w = arr.shape[:2]
+            o = (j * 7) % 20
+            small = np.asarray(Image.fromarray(arr[h * o // 100 :, w * o // 100 :]).resize((120, 90)))
+            make, model = CAMERAS[(month + j) % 3]
+            date = f"2023-{month:02d}-{1 + j:02d}T12:00:00"
+            write_photo(folder, f"p{month:02d}-{j:02d}", small, exif_datetime=date, make=make, model=model)
+            n += 1
+    burst = root / "photos" / "burst"
+    burst.mkdir()
+    cat = write_photo(burst, "cat", photos["chelsea"], exif_datetime="2024-02-01T10:00:00", make="Canon",
+                      model="Canon EOS R5")  # fmt: skip
+    for i in range(5):
+        shutil.copy2(cat, burst / f"cat-{i}.jpg")
+    with open_index(root / "ix", model="lite0-minilm") as ix:
+        ix.add([root / "photos"], workers=1)
+    return {"ix": root / "ix", "total": n + 6}
+
+
+@pytest.fixture(scope="module")
+def server(library):
+    with LiveServer(create_app(library["ix"])) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def browser():
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
+    if not Path(CHROMIUM).is_file():
+        pytest.skip(f"no Chromium at {CHROMIUM}: apt-get install chromium (or set VISDEX_CHROMIUM)")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def open_page(browser, server):
+    """open_page(path, viewport=..., dark=...) -> a page at server.url + path; no script errors allowed."""
+    contexts, errors = [], []
+
+    def make(path: str = "/", viewport=WIDE, dark: bool = False):
+        ctx = browser.new_context(viewport=viewport, color_scheme="dark" if dark else "light")
+        contexts.append(ctx)
+        page = ctx.new_page()
+        page.set_default_timeout(20_000)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.goto(server.url + path)
+        return page
+
+    make.expected = []  # texts of errors a test causes on purpose
+    yield make
+    for ctx in contexts:
+        ctx.close()
+    errors = [e for e in errors if not any(x in e for x in make.expected)]
+    assert not errors, errors
+
+
+def _tiles(page) -> int:
+    return page.locator("#library .tile").count()
+
+
+def _browse(open_page, page_size: int = 24, **kw):
+    """The library view, paged ``page_size`` at a time (the UI's 100 would need a library of hundreds)."""
+    page = open_page("/", **kw)
+    page.evaluate("n => { window.visdex.browse.pageSize = n; }", page_size)
+    page.click("a.tab[data-view=browse]")
+    page.wait_for_selector("#library .tile")
+    return page
+
+
+def _thumbs_fetched(page) -> tuple[int, int]:
+    """(thumbnails asked for, tiles within two screens from the top)."""
+    page.wait_for_function("() => document.querySelector('#library .tile img').complete")
+    loaded = page.evaluate("() => [...document.querySelectorAll('#library .tile img')].filter(i => i.src).length")
+    near = page.evaluate("""() => [...document.querySelectorAll('#library .tile')]
+        .filter(t => t.getBoundingClientRect().top < 2 * innerHeight).length""")
+    return loaded, near
+
+
+def _fits(page) -> None:
+    assert page.evaluate("() => document.documentElement.scrollWidth") <= page.viewport_size["width"]
+
+
+def test_library_is_newest_first_by_month_and_scrolls_endlessly(open_page, library, shots):
+    page = _browse(open_page)
+    heads = page.locator(".month h2").all_inner_texts()
+    assert heads[:3] == ["February 2024", "June 2023", "May 2023"]
+    assert f"{library['total']} images" in page.inner_text("#browse-meta")
+    _shot(page, shots / "browse.png")
+    for _ in range(30):  # scroll to the end: the next page comes by itself
+        page.mouse.wheel(0, 3000)
+        if _tiles(page) == library["total"]:
+            break
+        page.wait_for_timeout(150)
+    assert _tiles(page) == library["total"]
+    ids = page.evaluate("() => [...document.querySelectorAll('#library .tile')].map(t => t.dataset.id)")
+    assert len(set(ids)) == len(ids)  # each once
+    assert page.locator(".month h2").last.inner_text() == "January 2023"
+    assert page.locator(".month h2", has_text="March 2023").count() == 1  # a month split by pages: one heading
+
+
+def test_facets_build_the_filter_and_toggle(open_page):
+    page = _browse(open_page)
+    page.wait_for_selector(".facet .tag")
+    fuji = page.locator(".facet", has_text="Camera").locator(".tag", has_text="FUJIFILM X-T4")
+    count = int(fuji.inner_text().split(" · ")[1])
+    fuji.click()
+    page.wait_for_function("n => document.querySelector('#browse-meta').textContent.startsWith(n + ' im')", arg=count)
+    assert page.input_value("#browse-where") == 'camera = "FUJIFILM X-T4"'
+    assert "where=camera" in page.url
+    page.wait_for_function("() => document.querySelectorAll('#library .tile').length > 0")
+    assert _tiles(page) == count
+    # a second facet adds its clause with "and"; typing a filter stays possible
+    page.locator(".facet", has_text="Month").locator(".tag").first.click()
+    page.wait_for_function("() => document.querySelector('#browse-where').value.includes(' and taken = ')")
+    page.locator(".facet", has_text="Camera").locator(".tag", has_text="FUJIFILM X-T4").click()  # off again
+    page.wait_for_function("() => !document.querySelector('#browse-where').value.includes('camera')")
+    page.fill("#browse-where", "format = png")
+    page.press("#browse-where", "Enter")
+    page.wait_for_function("() => document.querySelector('#browse-meta').textContent.includes('Nothing matches')")
+    open_page.expected.append("status of 422")  # the bad filter's answer, logged by the browser
+    page.fill("#browse-where", "colour = red")
+    page.press("#browse-where", "Enter")
+    page.wait_for_selector("#browse-alert:not([hidden])")
+    assert "colour" in page.inner_text("#browse-alert") and _tiles(page) == 0
+
+
+def test_the_url_holds_the_view_and_back_forward_walk_it(open_page, server):
+    page = open_page("/")
+    page.fill("#q", "a cat")
+    page.wait_for_selector(".card")
+    page.wait_for_function("() => location.hash.includes('q=a+cat')")
+    page.click("a.tab[data-view=browse]")
+    page.wait_for_selector("#library .tile")
+    assert page.url.endswith("#browse")
+    page.locator("#library .tile").nth(2).click()
+    page.wait_for_selector("#viewer[open]")
+    page.wait_for_function("() => /view=\\d+/.test(location.hash)")
+    name = page.inner_text("#viewer-name")
+    shared = page.url
+    page.reload()  # the viewer opens again on the same image
+    page.wait_for_selector("#viewer[open]")
+    page.wait_for_function("n => document.querySelector('#viewer-name').textContent === n", arg=name)
+    page.go_back()  # Back closes it ...
+    page.wait_for_selector("#viewer", state="hidden")
+    page.go_back()  # ... and goes to the search, restored
+    page.wait_for_function("() => !document.querySelector('#view-search').hidden")
+    assert page.input_value("#q") == "a cat"
+    page.wait_for_selector(".card")
+    page.go_forward()
+    page.wait_for_function("() => !document.querySelector('#view-browse').hidden")
+    # a URL given to someone else opens the same view
+    other = open_page("/" + shared.split("/", 3)[3])
+    other.wait_for_selector("#viewer[open]")
+    other.wait_for_function("n => document.querySelector('#viewer-name').textContent === n", arg=name)
+    # more like this: the query image and its filters are in the URL; Escape leaves the viewer entry
+    other.click("#viewer-similar")
+    other.wait_for_function("() => /#search\\?id=\\d+/.test(location.hash)")
+    other.wait_for_selector("#viewer", state="hidden")
+    other.wait_for_selector(".card")
+    other.click("#filters-toggle")
+    other.fill("#where", 'camera = "Canon EOS R5"')
+    other.press("#where", "Enter")
+    other.wait_for_function("() => location.hash.includes('where=camera')")
+    other.reload()
+    other.wait_for_selector("#query-panel:not([hidden])")
+    assert other.input_value("#where") == 'camera = "Canon EOS R5"'
+
+
+def test_near_copies_collapse_into_one_tile(open_page):
+    page = open_page("/#search?q=a+cat")
+    page.wait_for_selector(".card .stack-badge")
+    cat = page.locator(".card", has_text="cat")
+    assert cat.count() == 1  # (the month photos are crops of ten photos: near copies of each other, collapsed too)
+    badge = cat.locator(".stack-badge")
+    assert badge.inner_text() == "+5"
+    badge.click()  # the copies are shown after their tile, and hidden again
+    page.wait_for_function("() => document.querySelectorAll('.card.stacked').length === 5")
+    assert page.locator(".card.stacked", has_text="cat-").count() == 5
+    badge.click()
+    page.wait_for_function("() => !document.querySelector('.card.stacked')")
+    page.uncheck("#collapse")
+    page.wait_for_function("() => !document.querySelector('.stack-badge') && document.querySelectorAll('.card').length")
+    page.wait_for_function("() => document.querySelectorAll('.card').length > 10")
+    names = page.locator(".card .name").all_inner_texts()
+    assert sum(n.startswith("cat") for n in names) == 6
+    assert "collapse=0" in page.url
+
+
+def test_results_go_on_past_the_first_page(open_page, library):
+    page = open_page("/#search?q=a+photo&k=20&collapse=0")
+    page.wait_for_function("() => document.querySelectorAll('.card').length === 20")
+    page.wait_for_selector("#results-more:not([hidden])")
+    page.click("#results-more")
+    page.wait_for_function("() => document.querySelectorAll('.card').length >= 40")
+    for _ in range(40):  # and scrolling to the end loads the rest
+        page.mouse.wheel(0, 4000)
+        if page.locator("#results-more").is_hidden():
+            break
+        page.wait_for_timeout(200)
+    ids = page.evaluate("() => [...document.querySelectorAll('.card')].map(c => c.dataset.id)")
+    assert len(ids) == len(set(ids)) == library["total"]  # every image, once
+
+
+@pytest.mark.parametrize("screen", ["wide", "phone"])
+def test_viewer_shows_exif_and_finds_copies(open_page, screen, shots):
+    page = open_page("/#search?q=a+cat", viewport=WIDE if screen == "wide" else PHONE, dark=screen == "phone")
+    page.wait_for_selector(".card .stack-badge")
+    page.locator(".card", has_text="cat").get_by_role("button", name="View").click()
+    page.wait_for_selector("#viewer[open]")
+    page.wait_for_function("() => document.querySelector('#viewer-exif').textContent.includes('Canon EOS R5')")
+    assert "2024:02:01 10:00:00" in page.inner_text("#viewer-exif")
+    page.click("#viewer-dupes")
+    page.wait_for_selector(".dupe-strip .strip-item")
+    assert page.locator(".dupe-strip .strip-item").count() == 5
+    assert "5 copies" in page.inner_text("#viewer-dupes-out")
+    assert page.locator(".dupe-strip .kind.exact").count() == 5
+    _fits(page)
+    if screen == "phone":
+        _shot(page, shots / "viewer-phone-dark.png")
+    page.keyboard.press("Escape")
+    page.wait_for_selector("#viewer", state="hidden")
+    page.wait_for_function("() => !location.hash.includes('view=')")
+
+
+@pytest.mark.parametrize("dark", [False, True])
+def test_library_on_a_phone(open_page, library, shots, dark):
+    page = _browse(open_page, 100, viewport=PHONE, dark=dark)
+    page.wait_for_function("n => document.querySelectorAll('#library .tile').length === n", arg=library["total"])
+    assert not page.locator("#facet-panel").evaluate("d => d.open")  # the grid first; filters folded
+    _fits(page)
+    # thumbnails are fetched for the screen and the one below it, not for the whole page
+    loaded, near = _thumbs_fetched(page)
+    assert 0 < loaded <= near < library["total"], (loaded, near)
+    page.click("#facet-panel summary")
+    page.locator(".facet", has_text="Year").locator(".tag", has_text="2024").click()
+    page.wait_for_function("() => document.querySelectorAll('#library .tile').length === 6")
+    _fits(page)
+    _shot(page, shots / f"browse-phone-{'dark' if dark else 'light'}.png")
