@@ -95,8 +95,13 @@ class MovePlan:
         return sum(m.size for m in self.moves)
 
     def to_dict(self) -> dict:
-        return {"files": self.files, "bytes": self.bytes, "moves": [asdict(m) for m in self.moves],
+        return {"files": self.files, "bytes": self.bytes, "moves": [_move_json(m) for m in self.moves],
                 "skipped": [{"path": p, "reason": r} for p, r in self.skipped]}  # fmt: skip
+
+
+def _move_json(m: PlannedMove) -> dict:
+    return {"id": m.id, "path": m.path, "bytes": m.size, "keeper_id": m.keeper_id, "keeper_path": m.keeper_path,
+            "kind": m.kind}  # fmt: skip
 
 
 def plan_moves(ix, selections: Iterable[tuple[int, Sequence[int]]]) -> MovePlan:

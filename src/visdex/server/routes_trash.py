@@ -139,9 +139,7 @@ def _where(ix, body: MoveRequest) -> str:
 
 
 def _preview_json(plan: trash.MovePlan, where: str) -> dict:
-    d = plan.to_dict()
-    moves = [{**{k: v for k, v in m.items() if k != "size"}, "bytes": m["size"]} for m in d["moves"]]
-    return {**d, "moves": moves, "trash": where}
+    return {**plan.to_dict(), "trash": where}
 
 
 def _writer(request: Request):
