@@ -1,4 +1,5 @@
-"""Duplicates on real photos with generated edits: copies are found, burst-like look-alikes are not."""
+"""Duplicates on real photos with generated edits: copies are found and offered for removal; similar shots
+(burst frames, a stereo pair, shifted windows) are told apart from copies and shown separately."""
 
 from __future__ import annotations
 
@@ -11,9 +12,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from dupeset import build, source_of
+from dupeset import build, scene_of, source_of
 from visdex import open_index
-from visdex.dupes import CANDIDATE_EF, NEIGHBOURS, _candidate_pairs, default_threshold, find_duplicates
+from visdex.dupes import CANDIDATE_EF, NEIGHBOURS, SIMILAR_SHOT, _candidate_pairs, default_threshold, find_duplicates
 from visdex.store.db import IndexDB
 from visdex.store.hnsw import hnswlib_installed
 from visdex.store.local import LocalVectorStore
@@ -24,7 +25,18 @@ from clihelp import run_cli
 @pytest.fixture(scope="module")
 def dupe_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("dupes")
-    build(d)
+    build(d, hard=False)
+    return d
+
+
+# a stereo pair, a three-frame burst, two windows shifted by a third and a single photo, each with its edited copies
+HARD_SCENES = ("motorcycle", "coffee-burst", "rocket", "camera")
+
+
+@pytest.fixture(scope="module")
+def hard_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("dupes-hard")
+    build(d, scenes=HARD_SCENES)
     return d
 
 
@@ -35,6 +47,8 @@ def _precision_recall(ix, groups) -> tuple[float, float]:
     truth = sum(n * (n - 1) // 2 for n in per_source.values())
     pred = tp = 0
     for g in groups:
+        if g.kind == SIMILAR_SHOT:  # shown for review, never offered for removal: not a duplicate verdict
+            continue
         for a, b in itertools.combinations(g.members, 2):
             pred += 1
             tp += source_of(a.path) == source_of(b.path)
@@ -50,10 +64,98 @@ def test_default_threshold_separates_copies_from_similar_shots(tmp_path, dupe_di
         assert precision >= 0.95 and recall >= 0.95, (precision, recall)
         # the burst pairs are never merged: a window and its shifted twin stay apart
         for g in groups:
-            assert len({source_of(m.path) for m in g.members}) == 1
+            if g.kind != SIMILAR_SHOT:
+                assert len({source_of(m.path) for m in g.members}) == 1
         # embeddings alone cannot tell burst frames from copies: the pixel check is what separates them
         loose = find_duplicates(ix, verify=False)
         assert _precision_recall(ix, loose)[0] < precision
+
+
+def _check_kinds(groups) -> None:
+    for g in groups:
+        assert g.kind in ("exact", "copy", SIMILAR_SHOT)
+        for m in g.members:
+            if g.kind == SIMILAR_SHOT:
+                assert m.kind == SIMILAR_SHOT and not m.removable
+            else:  # only exact duplicates and copies, never the keeper, are offered for removal
+                assert m.removable == (m.id != g.keeper_id) and m.kind in ("exact", "copy")
+
+
+def test_copies_and_similar_shots_on_real_photos(tmp_path, hard_dir):
+    with open_index(tmp_path / "ix", model="effnet-lite0") as ix:
+        ix.add([hard_dir])
+        groups = find_duplicates(ix)
+    _check_kinds(groups)
+    with open_index(tmp_path / "ix") as ix:
+        precision, recall = _precision_recall(ix, groups)
+    assert precision >= 0.95 and recall >= 0.95, (precision, recall)
+    for g in groups:
+        if g.kind != SIMILAR_SHOT:  # no similar shot is ever marked a copy: one capture per duplicate group
+            assert len({source_of(m.path) for m in g.members}) == 1, [m.path for m in g.members]
+    # the stereo pair and the burst frames are shown, as similar shots of each other
+    shots = [{source_of(m.path) for m in g.members} for g in groups if g.kind == SIMILAR_SHOT]
+    assert any({"motorcycle~left", "motorcycle~right"} <= s for s in shots), shots
+    assert any({"coffee-burst~0", "coffee-burst~1", "coffee-burst~2"} <= s for s in shots), shots
+    assert all(len({scene_of(x) for x in s}) == 1 for s in shots), shots
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["effnet-lite0", "lite0-minilm"])
+def test_copies_and_similar_shots_full_set(tmp_path, model):
+    """The whole set (21 captures, 223 files): the numbers in docs/duplicates.md."""
+    build(tmp_path / "set")
+    with open_index(tmp_path / "ix", model=model) as ix:
+        ix.add([tmp_path / "set"])
+        groups = find_duplicates(ix)
+        precision, recall = _precision_recall(ix, groups)
+    _check_kinds(groups)
+    assert precision >= 0.95 and recall >= 0.95, (precision, recall)
+    assert all(len({source_of(m.path) for m in g.members}) == 1 for g in groups if g.kind != SIMILAR_SHOT)
+
+
+def test_same_decoded_pixels_are_exact(tmp_path):
+    from PIL import Image, PngImagePlugin
+
+    from imagefactory import real_photos
+
+    d = tmp_path / "photos"
+    d.mkdir()
+    img = Image.fromarray(real_photos()["coffee"])
+    img.save(d / "coffee.png")
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Comment", "re-saved by another program")
+    img.save(d / "coffee-resaved.png", pnginfo=info, compress_level=1)  # other bytes, the same pixels
+    img.resize((300, 200)).save(d / "coffee-small.png")
+    with open_index(tmp_path / "ix", model="effnet-lite0") as ix:
+        ix.add([d])
+        (g,) = find_duplicates(ix)
+    kinds = {m.path.rsplit("/", 1)[-1]: m.kind for m in g.members if m.id != g.keeper_id}
+    assert g.kind == "copy" and g.keeper.path.endswith(("coffee.png", "coffee-resaved.png"))
+    assert kinds["coffee-small.png"] == "copy" and "exact" in kinds.values()  # the keeper's twin is exact
+
+
+def test_cli_shows_similar_shots_apart(capsys, tmp_path):
+    import skimage.data as sd
+    from PIL import Image
+
+    d = tmp_path / "photos"
+    d.mkdir()
+    left, right, _ = sd.stereo_motorcycle()
+    Image.fromarray(left).save(d / "left.jpg", quality=90)
+    Image.fromarray(right).save(d / "right.jpg", quality=90)
+    Image.fromarray(left).resize((370, 250)).save(d / "left-small.jpg", quality=60)
+    ix = tmp_path / "ix"
+    run_cli(capsys, "index", d, "--index", ix, "--model", "effnet-lite0", "-q")
+    code, out, err = run_cli(capsys, "dupes", "--index", ix, "--json")
+    assert code == 0, err
+    groups = [json.loads(line) for line in out.splitlines()]
+    assert [g["kind"] for g in groups] == ["copy", SIMILAR_SHOT]
+    copy, shots = groups
+    assert {m["path"].rsplit("/", 1)[-1]: m["removable"] for m in copy["members"]} == {
+        "left.jpg": False, "left-small.jpg": True}  # fmt: skip
+    assert sorted(m["path"].rsplit("/", 1)[-1] for m in shots["members"]) == ["left.jpg", "right.jpg"]
+    code, out, _ = run_cli(capsys, "dupes", "--index", ix)
+    assert code == 0 and "similar shots" in out and "1 groups; 1 files could go; 1 groups of similar shots" in out
 
 
 def test_keeper_is_largest_then_oldest(tmp_path, dupe_dir):

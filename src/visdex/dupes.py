@@ -10,22 +10,27 @@ Two stages, so that copies are found and look-alikes are not:
    Embeddings put a resized, recompressed, slightly cropped,
    EXIF-rotated or colour-tweaked copy close to its original — but also a burst frame of the
    same scene, or another photo of the same thing.
-2. **Verification** of each candidate pair on the pixels: both images are decoded small
-   (JPEG draft mode), made grey, blurred, normalised for brightness and contrast, and compared
-   by normalised cross-correlation, allowing for a crop of up to 20%. A copy correlates
-   (> 0.9 on our test set); a frame shot a moment later with the subject moved does not (< 0.7).
+2. **Verification** of each candidate pair (:mod:`visdex.dupe_verify`, OpenCV): ORB features matched and one
+   global similarity transform fitted by RANSAC. A **copy** (the same capture, edited: resized, recompressed,
+   cropped, rotated, recoloured, watermarked, captioned, screenshotted) is explained by that one transform, one
+   frame lies inside the other, and the aligned pixels agree tile by tile. A **similar shot** (another capture:
+   a burst frame, a stereo pair, a re-shoot) shows parallax or content the other frame lacks. Without OpenCV the
+   older check decides copies alone: normalised cross-correlation of small blurred grey images (no similar shots).
 
-Exact duplicates (same content hash) need neither stage. The keeper of a group is the largest
-image (pixels), then the oldest (EXIF date, then file mtime), then the shortest path.
+Groups: exact duplicates (same content hash, or the same decoded pixels) are joined by copy edges, strongest first,
+never across a pair shown to be two captures; only their members are offered for removal. Similar shots link those
+groups' keepers (and single images) into separate ``"similar shot"`` groups for a person to review. The keeper of
+a group is the largest image (pixels), then the oldest (EXIF date, then file mtime), then the shortest path.
 
 >>> groups = find_duplicates(ix)                                  # doctest: +SKIP
 >>> [(g.kind, len(g.members)) for g in groups]                    # doctest: +SKIP
-[('exact', 2), ('near', 4)]
+[('copy', 6), ('exact', 2), ('similar shot', 3)]
 """
 
 from __future__ import annotations
 
 import fnmatch
+from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
@@ -50,6 +55,8 @@ BATCH = 4096
 # found 0.9998 at the store default (512), see results/dupes-1e6.json for this value's recall and time.
 CANDIDATE_EF = 64
 SIG_SIZE = 64
+SIMILAR_SHOT = "similar shot"
+GROUP_KINDS = ("exact", "copy", SIMILAR_SHOT)
 
 
 @dataclass
@@ -62,11 +69,15 @@ class DupeMember:
     taken_at: str | None
     mtime: float
     score: float = 1.0  # cosine to the keeper
+    # how it relates to the group's keeper: "exact" (same bytes or pixels), "copy" (the same capture, edited) or
+    # "similar shot" (another capture of the scene); the keeper has its group's kind
+    kind: str = "exact"
+    removable: bool = False  # offered for removal: an exact duplicate or a copy, never the keeper or a similar shot
 
 
 @dataclass
 class DupeGroup:
-    kind: str  # "exact" | "near"
+    kind: str  # "exact" | "copy" | "similar shot" (nothing in it offered for removal)
     members: list[DupeMember]
     keeper_id: int
 
@@ -209,51 +220,204 @@ def _keeper(members: list[DupeMember]) -> DupeMember:
 def find_duplicates(ix, *, threshold: float | None = None, exact_only: bool = False, verify: bool = True,
                     verify_threshold: float = VERIFY_THRESHOLD, progress=None,
                     device: str | None = None) -> list[DupeGroup]:  # fmt: skip
-    """Groups of exact and near duplicates, largest groups first. ``threshold`` is the candidate
-    cosine (default: the model's, :func:`default_threshold`); ``verify=False`` trusts embeddings alone;
-    ``device``: find candidates by exact k-NN on that torch device (see :func:`_candidate_pairs`)."""
+    """Groups of exact duplicates and edited copies (largest first), then groups of similar shots. ``threshold``
+    is the candidate cosine (default: the model's, :func:`default_threshold`); ``verify=False`` trusts embeddings
+    alone (every candidate a copy); ``device``: find candidates by exact k-NN on that torch device."""
     if ix.db.kind == "catalog":
         raise BadQuery("duplicates are found among files; this index holds a catalog")
     if threshold is not None and not -1.0 <= threshold <= 1.0:
         raise BadQuery("--threshold is a cosine between -1 and 1")
-    uf = _UnionFind()
-    hashes = dict(ix.db.conn.execute("SELECT id, hash FROM files WHERE status = 'ok' AND hash IS NOT NULL"))
+    exact = _UnionFind()  # same bytes or same decoded pixels
     for (ids,) in ix.db.conn.execute(
         "SELECT group_concat(id) FROM files WHERE status = 'ok' AND hash IS NOT NULL GROUP BY hash HAVING COUNT(*) > 1"
     ):
         first, *rest = (int(x) for x in ids.split(","))
         for other in rest:
-            uf.union(first, other)
+            exact.union(first, other)
+    copies: list[tuple[float, int, int]] = []
+    similar: list[tuple[int, int]] = []
+    distinct: set[tuple[int, int]] = set()
     if not exact_only and ix.db.fingerprint is not None:
         t = default_threshold(ix.model_name) if threshold is None else threshold
-        sigs: dict[int, np.ndarray | None] = {}
-        for a, b, _ in _candidate_pairs(ix, t, progress, device):
-            if uf.find(a) == uf.find(b):
-                continue
-            if verify and hashes.get(a) != hashes.get(b):
-                for i in (a, b):
-                    if i not in sigs:  # decoded lazily: only images that are candidates are read again
-                        row = ix.db.files_by_ids([i]).get(i)
-                        sigs[i] = signature(row.path) if row is not None else None
-                if sigs[a] is None or sigs[b] is None or pixel_similarity(sigs[a], sigs[b]) < verify_threshold:
-                    continue
-            uf.union(a, b)
-    return _build_groups(ix, uf.groups(), hashes)
+        pairs = [(a, b) for a, b, _ in _candidate_pairs(ix, t, progress, device) if exact.find(a) != exact.find(b)]
+        if not verify:
+            copies = [(1.0, a, b) for a, b in pairs]
+        else:
+            _verify_pairs(ix, pairs, exact, copies, similar, distinct, verify_threshold)
+    return _build_groups(ix, exact, copies, similar, distinct)
 
 
-def _build_groups(ix, components: list[list[int]], hashes: dict[int, str]) -> list[DupeGroup]:
-    groups = []
-    for comp in components:
-        members = _members(ix, comp)
-        if len(members) < 2:
+def _verify_pairs(ix, pairs, exact, copies, similar, distinct, verify_threshold: float) -> None:
+    """Sort candidate pairs into exact (same decoded pixels), copies (with a strength), similar shots, and pairs
+    that are two captures for sure (never merged). Without OpenCV, the older pixel correlation decides copies."""
+    from . import dupe_verify as dv
+
+    geometric = dv.available()
+    cache = _ImageCache(ix, geometric)
+    for a, b in pairs:
+        if cache.same_pixels(a, b):
+            exact.union(a, b)
             continue
-        keeper = _keeper(members)
-        vecs = ix.store.get([m.id for m in members])
-        kv = vecs[[m.id for m in members].index(keeper.id)]
-        for m, v in zip(members, vecs, strict=True):
-            m.score = round(float(v @ kv), 6)
-        members.sort(key=lambda m: (m.id != keeper.id, -m.score, m.path))
-        kind = "exact" if len({hashes.get(m.id) for m in members}) == 1 else "near"
-        groups.append(DupeGroup(kind, members, keeper.id))
+        if not geometric:
+            sa, sb = cache.signature(a), cache.signature(b)
+            if sa is not None and sb is not None and pixel_similarity(sa, sb) >= verify_threshold:
+                copies.append((1.0, a, b))
+            continue
+        fa, fb = cache.features(a), cache.features(b)
+        if fa is None or fb is None:
+            continue
+        ev = dv.compare(fa, fb)
+        rel = dv.relation(ev)
+        if rel == "copy":
+            copies.append((ev.share * ev.tiles, a, b))
+        elif rel == "similar shot":
+            similar.append((a, b))
+            if dv.distinct_captures(ev):
+                distinct.add((min(a, b), max(a, b)))
+
+
+class _ImageCache:
+    """Decoded views of candidate images, read lazily (only candidates are read again) and kept for a while."""
+
+    def __init__(self, ix, geometric: bool, size: int = 4096):
+        self.ix, self.geometric, self.size = ix, geometric, size
+        self._feat: OrderedDict[int, object] = OrderedDict()
+        self._sig: OrderedDict[int, np.ndarray | None] = OrderedDict()
+        self._digest: dict[int, str | None] = {}
+        self._rows: dict[int, object] = {}
+
+    def _row(self, i: int):
+        if i not in self._rows:
+            self._rows[i] = self.ix.db.files_by_ids([i]).get(i)
+        return self._rows[i]
+
+    def _remember(self, store: OrderedDict, key: int, value):
+        store[key] = value
+        if len(store) > self.size:
+            store.popitem(last=False)
+        return value
+
+    def features(self, i: int):
+        if i in self._feat:
+            self._feat.move_to_end(i)
+            return self._feat[i]
+        from . import dupe_verify as dv
+        from .decode import decode_image
+        from .errors import BadImage
+
+        row = self._row(i)
+        try:
+            value = dv.features(decode_image(row.path, draft_size=dv.SIDE).image) if row is not None else None
+        except (BadImage, OSError):
+            value = None
+        return self._remember(self._feat, i, value)
+
+    def signature(self, i: int) -> np.ndarray | None:
+        if i not in self._sig:
+            row = self._row(i)
+            self._remember(self._sig, i, signature(row.path) if row is not None else None)
+        return self._sig[i]
+
+    def same_pixels(self, a: int, b: int) -> bool:
+        """The same decoded pixels (a re-saved PNG, stripped metadata): checked only for images of one size."""
+        ra, rb = self._row(a), self._row(b)
+        if ra is None or rb is None or ra.width is None or (ra.width, ra.height) != (rb.width, rb.height):
+            return False
+        da, db = self._pixel_digest(a), self._pixel_digest(b)
+        return da is not None and da == db
+
+    def _pixel_digest(self, i: int) -> str | None:
+        if i not in self._digest:
+            import hashlib
+
+            from .decode import decode_image
+            from .errors import BadImage
+
+            try:
+                img = decode_image(self._row(i).path).image.convert("RGB")
+                self._digest[i] = hashlib.blake2b(img.tobytes(), digest_size=16).hexdigest()
+            except (BadImage, OSError):
+                self._digest[i] = None
+        return self._digest[i]
+
+
+def _build_groups(ix, exact: _UnionFind, copies, similar, distinct) -> list[DupeGroup]:
+    """Duplicate groups: exact sets joined by copy edges, strongest first, never across a pair known to be two
+    captures. Then similar-shot groups: duplicate groups (by their keepers) and single images linked by similar
+    shots, with nothing in them offered for removal."""
+    uf = _UnionFind()
+    members: dict[int, set[int]] = {}
+    for x in list(exact.parent):
+        uf.union(exact.find(x), x)
+    for root, comp in _components(uf).items():
+        members[root] = set(comp)
+    apart: dict[int, set[int]] = {}
+    for a, b in distinct:
+        apart.setdefault(a, set()).add(b)
+        apart.setdefault(b, set()).add(a)
+    for _, a, b in sorted(copies, key=lambda e: (-e[0], e[1], e[2])):
+        ra, rb = uf.find(a), uf.find(b)
+        if ra == rb:
+            continue
+        ma, mb = members.get(ra, {ra}), members.get(rb, {rb})
+        if any(apart.get(x, set()) & mb for x in ma):
+            continue
+        uf.union(ra, rb)
+        members[uf.find(ra)] = ma | mb
+        members.pop(ra if uf.find(ra) != ra else rb, None)
+    groups = []
+    keeper_of: dict[int, int] = {}  # duplicate-group root -> keeper id
+    for comp in uf.groups():
+        g = _duplicate_group(ix, comp, exact)
+        if g is not None:
+            groups.append(g)
+            keeper_of[uf.find(comp[0])] = g.keeper_id
     groups.sort(key=lambda g: (-len(g.members), g.keeper.path))
-    return groups
+    shots = _UnionFind()
+    for a, b in similar:
+        ra, rb = uf.find(a), uf.find(b)
+        if ra != rb:
+            shots.union(keeper_of.get(ra, ra), keeper_of.get(rb, rb))
+    similar_groups = [g for comp in shots.groups() if (g := _similar_group(ix, comp)) is not None]
+    similar_groups.sort(key=lambda g: (-len(g.members), g.keeper.path))
+    return groups + similar_groups
+
+
+def _components(uf: _UnionFind) -> dict[int, list[int]]:
+    out: dict[int, list[int]] = {}
+    for x in uf.parent:
+        out.setdefault(uf.find(x), []).append(x)
+    return out
+
+
+def _scored(ix, members: list[DupeMember], keeper: DupeMember) -> None:
+    vecs = ix.store.get([m.id for m in members])
+    kv = vecs[[m.id for m in members].index(keeper.id)]
+    for m, v in zip(members, vecs, strict=True):
+        m.score = round(float(v @ kv), 6)
+    members.sort(key=lambda m: (m.id != keeper.id, -m.score, m.path))
+
+
+def _duplicate_group(ix, comp: list[int], exact: _UnionFind) -> DupeGroup | None:
+    members = _members(ix, comp)
+    if len(members) < 2:
+        return None
+    keeper = _keeper(members)
+    for m in members:
+        m.kind = "exact" if exact.find(m.id) == exact.find(keeper.id) else "copy"
+        m.removable = m.id != keeper.id
+    _scored(ix, members, keeper)
+    kind = "exact" if all(m.kind == "exact" for m in members) else "copy"
+    keeper.kind = kind
+    return DupeGroup(kind, members, keeper.id)
+
+
+def _similar_group(ix, comp: list[int]) -> DupeGroup | None:
+    members = _members(ix, comp)
+    if len(members) < 2:
+        return None
+    keeper = _keeper(members)
+    for m in members:
+        m.kind, m.removable = SIMILAR_SHOT, False
+    _scored(ix, members, keeper)
+    return DupeGroup(SIMILAR_SHOT, members, keeper.id)

@@ -69,13 +69,18 @@ def dupes(
     if not groups:
         out.print("no duplicates found")
         return
+    dupes_, shots = [g for g in groups if g.kind != "similar shot"], [g for g in groups if g.kind == "similar shot"]
     for n, g in enumerate(groups, 1):
+        if g is (shots[0] if shots else None):
+            out.print("[bold]similar shots[/] (different captures of one scene: nothing here is offered for removal)")
         out.print(f"[bold]group {n}[/] ({g.kind}, {len(g.members)} images)")
         for m in g.members:
-            mark = "[green]keep[/]" if m.id == g.keeper_id else "    "
-            out.print(f"  {mark} {m.score:.3f} {m.width}x{m.height}  {escape(m.path)}", highlight=False)
-    extra = sum(len(g.members) - 1 for g in groups)
-    out.print(f"{len(groups)} groups; {extra} files could go" + (f"; written to {out_csv}" if out_csv else ""))
+            mark = "[green]keep[/]" if m.id == g.keeper_id and g.kind != "similar shot" else "    "
+            kind = "" if m.id == g.keeper_id or g.kind == "similar shot" else f" {m.kind}"
+            out.print(f"  {mark} {m.score:.3f} {m.width}x{m.height}{kind}  {escape(m.path)}", highlight=False)
+    extra = sum(m.removable for g in dupes_ for m in g.members)
+    out.print(f"{len(dupes_)} groups; {extra} files could go; {len(shots)} groups of similar shots"
+              + (f"; written to {out_csv}" if out_csv else ""))  # fmt: skip
 
 
 @app.command()
