@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -83,9 +84,13 @@ def decode_batch(batch: dict[str, np.ndarray], preprocess: Preprocess, max_pixel
 class EmbedActor:
     """Ray actor: loads the model once (on its GPU, or the CPU), embeds the decoded crops of each batch."""
 
-    def __init__(self, model: str, device: str, fingerprint: str):
+    def __init__(self, model: str, device: str, fingerprint: str, threads: int | None = None):
         from ..models import load_embedder
 
+        if threads and device == "cpu":  # Ray sets OMP_NUM_THREADS to the actor's num_cpus (1): the model gets
+            import torch  # the node's cores that decoding leaves, as the local pipeline's model thread does
+
+            torch.set_num_threads(threads)
         self.embedder = load_embedder(model, device=device)
         theirs = Fingerprint.from_json(fingerprint)
         if not self.embedder.fingerprint().compatible(theirs):
@@ -137,7 +142,7 @@ class RayEngine:
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False  # the driver draws visdex's own bar
         ctx.print_on_execution_start = False
-        logging.getLogger("ray.data").setLevel(logging.WARNING)
+        logging.getLogger("ray.data").setLevel(logging.ERROR)
         return ray
 
     def close(self) -> None:
@@ -147,7 +152,8 @@ class RayEngine:
             self._started = False
 
     def plan(self, ray) -> tuple[int, float, str, int]:
-        """(actors, GPUs per actor, device, batch size) for the cluster as it is now."""
+        """(actors, GPUs per actor, device, batch size) for the cluster as it is now. On CPUs, half the cluster's
+        cores go to model actors (each with ``cpus_per_worker`` slots) and half to decode tasks."""
         resources = ray.cluster_resources()
         gpus, cpus = float(resources.get("GPU", 0)), float(resources.get("CPU", 1))
         per = self.gpus_per_worker if self.gpus_per_worker is not None else (1.0 if gpus else 0.0)
@@ -166,7 +172,10 @@ class RayEngine:
         if batch_size:
             self.batch_size = batch_size
         actors, gpus, device, size = self.plan(ray)
+        cpus = float(ray.cluster_resources().get("CPU", 1))
+        threads = max(1, round(cpus / actors)) if device == "cpu" else None  # model threads per CPU actor
         log.info("ray: %d model actor(s) on %s, batches of %d, %d files", actors, device, size, len(todo))
+        warnings.filterwarnings("ignore", message=".*ray_remote_args.*is deprecated", module=r"visdex\..*")
         ds = ray.data.from_items([{"i": i, "path": info.path} for i, info in enumerate(todo)],
                                  override_num_blocks=max(1, min(-(-len(todo) // DECODE_BATCH), 4096)))  # fmt: skip
         ds = ds.map_batches(self.decode_fn, batch_size=DECODE_BATCH, batch_format="numpy", num_cpus=1,
@@ -175,7 +184,7 @@ class RayEngine:
         ds = ds.map_batches(self.actor_cls, batch_size=size, batch_format="numpy",
                             compute=ray.data.ActorPoolStrategy(size=actors), num_gpus=gpus,
                             num_cpus=self.cpus_per_worker, max_restarts=RETRIES, max_task_retries=RETRIES,
-                            fn_constructor_kwargs={"model": embedder.name, "device": device,
+                            fn_constructor_kwargs={"model": embedder.name, "device": device, "threads": threads,
                                                    "fingerprint": embedder.fingerprint().to_json()})  # fmt: skip
         try:
             # re-sliced to model batches: each one is one transaction on the driver (and one step of the bar)
