@@ -288,8 +288,12 @@ def test_index_type_follows_ann_and_status_reports_it(tmp_path, lite, ann, kind,
 
     sent = []
     add_index = IndexParams.add_index
-    monkeypatch.setattr(IndexParams, "add_index", lambda self, field, **kw: (sent.append((field, kw)),
-                                                                              add_index(self, field, **kw))[1])
+
+    def spy(self, field, **kw):
+        sent.append((field, kw))
+        return add_index(self, field, **kw)
+
+    monkeypatch.setattr(IndexParams, "add_index", spy)
     store = MilvusVectorStore(IndexDB(tmp_path / "ix"), 16, lite, ann=ann)
     vecs = rand_vecs(300, 16)
     store.upsert(np.arange(300), vecs)

@@ -178,9 +178,9 @@ class RayEngine:
         warnings.filterwarnings("ignore", message=".*ray_remote_args.*is deprecated", module=r"visdex\..*")
         ds = ray.data.from_items([{"i": i, "path": info.path} for i, info in enumerate(todo)],
                                  override_num_blocks=max(1, min(-(-len(todo) // DECODE_BATCH), 4096)))  # fmt: skip
+        decode_args = {"preprocess": embedder.preprocess, "max_pixels": config.get("max_pixels")}
         ds = ds.map_batches(self.decode_fn, batch_size=DECODE_BATCH, batch_format="numpy", num_cpus=1,
-                            max_retries=RETRIES,
-                            fn_kwargs={"preprocess": embedder.preprocess, "max_pixels": config.get("max_pixels")})
+                            max_retries=RETRIES, fn_kwargs=decode_args)  # fmt: skip
         ds = ds.map_batches(self.actor_cls, batch_size=size, batch_format="numpy",
                             compute=ray.data.ActorPoolStrategy(size=actors), num_gpus=gpus,
                             num_cpus=self.cpus_per_worker, max_restarts=RETRIES, max_task_retries=RETRIES,
