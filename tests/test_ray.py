@@ -189,3 +189,19 @@ def test_a_driver_killed_resumes_with_nothing_lost_or_duplicated(cluster, tmp_pa
         report = ix.add([folder], batch_size=4, engine=RayEngine())
     assert report.new == n - files and report.unchanged == files
     assert _integrity(tmp_path / "ix") == (n, n, n)
+
+
+@pytest.mark.slow
+def test_ray_engine_reads_webdataset_shards_by_url(cluster, tmp_path, photos, tiny_clip):
+    """Workers read the samples themselves (a file:// shard); captions stay with the driver's rows."""
+    from visdex.sources import write_shard
+
+    files = sorted(photos.values())[:4]
+    write_shard(tmp_path / "00000.tar", [{"key": f"{i:09d}", "jpg": p.read_bytes(), "txt": p.stem}
+                                         for i, p in enumerate(files)])  # fmt: skip
+    with open_index(tmp_path / "ix", model=str(tiny_clip)) as ix:
+        report = ix.add([f"file://{tmp_path}/{{00000..00000}}.tar"], batch_size=2, engine=RayEngine())
+        assert (report.new, report.failed) == (4, 0)
+        rows = ix.db.files_under(ix.db.roots())
+        captions = [a["caption"] for a in ix.db.file_attrs([r.id for r in rows]).values()]
+        assert sorted(captions) == sorted(p.stem for p in files)
