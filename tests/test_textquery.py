@@ -19,7 +19,7 @@ import pytest
 
 from visdex import open_index
 from visdex.errors import IndexEmpty, ModelLoadError
-from visdex.models.textquery import export_text_tower, fast_text_embedder, has_fast_text
+from visdex.models.textquery import export_text_tower, fast_text_embedder, has_fast_text, query_graph
 
 from clihelp import SRC, run_cli
 
@@ -27,6 +27,9 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
 QUERIES = ["a red car on the beach at night", "a photo of a cat", "coffee"]
+# what a cold `visdex search` must not import: torch and transformers (the model), pydantic (Typer's parsing),
+# Rich (plain piped output), FAISS (a small index is searched from SQLite), the ingest pipeline, command modules
+HEAVY = ("torch", "transformers", "pydantic", "rich", "faiss", "visdex.ingest", "visdex.commands")
 
 
 @pytest.fixture
@@ -64,10 +67,16 @@ def test_text_search_without_torch_equals_torch(fast_queries, tmp_path, folder, 
     with open_index(tmp_path / "ix", model=str(tiny_clip)) as ix:
         ix.add([folder])
         want = {q: [(h.path, h.score) for h in ix.search(q, k=5)] for q in QUERIES}
+        torch_vecs = ix.embedder.embed_texts(QUERIES)
         assert ix.model_loaded
         assert ix.prepare_text_queries()
         assert not ix.prepare_text_queries()  # cached: exported once
-    assert has_fast_text(str(tiny_clip))
+        fp = ix.fingerprint
+    assert has_fast_text(str(tiny_clip), ready=True)  # the export and its query-ready copy
+    one_shot = fast_text_embedder(str(tiny_clip), fp, one_shot=True)
+    assert one_shot.query_graph is not None and one_shot.query_graph.with_suffix(".onnx.data").is_file()
+    cosines = (one_shot.embed_texts(QUERIES) * torch_vecs).sum(axis=1)
+    assert cosines.min() >= 0.9999, cosines
     code = (
         "import json, sys\n"
         "from visdex import open_index\n"
@@ -84,6 +93,38 @@ def test_text_search_without_torch_equals_torch(fast_queries, tmp_path, folder, 
     for q in QUERIES:
         assert [p for p, _ in got["hits"][q]] == [p for p, _ in want[q]]
         np.testing.assert_allclose([s for _, s in got["hits"][q]], [s for _, s in want[q]], atol=1e-5)
+
+    # the command line, cold: the one-shot path (query-ready graph, SQLite's vectors, quick parse, plain output)
+    code = (
+        "import atexit, json, sys\n"
+        f"heavy = {HEAVY!r}\n"
+        "atexit.register(lambda: sys.stderr.write('HEAVY ' + json.dumps([m for m in heavy if m in sys.modules])))\n"
+        "from visdex.cli import main\n"
+        f"sys.argv = ['visdex', 'search', {QUERIES[0]!r}, '--index', {str(tmp_path / 'ix')!r}, '-n', '5', '--json']\n"
+        "main()\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stderr.rsplit("HEAVY ", 1)[1]) == []
+    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [r["path"] for r in rows] == [p for p, _ in want[QUERIES[0]]]
+    np.testing.assert_allclose([r["score"] for r in rows], [s for _, s in want[QUERIES[0]]], atol=1e-5)
+
+    # an export made before query-ready copies existed gets its copy at its first fast query; a cache the copy
+    # cannot be written to leaves the export itself answering, the same way
+    copies = list((fast_queries / "onnx").glob("*/query/*/graph.onnx"))
+    assert len(copies) == 1
+    shutil.rmtree(copies[0].parents[1])  # as an older visdex left it: the export alone
+    assert has_fast_text(str(tiny_clip)) and not has_fast_text(str(tiny_clip), ready=True)
+    plain = fast_text_embedder(str(tiny_clip), fp)  # makes the copy
+    assert plain.query_graph == copies[0] and has_fast_text(str(tiny_clip), ready=True)
+    export = copies[0].parents[2]
+    assert query_graph(export, "text.onnx", make=False) == copies[0]
+    shutil.rmtree(copies[0].parents[1])
+    (export / "query").write_text("not a folder")  # the copy cannot be made: the export answers, the same way
+    fallback = fast_text_embedder(str(tiny_clip), fp, one_shot=True)
+    assert fallback.query_graph is None
+    np.testing.assert_allclose(fallback.embed_texts(QUERIES), plain.embed_texts(QUERIES), atol=1e-5)
 
 
 def test_fast_path_is_off_when_asked(fast_queries, tmp_path, folder, tiny_clip, monkeypatch):

@@ -11,26 +11,37 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-from PIL import Image
 
 from . import config
 from .errors import BadQuery, IndexEmpty, ModelMismatch, NotFound, VisdexError
-from .ingest import IngestReport, Progress, ingest
 from .models.base import Embedder, Fingerprint, l2_normalize
 from .query import Crop, parse_query
 from .search import Hit, cut_hits, search_vectors
 from .store.base import VectorStore
 from .store.db import IndexDB
-from .store.local import ANN_KINDS
+from .store.local import ANN_KINDS, LocalVectorStore
 
 log = logging.getLogger(__name__)
 
-QueryLike = str | os.PathLike | Image.Image
+if TYPE_CHECKING:  # a text search imports neither Pillow nor the ingest pipeline
+    from PIL import Image
+
+    from .ingest import IngestReport, Progress
+
+    QueryLike = str | os.PathLike | Image.Image
+
+
+def _is_image(query) -> bool:
+    """Whether ``query`` is a PIL image (none can be while Pillow is not imported)."""
+    pil = sys.modules.get("PIL.Image")
+    return pil is not None and isinstance(query, pil.Image)
 
 
 def model_source(name: str) -> str:
@@ -94,6 +105,9 @@ class Index:
         self.device = device or config.get("device")
         self._embedder: Embedder | None = None
         self._text_embedder: Embedder | None = None
+        #: This index answers a query or two and is closed (the CLI): start-up matters more than query speed
+        #: (see :func:`visdex.models.textquery.fast_text_embedder` and ``LocalVectorStore.one_shot``).
+        self.one_shot = False
         self._store: VectorStore | None = None
         if ann is not None and ann not in ANN_KINDS:
             raise BadQuery(f"unknown --ann {ann!r}: one of {', '.join(ANN_KINDS)}")
@@ -148,7 +162,9 @@ class Index:
             if self._embedder is None:
                 from .models.textquery import fast_text_embedder
 
-                emb = fast_text_embedder(self._query_model or self.model_name, self.db.fingerprint)
+                emb = fast_text_embedder(
+                    self._query_model or self.model_name, self.db.fingerprint, one_shot=self.one_shot
+                )
             self._text_embedder = emb if emb is not None else self.embedder
         return self._text_embedder
 
@@ -182,6 +198,8 @@ class Index:
             fp = self.db.fingerprint
             dim = fp.dim if fp is not None else self.embedder.dim
             self._store = open_store(self.db, dim, ann=self._ann, spec=self._store_spec)
+            if isinstance(self._store, LocalVectorStore):
+                self._store.one_shot = self.one_shot
         return self._store
 
     # -- writing --------------------------------------------------------------------------
@@ -209,6 +227,8 @@ class Index:
 
         # a new index's store needs the model's dimension: opened once the model is
         store = self.store if self.db.fingerprint is not None else (lambda: self.store)
+        from .ingest import ingest
+
         return ingest(self.db, store, model, [str(p) for p in paths], include=include, exclude=exclude,
                       batch_size=batch_size, workers=workers, progress=progress, prune=prune, engine=engine)
 
@@ -326,7 +346,7 @@ class Index:
         ``text_vectors``: the text terms' vectors, embedded by the caller (a server batches concurrent queries)."""
         crop = Crop.parse(crop) if isinstance(crop, str) else crop
         self.require_vectors()
-        if isinstance(query, Image.Image):
+        if _is_image(query):
             return self._embed_image(query, crop)
         if isinstance(query, np.ndarray):  # a query vector embedded by the caller (a server, outside its lock)
             return l2_normalize(np.asarray(query, np.float32).reshape(1, -1))[0]

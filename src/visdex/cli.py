@@ -11,10 +11,6 @@ import time
 from pathlib import Path
 
 import typer
-from rich.console import Console
-from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.table import Table
 
 from . import __version__
 from .errors import NotFound, VisdexError
@@ -27,9 +23,50 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+class _LazyConsole:
+    """A Rich console made on first use: importing Rich costs a command that prints plain lines (a piped
+    ``visdex search``) a tenth of its start-up. On first use the object becomes a real ``Console`` in
+    place (its class is swapped), so modules that imported it and Rich itself (``Progress(console=err)``,
+    ``with console:``) see a Console, not a proxy."""
+
+    def __init__(self, **options):
+        self._options = options
+
+    def _become_console(self):
+        from rich.console import Console
+
+        options = self.__dict__.pop("_options")
+        self.__class__ = Console
+        Console.__init__(self, **options)
+        return self
+
+    def __getattr__(self, name: str):
+        if name.startswith("__") or "_options" not in self.__dict__:
+            raise AttributeError(name)
+        return getattr(self._become_console(), name)
+
+    def __enter__(self):
+        return self._become_console().__enter__()
+
+    def __exit__(self, *exc):  # `with` looked this method up before __enter__ made the object a Console
+        from rich.console import Console
+
+        return Console.__exit__(self, *exc)
+
+
 # soft_wrap: long paths and messages stay on one line when piped (grep, cut), not wrapped at 80 columns
-out = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
+out = _LazyConsole(soft_wrap=True)
+err = _LazyConsole(stderr=True, soft_wrap=True)
+
+
+def escape(text: str) -> str:
+    """Rich markup in ``text`` shown as it is (rich.markup.escape, imported when needed)."""
+    from rich.markup import escape as rich_escape
+
+    return rich_escape(text)
+
 
 _state = {"index": None, "traceback": False}
 
@@ -76,6 +113,8 @@ class _BarProgress:
 
     def __init__(self, quiet: bool, label: str = "indexing"):
         self.quiet = quiet
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
         self.skipped = 0
         self.bar = Progress(
             TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(),
@@ -183,7 +222,7 @@ def index(
         if ix.model_loaded:  # the model is in memory now: export its text tower once for fast text queries
             from .models.textquery import has_fast_text
 
-            if not has_fast_text(ix.model_name):
+            if not has_fast_text(ix.model_name, ready=True):
                 with err.status("preparing fast text queries (once)", spinner="dots") if not (quiet or as_json) \
                         else contextlib.nullcontext():
                     _quietly(ix.prepare_text_queries)
@@ -213,6 +252,18 @@ def _label(hit) -> str:
     return hit.path if hit.key is None else f"{hit.key}  {hit.title or ''}".rstrip()
 
 
+def _stdout_is_terminal() -> bool:
+    """Rich's answer (which honours FORCE_COLOR, TTY_COMPATIBLE...), asked only when it may differ from isatty's,
+    so that a piped search never imports Rich."""
+    import os
+
+    try:
+        tty = sys.stdout.isatty()
+    except ValueError:  # closed
+        return False
+    return out.is_terminal if tty or "FORCE_COLOR" in os.environ or "TTY_COMPATIBLE" in os.environ else False
+
+
 def _print_hits(hits, as_json: bool) -> None:
     if as_json:
         for h in hits:
@@ -224,10 +275,12 @@ def _print_hits(hits, as_json: bool) -> None:
     if not hits:
         out.print("no results")
         return
-    if not out.is_terminal:  # piped: whole paths on one line each, easy to grep and cut
+    if not _stdout_is_terminal():  # piped: whole paths on one line each, easy to grep and cut
         for rank, h in enumerate(hits, 1):
             sys.stdout.write(f"{rank:>3}  {h.score:.3f}  {_label(h)}\n")
         return
+    from rich.table import Table
+
     table = Table(show_edge=False, box=None, pad_edge=False)
     table.add_column("#", justify="right", style="dim")
     table.add_column("score", justify="right")
@@ -258,6 +311,7 @@ def search(
 ) -> None:
     """Search by text ("dog on a beach"), by an example image (photo.jpg), or both: beach.jpg + "at night" - people."""
     with _open(index, model) as ix:
+        ix.one_shot = True
         _print_hits(ix.search(query, k=k, where=where, crop=crop, min_score=min_score, within=within), as_json)
         if ix.model_loaded:  # this query needed the whole model: make the next one fast, without waiting for it
             ix.prepare_text_queries(background=True)
@@ -280,6 +334,7 @@ def similar(
         if item >= 2**63:  # ids are SQLite integers (int64)
             raise NotFound(f"no item with id {image} in the index")
     with _open(index) as ix:
+        ix.one_shot = True
         _print_hits(ix.similar(item, k=k, where=where, min_score=min_score, within=within), as_json)
 
 
@@ -330,6 +385,8 @@ def models(as_json: bool = typer.Option(False, "--json", help="Print as JSON."))
                  "license": s.license, "notes": s.notes} for s in specs]
         out.print_json(json.dumps(rows))
         return
+    from rich.table import Table
+
     table = Table(box=None)
     for col in ("name", "dim", "queries", "source", "notes"):
         table.add_column(col)
@@ -348,6 +405,29 @@ def _load_command_modules() -> None:
 
     for mod in sorted(m.name for m in pkgutil.iter_modules(commands.__path__)):
         importlib.import_module(f"{commands.__name__}.{mod}")
+
+
+#: The commands defined in this module: running one of them needs none of the command modules.
+CORE_COMMANDS = ("index", "search", "similar", "status", "models")
+#: Commands whose plain command lines skip Typer's parsing (see :mod:`visdex.quickcli`): they start in a blink.
+QUICK_COMMANDS = ("search", "similar", "status")
+
+
+def _command_name(argv: list[str]) -> str | None:
+    """The command ``argv`` runs (the first word after the root options), None for none (root --help)."""
+    args = iter(argv)
+    for arg in args:
+        if arg in ("--index", "-i"):
+            next(args, None)  # the root option's value
+        elif not arg.startswith("-"):
+            return arg
+    return None
+
+
+def _needs_command_modules(argv: list[str]) -> bool:
+    """Whether ``argv`` may run (or list, in --help) a command of :mod:`visdex.commands`: each module imports
+    what its commands need, which a ``visdex search`` should not pay for."""
+    return _command_name(argv) not in CORE_COMMANDS
 
 
 INTERRUPTED = 130  # 128 + SIGINT, what shells report for a command stopped with Ctrl-C
@@ -373,10 +453,16 @@ def main() -> None:
     7 disk full, 130 Ctrl-C)."""
     _print_any_file_name()
     try:
-        _load_command_modules()
+        call = None
+        if _needs_command_modules(sys.argv[1:]):
+            _load_command_modules()
+        else:
+            from .quickcli import quick_call
+
+            call = quick_call(app, sys.argv[1:], QUICK_COMMANDS)
         # standalone_mode=False hands back, as the return value, the code of a typer.Exit -- including
         # the Exit(130) that typer makes of a KeyboardInterrupt; our commands themselves return None
-        code = app(standalone_mode=False)
+        code = call() if call is not None else app(standalone_mode=False)
     except VisdexError as e:
         if _state["traceback"]:
             raise

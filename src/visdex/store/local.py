@@ -74,6 +74,10 @@ HNSW_MAX_DEAD = 0.25  # rebuild the graph once this fraction of its nodes is dea
 # Re-ranked shortlist per codec: max(factor * k, minimum) candidates are re-scored with float32 vectors.
 SHORTLIST = {"fp16": (2, 20), "sq8": (4, 40), "ivfpq": (20, 200)}
 VERIFY_SAMPLE = 32  # vectors of a saved FAISS file compared with SQLite's when it is loaded
+# Up to this many vectors, a one-shot reader of a flat store (see LocalVectorStore.one_shot) searches SQLite's
+# vectors with numpy: reading them (~6 us each) costs less than importing FAISS and loading and checking its file
+# (~50 ms of CPU), and the truth itself needs no check.
+NUMPY_EXACT_MAX = 5_000
 
 
 def _faiss():
@@ -145,6 +149,9 @@ class LocalVectorStore(VectorStore):
         self._built: dict = {}  # {"kind", "trained_on", "dead", "generation"} of the index in memory
         self._dirty = False
         self._stale = False  # too many dead HNSW nodes, or outgrew its kind or its training
+        self._small: tuple | None = None  # (generation, ids, vectors) of a small flat store, read from SQLite
+        #: This store answers a search or two and is closed (the CLI): a small flat one is searched from SQLite.
+        self.one_shot = False
 
     def kind_for(self, n: int) -> str:
         """The index kind for ``n`` vectors: "flat", "hnsw", "ivfpq", with "-fp16" / "-sq8"."""
@@ -286,6 +293,26 @@ class LocalVectorStore(VectorStore):
         sims = decoded @ want.T
         own = np.diag(sims)
         return bool((own >= sims.max(axis=1) - 1e-4).all() and (own > 0.5).all())
+
+    def _small_exact(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """(ids, vectors) of a small flat store (<= NUMPY_EXACT_MAX) read from SQLite, for a one-shot search
+        that need not load the FAISS index; None when not one-shot, when the FAISS index is loaded (a writer's)
+        or when the store is not small and flat."""
+        if not self.one_shot or self._index is not None or self._stale or self.db.in_transaction:
+            return None
+        with self.db.snapshot():  # the generation and the vectors of one moment
+            generation = self.db.generation
+            if self._small is not None and self._small[0] == generation:
+                return self._small[1], self._small[2]
+            n = self._truth_signature()[0]
+            if n > NUMPY_EXACT_MAX or self.kind_for(n) != "flat":
+                self._small = None
+                return None
+            parts = list(self.iter_vectors())
+        ids = np.concatenate([i for i, _ in parts]) if parts else np.zeros(0, np.int64)
+        vecs = np.concatenate([v for _, v in parts]) if parts else np.zeros((0, self.dim), np.float32)
+        self._small = (generation, ids, vecs)
+        return ids, vecs
 
     def iter_vectors(self, chunk: int = 65536):
         """(ids, vectors) batches of every stored vector, by id, read from SQLite (the truth)."""
@@ -459,6 +486,13 @@ class LocalVectorStore(VectorStore):
 
     def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         queries = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, self.dim)
+        small = self._small_exact()
+        if small is not None:
+            ids, vecs = small
+            if allowed is not None:
+                keep = np.isin(ids, as_ids(allowed))
+                ids, vecs = ids[keep], vecs[keep]
+            return _exact_top_k(queries, ids, vecs, k)
         index = self.index
         live = self._live()
         n = live if allowed is None else min(live, len(allowed))
@@ -537,13 +571,7 @@ class LocalVectorStore(VectorStore):
 
     def _exact_among(self, queries: np.ndarray, allowed: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         present, vecs = self._get_present(allowed)
-        if not len(present):
-            return empty_results(len(queries), k)
-        sims = queries @ vecs.T
-        kk = min(k, len(present))
-        top = np.argpartition(-sims, kk - 1, axis=1)[:, :kk]
-        order = np.take_along_axis(top, np.argsort(-np.take_along_axis(sims, top, axis=1), axis=1), axis=1)
-        return pad_results(np.take_along_axis(sims, order, axis=1).astype(np.float32), present[order], k)
+        return _exact_top_k(queries, present, vecs, k)
 
     def _get_present(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(ids that have vectors, sorted; their vectors), unknown ids skipped."""
@@ -608,6 +636,17 @@ class LocalVectorStore(VectorStore):
         self._built = {"kind": self.kind_for(0), "trained_on": 0, "dead": 0, "generation": gen}
         self._stale = False
         self._dirty = True
+
+
+def _exact_top_k(queries: np.ndarray, ids: np.ndarray, vecs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` best of ``ids`` for each query by inner product with their ``vecs``, padded to ``k``."""
+    if not len(ids):
+        return empty_results(len(queries), k)
+    sims = queries @ vecs.T
+    kk = min(k, len(ids))
+    top = np.argpartition(-sims, kk - 1, axis=1)[:, :kk]
+    order = np.take_along_axis(top, np.argsort(-np.take_along_axis(sims, top, axis=1), axis=1), axis=1)
+    return pad_results(np.take_along_axis(sims, order, axis=1).astype(np.float32), ids[order], k)
 
 
 def _labels(index) -> np.ndarray:
