@@ -171,6 +171,19 @@ def test_cli_search_exports_in_the_background(fast_queries, capsys, tmp_path, fo
     assert has_fast_text(str(tiny_clip))
 
 
+def test_one_background_export_at_a_time(fast_queries, tiny_clip):
+    """Searches made while a background export runs each start one; all but the first leave at once."""
+    from visdex.models.textquery import _export_lock
+
+    env = {**os.environ, "PYTHONPATH": SRC}
+    with _export_lock(str(tiny_clip)) as mine:  # as the first export holds it
+        assert mine
+        cmd = [sys.executable, "-m", "visdex.models.textquery", str(tiny_clip)]
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+    assert not has_fast_text(str(tiny_clip))  # the second one exported nothing
+
+
 def test_search_on_an_empty_index_says_so(capsys, tmp_path):
     with open_index(tmp_path / "ix", model="clip-vit-b-32") as ix, pytest.raises(IndexEmpty, match="is empty"):
         ix.search("a cat")

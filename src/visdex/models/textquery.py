@@ -323,12 +323,42 @@ def _main(argv: list[str]) -> int:
         return 2
     with contextlib.suppress(OSError):  # lower priority: the user's next command comes first
         os.nice(10)
-    try:
-        export_text_tower(argv[0])
-    except VisdexError as exc:
-        log.debug("text tower export of %s failed: %s", argv[0], exc)
-        return 1
+    with _export_lock(argv[0]) as mine:
+        if not mine:  # searches made while an export runs each start one: the first does the work
+            return 0
+        try:
+            export_text_tower(argv[0])
+        except VisdexError as exc:
+            log.debug("text tower export of %s failed: %s", argv[0], exc)
+            return 1
     return 0
+
+
+@contextlib.contextmanager
+def _export_lock(model_name: str):
+    """Yields whether this process holds the background export lock of ``model_name`` (an flock, released
+    when the process dies); True when no lock file can be made (the export then simply runs)."""
+    import fcntl
+    import hashlib
+
+    from .hf import cache_dir
+
+    path = cache_dir() / "onnx" / f".export-{hashlib.sha256(model_name.encode()).hexdigest()[:16]}.lock"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:
+        yield True
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)
 
 
 if __name__ == "__main__":
