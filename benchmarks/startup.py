@@ -19,6 +19,8 @@ the folders are indexed with ``VISDEX_QUERY_EXPORT=off`` so that it can be measu
 
     python benchmarks/startup.py                 # 200 x 6 MP and 1,000 x 0.3 MP JPEGs, 5 rounds
     python benchmarks/startup.py --quick         # 40 and 200 files, 3 rounds
+    python benchmarks/startup.py --reuse         # the last run's indexes (skips the first indexing and the
+                                                 # first search; those numbers are carried over, marked so)
 
 Writes benchmarks/results/startup.json. Processes start cold; the OS page cache is warm (one
 untimed run of each command first), as it is for a user's second command of the day.
@@ -139,6 +141,7 @@ PROFILE_KEYS = {
     "visdex": {
         "imports (visdex.cli)": "visdex/cli.py:<module>",
         "cli_parse (typer)": "typer/core.py:parse_args",
+        "cli_parse (quick)": "visdex/quickcli.py:quick_call",
         "open_index (imports visdex.api)": "visdex/cli.py:_open",
         "text_tower_session": "onnxruntime_inference_collection.py:__init__",
         "tokenizer_load": "from_file",
@@ -236,6 +239,7 @@ def main() -> None:
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     pm.add_common_args(ap, rounds=5, quick_rounds=3)
+    ap.add_argument("--reuse", action="store_true", help="reuse the last run's indexes (no first index / search)")
     ap.add_argument(
         "--profile-only",
         action="store_true",
@@ -259,16 +263,24 @@ def main() -> None:
         result["search_profile"] = {**profile_search(tools, name, folders[name]), "folder": name}
         print(bench.write_result(result, args.out, "startup"), result["search_profile"])
         return
-    shutil.rmtree(run_dir, ignore_errors=True)
     tools = Tools(run_dir, prep["model_folder"], prep["rclip_template"], args.rclip)
-    initial = {}
-    for name, folder in folders.items():  # informational: first full index of each tool (peers.py measures it)
-        initial[name] = {"visdex_s": tools.visdex_first_index(name, folder)["wall_s"],
-                         "rclip_s": tools.rclip_reindex(name, folder)["wall_s"]}  # fmt: skip
-        print("indexed", name, initial[name], flush=True)
     first_name = next(iter(folders))
-    first = first_search(tools, first_name, folders[first_name])
-    print("first search", first, flush=True)
+    if args.reuse:  # informational parts carried over from the run that made the indexes
+        import json
+
+        last = json.loads((Path(args.out) / "startup.json").read_text())
+        when = f"carried over from the run of {last['machine']['date']} at {last['git']['commit']} (--reuse)"
+        initial = {**last["initial_index_s"], "note": when}
+        first = {**{k: v for k, v in last["first_search"].items() if k != "note"}, "note": when}
+    else:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        initial = {}
+        for name, folder in folders.items():  # informational: first full index of each tool (peers.py measures it)
+            initial[name] = {"visdex_s": tools.visdex_first_index(name, folder)["wall_s"],
+                             "rclip_s": tools.rclip_reindex(name, folder)["wall_s"]}  # fmt: skip
+            print("indexed", name, initial[name], flush=True)
+        first = first_search(tools, first_name, folders[first_name])
+        print("first search", first, flush=True)
     runs = rounds(tools, folders, n_rounds)
     profile = {**profile_search(tools, first_name, folders[first_name]), "folder": first_name}
     result = {
@@ -287,10 +299,10 @@ def main() -> None:
                   "p90 = nearest rank",
         "folders": {name: len(list(f.glob("*.jpg"))) for name, f in folders.items()},
         "initial_index_s": initial,
-        "first_search": {**first, "folder": first_name,
+        "first_search": {"folder": first_name,
                          "note": "index made with VISDEX_QUERY_EXPORT=off VISDEX_CPU_BACKEND=torch (no export yet); "
                                  "by default `visdex index` exports the text tower at its end, so users start with "
-                                 "the fast path"},
+                                 "the fast path", **first},
         "results": summarise(runs),
         "search_profile": profile,
         "runs": runs,
