@@ -301,11 +301,19 @@ def test_token_is_asked_once_and_kept(browser, gallery):
             page.click("#token-form button")
             page.wait_for_selector("#token-dialog", state="hidden")
             _search(page, "a cat")
-            page.wait_for_function("() => document.querySelector('.card img')?.naturalWidth > 0")  # ?token= on <img>
-            assert page.evaluate("() => localStorage.getItem('visdex-token')") == TOKEN
+            page.wait_for_function("() => document.querySelector('.card img')?.naturalWidth > 0")  # by the cookie
+            # the token is in an HttpOnly, SameSite=Strict cookie: not in storage, URLs or scripts' reach
+            (cookie,) = page.context.cookies()
+            assert (cookie["value"], cookie["httpOnly"], cookie["sameSite"]) == (TOKEN, True, "Strict")
+            assert page.evaluate("() => localStorage.length + document.cookie.length") == 0
+            urls = page.evaluate("() => [...document.querySelectorAll('img[src], a[href]')].map(e => e.src || e.href)")
+            assert urls and not [u for u in urls if "token" in u]
             page.reload()
             _search(page, "rocket")  # no second prompt
             assert page.locator("#token-dialog").is_hidden()
+            page.click("#sign-out")  # signed out: asked again
+            page.wait_for_selector("#token-dialog[open]")
+            assert page.context.cookies() == []
         finally:
             page.context.close()
     assert [e for e in errors if "401" not in e] == []  # the refused first requests are expected

@@ -155,3 +155,35 @@ def test_new_routes_are_in_openapi_with_response_schemas(client):
         assert "$ref" in ok, path
     params = {p["name"] for p in spec["paths"]["/api/search"]["get"]["parameters"]}
     assert {"offset", "collapse"} <= params
+
+
+def test_one_cluster_is_browsed_a_page_at_a_time(client):
+    found = client.get("/api/clusters", params={"k": 2}).json()["clusters"]
+    seen = []
+    for c in found:
+        res = client.get(f"/api/clusters/{c['id']}", params={"k": 2, "limit": 2}).json()
+        assert res["total"] == c["size"]
+        ids, cursor = [r["id"] for r in res["items"]], res["next_cursor"]
+        while cursor:
+            res = client.get(f"/api/clusters/{c['id']}", params={"k": 2, "limit": 2, "cursor": cursor}).json()
+            ids += [r["id"] for r in res["items"]]
+            cursor = res["next_cursor"]
+        assert sorted(ids) == sorted(c["member_ids"])
+        seen += ids
+    assert len(seen) == len(set(seen)) == 8
+    assert client.get("/api/clusters/7", params={"k": 2}).status_code == 404
+
+
+def test_login_sets_an_httponly_strict_cookie_that_signs_requests_in(library):
+    with local_client(create_app(library[0], token="s3cret")) as c:
+        assert c.get("/api/status").status_code == 401
+        assert c.post("/api/login", data={"token": "wrong"}).status_code == 401
+        res = c.post("/api/login", data={"token": "s3cret"})
+        assert res.status_code == 200 and res.json() == {"auth": True, "signed_in": True}
+        set_cookie = res.headers["set-cookie"].lower()
+        assert "visdex_token=s3cret" in set_cookie and "httponly" in set_cookie and "samesite=strict" in set_cookie
+        assert c.get("/api/status").status_code == 200  # the cookie, no header
+        first = c.get("/api/browse").json()["items"][0]
+        assert c.get(f"/api/files/{first['id']}/thumb").status_code == 200  # no ?token= in image URLs
+        assert c.post("/api/logout").json()["signed_in"] is False
+        assert c.get("/api/status").status_code == 401

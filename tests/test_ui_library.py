@@ -291,3 +291,85 @@ def test_library_on_a_phone(open_page, library, shots, dark):
     page.wait_for_function("() => document.querySelectorAll('#library .tile').length === 6")
     _fits(page)
     _shot(page, shots / f"browse-phone-{'dark' if dark else 'light'}.png")
+
+
+# -- accessibility: axe-core on every view ----------------------------------------------------------------
+AXE_VERSION = "4.14.1"
+
+
+@pytest.fixture(scope="module")
+def axe_source(tmp_path_factory) -> str:
+    """axe-core's script, from ``VISDEX_AXE`` (a path to axe.min.js) or installed by npm into a cache dir once.
+    It is put into the page by the test (no CDN, and the page's Content-Security-Policy stays as it is)."""
+    given = os.environ.get("VISDEX_AXE")
+    if given:
+        return Path(given).read_text()
+    cache = tmp_path_factory.getbasetemp().parent / f"axe-core-{AXE_VERSION}"
+    script = cache / "node_modules" / "axe-core" / "axe.min.js"
+    if not script.is_file():
+        npm = shutil.which("npm")
+        if npm is None:
+            pytest.skip("npm is not installed (needed once for axe-core; or set VISDEX_AXE)")
+        import subprocess
+
+        cache.mkdir(parents=True, exist_ok=True)
+        done = subprocess.run([npm, "install", "--silent", "--no-audit", "--no-fund", "--prefix", str(cache),
+                               f"axe-core@{AXE_VERSION}"], capture_output=True, text=True, timeout=180)  # fmt: skip
+        if done.returncode != 0 or not script.is_file():
+            pytest.skip(f"could not install axe-core with npm: {done.stderr[-300:]}")
+    return script.read_text()
+
+
+def _axe(page, axe_source: str, where: str) -> list[str]:
+    """The serious and critical axe violations on the page as it is (one line each)."""
+    if not page.evaluate("() => !!window.axe"):
+        page.evaluate(axe_source)  # through the DevTools protocol: no <script> the CSP would refuse
+    found = page.evaluate("""() => axe.run(document, {resultTypes: ['violations']}).then(r => r.violations
+        .filter(v => v.impact === 'serious' || v.impact === 'critical')
+        .map(v => v.id + ' (' + v.impact + '): ' + v.nodes.slice(0, 3).map(n => n.target.join(' ')).join(', ')))""")
+    return [f"{where}: {v}" for v in found]
+
+
+@pytest.mark.parametrize("dark", [False, True], ids=["light", "dark"])
+def test_every_view_passes_axe(open_page, axe_source, dark):
+    page = open_page("/#search?q=a+cat", dark=dark)
+    page.wait_for_selector(".card .stack-badge")
+    page.click("#filters-toggle")
+    page.wait_for_timeout(300)  # the cards' pop-in animation is over (contrast is measured on what is shown)
+    bad = _axe(page, axe_source, "search")
+    page.locator(".card", has_text="cat").get_by_role("button", name="View").click()
+    page.wait_for_function("() => document.querySelector('#viewer-exif').textContent.includes('Canon')")
+    page.click("#viewer-dupes")
+    page.wait_for_selector(".dupe-strip")
+    bad += _axe(page, axe_source, "viewer")
+    page.keyboard.press("Escape")
+    for view, ready in (("browse", ".facet .tag"), ("dupes", ".dupe-group"), ("map", "#map-meta:not(:empty)")):
+        page.click(f"a.tab[data-view={view}]")
+        page.wait_for_selector(ready)
+        page.wait_for_timeout(300)
+        bad += _axe(page, axe_source, view)
+    assert not bad, "\n".join(bad)
+
+
+@pytest.mark.parametrize("screen", ["wide", "phone"])
+def test_clusters_view_and_one_cluster_in_full(open_page, screen, shots):
+    page = open_page("/#clusters", viewport=WIDE if screen == "wide" else PHONE)
+    page.wait_for_selector(".cluster .tile img")
+    n = page.locator(".cluster").count()
+    assert n >= 2
+    sizes = [int(t.split()[0].replace(",", "")) for t in page.locator(".cluster header .hint").all_inner_texts()]
+    assert sizes == sorted(sizes, reverse=True)
+    _fits(page)
+    if screen == "wide":
+        _shot(page, shots / "clusters.png")
+    page.locator(".cluster").nth(1).get_by_role("button", name="Browse all").click()
+    page.wait_for_function("n => document.querySelectorAll('#cluster-grid .tile').length === n", arg=sizes[1])
+    assert "#clusters?id=1" in page.url
+    page.reload()  # the URL brings the same cluster back
+    page.wait_for_function("n => document.querySelectorAll('#cluster-grid .tile').length === n", arg=sizes[1])
+    page.locator("#cluster-grid .tile").first.click()
+    page.wait_for_selector("#viewer[open]")
+    page.keyboard.press("Escape")
+    page.go_back()  # the viewer's entry, then the list of clusters
+    page.go_back()
+    page.wait_for_selector("#clusters:not([hidden]) .cluster")

@@ -12,6 +12,7 @@ A ``where`` filter (:mod:`visdex.filters`) narrows both the pages and the facet 
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,8 +76,17 @@ def _parse_cursor(cursor: str) -> tuple[str, int]:
     return date, int(ident)
 
 
-def browse(db, *, where: str | None = None, offset: int = 0, limit: int = 100, cursor: str | None = None) -> BrowsePage:
-    """The indexed files (or catalog items) newest first; ``cursor`` (from the page before) wins over ``offset``."""
+def browse(
+    db,
+    *,
+    where: str | None = None,
+    offset: int = 0,
+    limit: int = 100,
+    cursor: str | None = None,
+    ids: list[int] | None = None,
+) -> BrowsePage:
+    """The indexed files (or catalog items) newest first; ``cursor`` (from the page before) wins over ``offset``;
+    ``ids``: only these (e.g. the members of a cluster)."""
     if not 1 <= limit <= MAX_LIMIT:
         raise BadQuery(f"limit must be between 1 and {MAX_LIMIT}", field="limit")
     if offset < 0:
@@ -84,6 +94,8 @@ def browse(db, *, where: str | None = None, offset: int = 0, limit: int = 100, c
     if db.kind == "catalog":
         return _browse_catalog(db, where, offset, limit, cursor)
     cond, params = _filter(db, where)
+    if ids is not None:  # one parameter however many: a JSON array read by SQLite
+        cond, params = f"({cond}) AND files.id IN (SELECT value FROM json_each(?))", [*params, json.dumps(ids)]
     base = f"FROM files WHERE files.status = 'ok' AND ({cond})"
     total = _run(db, f"SELECT COUNT(*) {base}", params)[0][0]
     page_sql = f"SELECT files.id, files.path, files.size, files.width, files.height, files.format, files.taken_at, " \

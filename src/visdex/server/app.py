@@ -33,6 +33,8 @@ DEFAULT_MAX_UPLOAD_BYTES = 25 * 1024 * 1024
 DEFAULT_MAX_UPLOAD_PIXELS = 50_000_000
 STATIC_DIR = Path(__file__).parent / "static"
 UNAUTHORIZED = "missing or wrong token: send 'Authorization: Bearer <token>'"
+TOKEN_COOKIE = "visdex_token"  # set by POST /api/login: HttpOnly, SameSite=Strict (the web UI's session)
+OPEN_PATHS = ("/api/login", "/api/logout")  # reachable without the token: they are how one gets or drops it
 
 
 def require_fastapi():
@@ -70,12 +72,28 @@ def is_loopback(host: str) -> bool:
         return False  # a host name: it may resolve to anything
 
 
-def token_matches(expected: str, authorization: str | None, query_token: str | None = None) -> bool:
+def token_matches(
+    expected: str, authorization: str | None, query_token: str | None = None, cookie_token: str | None = None
+) -> bool:
     """Whether a request carries ``expected``: as ``Authorization: Bearer``, else as ``query_token``
-    (``?token=``, which only file URLs accept: an ``<img src>`` cannot send headers)."""
+    (``?token=``, which only file URLs accept), else in the login cookie (:data:`TOKEN_COOKIE`)."""
     scheme, _, given = (authorization or "").partition(" ")
-    given = given.strip() if scheme.lower() == "bearer" else query_token
+    given = given.strip() if scheme.lower() == "bearer" else (query_token or cookie_token)
     return bool(given) and hmac.compare_digest(given.encode(), expected.encode())
+
+
+def cookie_value(cookie_header: str | None, name: str = TOKEN_COOKIE) -> str | None:
+    """The value of one cookie in a ``Cookie`` header (None when absent or unreadable)."""
+    from http.cookies import CookieError, SimpleCookie
+
+    if not cookie_header:
+        return None
+    jar = SimpleCookie()
+    try:
+        jar.load(cookie_header)
+    except CookieError:
+        return None
+    return jar[name].value if name in jar else None
 
 
 def create_app(
@@ -110,6 +128,7 @@ def create_app(
 
     from .routes import router
     from .routes_library import router as library_router
+    from .routes_library import session as session_router
     from .routes_trash import router as trash_router
     from .state import ServedIndex
 
@@ -155,6 +174,7 @@ def create_app(
     app.include_router(router)
     app.include_router(trash_router)
     app.include_router(library_router)
+    app.include_router(session_router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     _add_ui_route(app)
     return app
@@ -296,7 +316,7 @@ class TokenGate:
 
     Plain ASGI, outside the upload limit: an unauthenticated client cannot make the server take
     in (and buffer) an upload; the connection is closed after the answer instead of draining it.
-    File URLs also take ``?token=`` (see :func:`token_matches`).
+    File URLs also take ``?token=``, and every route the login cookie (see :func:`token_matches`).
     """
 
     def __init__(self, app, token: str):
@@ -305,12 +325,13 @@ class TokenGate:
 
     async def __call__(self, scope, receive, send):
         path = scope.get("path", "")
-        if scope["type"] != "http" or not (path == "/api" or path.startswith("/api/")):
+        if scope["type"] != "http" or not (path == "/api" or path.startswith("/api/")) or path in OPEN_PATHS:
             return await self.app(scope, receive, send)
         query_token = None
         if path.startswith("/api/files/"):
             query_token = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1"))).get("token")
-        if token_matches(self.token, _header(scope, b"authorization"), query_token):
+        cookie = cookie_value(_header(scope, b"cookie"))
+        if token_matches(self.token, _header(scope, b"authorization"), query_token, cookie):
             return await self.app(scope, receive, send)
         headers = [(b"www-authenticate", b"Bearer")]
         await send_error(send, 401, UNAUTHORIZED, headers + ([(b"connection", b"close")] if _has_body(scope) else []))

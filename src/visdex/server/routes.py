@@ -20,7 +20,7 @@ from starlette.exceptions import HTTPException
 from .. import thumbs
 from ..errors import BadQuery, MissingDependency, NotFound
 from . import queries
-from .app import UNAUTHORIZED, token_matches
+from .app import TOKEN_COOKIE, UNAUTHORIZED, token_matches
 
 bearer = HTTPBearer(auto_error=False, description="The token given to `visdex serve --token`.")
 
@@ -32,7 +32,8 @@ def _check_token(request: Request, creds: HTTPAuthorizationCredentials | None, a
     if not expected:
         return
     query_token = request.query_params.get("token") if allow_query else None
-    if not token_matches(expected, request.headers.get("authorization"), query_token):
+    cookie = request.cookies.get(TOKEN_COOKIE)
+    if not token_matches(expected, request.headers.get("authorization"), query_token, cookie):
         raise HTTPException(401, UNAUTHORIZED, headers={"WWW-Authenticate": "Bearer"})
 
 

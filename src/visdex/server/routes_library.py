@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Form, Path, Query, Request, Response
 from pydantic import BaseModel, Field
 
 from .. import browse as browsing
@@ -15,6 +15,7 @@ from . import queries
 from .routes import MAX_TEXT, Where, require_token
 
 router = APIRouter(prefix="/api", dependencies=[Depends(require_token)], tags=["library"])
+session = APIRouter(prefix="/api", tags=["session"])  # no token needed: this is how the web UI gets and drops it
 
 
 class BrowseItem(BaseModel):
@@ -104,6 +105,32 @@ def browse(
     return BrowsePage(**page.to_dict())
 
 
+@router.get("/clusters/{cluster_id}", summary="The images of one cluster, newest first, a page at a time")
+def cluster_members(
+    request: Request,
+    cluster_id: Annotated[int, Path(ge=0, le=10_000, description="`id` of a cluster of `GET /api/clusters`.")],
+    k: Annotated[int | None, Query(ge=1, description="As in `GET /api/clusters` (the same k and seed).")] = None,
+    seed: Annotated[int, Query(ge=0, le=2**32 - 1)] = 0,
+    cursor: Annotated[str | None, Query(max_length=100)] = None,
+    limit: Annotated[int, Query(ge=1, le=browsing.MAX_LIMIT)] = 100,
+) -> BrowsePage:
+    """Pages as `GET /api/browse` does; the clusters are computed once per index state and kept."""
+    from ..errors import NotFound
+    from .routes import _library
+
+    served = request.app.state.served
+    cluster = _library("cluster", "cluster_index")
+    found = served.analysis(("clusters", k, seed), lambda ix: cluster(ix, k, seed=seed))
+    chosen = next((c for c in found if c.id == cluster_id), None)
+    if chosen is None:
+        raise NotFound(f"no cluster {cluster_id} (there are {len(found)})")
+    members = [int(i) for i in chosen.member_ids]
+    page = served.files(lambda db: browsing.browse(db, ids=members, limit=limit, cursor=cursor))
+    for item in page.items:
+        item.update(queries.file_urls(item["id"]))
+    return BrowsePage(**page.to_dict())
+
+
 @router.get("/facets", summary="Counts of folder, year, month, camera, format and tag values")
 def facets(
     request: Request,
@@ -143,13 +170,46 @@ def duplicates_of(
     ] = None,
 ) -> DuplicatesOf:
     """Files with the same bytes, or near copies: cosine at or above the threshold and pixels that line up."""
-    from pathlib import Path
+    from pathlib import Path as FilePath
 
     served = request.app.state.served
     queries.known_id(item_id)
     found = served.call(lambda ix: itemfacts.duplicates_of(ix, item_id, threshold=threshold))
-    members = [DuplicateMember(**d.to_dict(), name=Path(d.path).name, **queries.file_urls(d.id)) for d in found]
+    members = [DuplicateMember(**d.to_dict(), name=FilePath(d.path).name, **queries.file_urls(d.id)) for d in found]
     return DuplicatesOf(id=item_id, threshold=threshold, count=len(members), duplicates=members)
 
 
 __all__ = ["router", "MAX_TEXT"]
+
+
+class Session(BaseModel):
+    auth: bool = Field(description="Whether this server asks for a token at all.")
+    signed_in: bool
+
+
+@session.post("/login", summary="Sign in: the token, checked, comes back as an HttpOnly, SameSite=Strict cookie")
+def login(
+    request: Request, response: Response, token: Annotated[str, Form(max_length=1000, description="The token.")]
+) -> Session:
+    """For the web UI: afterwards the browser sends the token as a cookie, which page scripts cannot read,
+    other sites cannot make it send, and image / link URLs never carry. API clients send the Bearer header."""
+    from starlette.exceptions import HTTPException
+
+    from .app import TOKEN_COOKIE, UNAUTHORIZED, token_matches
+
+    expected = request.app.state.settings.token
+    if not expected:
+        return Session(auth=False, signed_in=True)
+    if not token_matches(expected, None, token):
+        raise HTTPException(401, UNAUTHORIZED)
+    secure = request.url.scheme == "https"
+    response.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="strict", path="/", secure=secure)
+    return Session(auth=True, signed_in=True)
+
+
+@session.post("/logout", summary="Sign out: the login cookie is cleared")
+def logout(request: Request, response: Response) -> Session:
+    from .app import TOKEN_COOKIE
+
+    response.delete_cookie(TOKEN_COOKIE, path="/", httponly=True, samesite="strict")
+    return Session(auth=bool(request.app.state.settings.token), signed_in=False)

@@ -3,8 +3,9 @@
 
 (() => {
   const $ = (id) => document.getElementById(id);
-  const TOKEN_KEY = "visdex-token";
-  let token = localStorage.getItem(TOKEN_KEY) || "";
+  // With a token, the server signs this browser in with an HttpOnly cookie (POST api/login): no script
+  // can read it, no image or link URL carries it. An older version kept the token in localStorage: drop it.
+  localStorage.removeItem("visdex-token");
 
   /** Create an element: h("a", {href, class: "x", onclick}, child, "text"). Never parses HTML. */
   function h(tag, props = {}, ...children) {
@@ -38,11 +39,9 @@
   let tokenPrompt = null;
 
   async function api(path, opts = {}) {
-    const headers = new Headers(opts.headers || {});
-    if (token) headers.set("Authorization", "Bearer " + token);
-    const res = await fetch(path, { ...opts, headers });
+    const res = await fetch(path, { ...opts, credentials: "same-origin" });
     if (res.status === 401) {
-      await askToken(!!token);
+      await askToken(false);
       return api(path, opts);
     }
     let body = null;
@@ -51,10 +50,9 @@
     return body;
   }
 
-  /** URL of a file endpoint; <img> cannot send headers, so the token rides along as ?token=. */
+  /** URL of a file endpoint (the login cookie goes with it: no token in the URL). */
   function fileUrl(url, params = {}) {
     const q = new URLSearchParams(params);
-    if (token) q.set("token", token);
     const s = q.toString();
     return s ? url + "?" + s : url;
   }
@@ -65,15 +63,23 @@
     $("token-error").hidden = !wasWrong;
     $("token-error").textContent = "That token was not accepted.";
     tokenPrompt = new Promise((resolve) => {
-      const done = (e) => {
+      const done = async (e) => {
         e.preventDefault();
         const v = $("token-input").value.trim();
         if (!v) return;
-        token = v;
-        localStorage.setItem(TOKEN_KEY, v);
+        const fd = new FormData();
+        fd.append("token", v);
+        const res = await fetch("api/login", { method: "POST", body: fd, credentials: "same-origin" });
+        if (!res.ok) { // asked again, with the reason
+          $("token-error").hidden = false;
+          $("token-input").select();
+          return;
+        }
+        $("token-input").value = "";
         dlg.close();
         $("token-form").removeEventListener("submit", done);
         tokenPrompt = null;
+        $("sign-out").hidden = false;
         resolve();
       };
       $("token-form").addEventListener("submit", done);
@@ -90,7 +96,7 @@
   }
 
   // -- views --------------------------------------------------------------------------------
-  const VIEWS = ["search", "browse", "dupes", "map"];
+  const VIEWS = ["search", "browse", "dupes", "clusters", "map"];
 
   // -- URL state: "#view?field=value&...": every view, its query and filters, the viewer's image.
   // Reload restores it, Back / Forward walk it, a URL can be shared. (An uploaded image cannot be in a URL.)
@@ -117,6 +123,8 @@
       if (!$("collapse").checked) p.set("collapse", "0");
     } else if (view === "browse") {
       if ($("browse-where").value.trim()) p.set("where", $("browse-where").value.trim());
+    } else if (view === "clusters") {
+      if (clusters.open != null) p.set("id", clusters.open);
     } else if (view === "dupes") {
       if ($("dupe-threshold").value) p.set("threshold", $("dupe-threshold").value);
       if ($("dupe-exact").checked) p.set("exact", "1");
@@ -161,6 +169,9 @@
         $("dupe-threshold").value = params.get("threshold") || "";
         $("dupe-exact").checked = params.get("exact") === "1";
         loadDupes();
+      } else if (view === "clusters") {
+        const cid = params.get("id");
+        loadClusters(cid && /^\d+$/.test(cid) ? Number(cid) : null);
       } else if (view === "map") loadMap();
       const id = params.get("view");
       if (id && /^-?\d+$/.test(id)) {
@@ -174,7 +185,7 @@
   }
 
   function viewerListFor(view, id) {
-    const list = view === "browse" ? browse.items : view === "search" ? state.hits : [];
+    const list = view === "browse" ? browse.items : view === "search" ? state.hits : view === "clusters" ? clusters.items : [];
     const item = list.find((x) => x.id === id);
     return item ? [list, item] : [[], null];
   }
@@ -208,6 +219,7 @@
     if (view === "browse") loadBrowse();
     else if (view === "dupes") loadDupes();
     else if (view === "map") loadMap();
+    else if (view === "clusters") loadClusters(clusters.open);
     else if (view === "search") runSearch();
   }
 
@@ -218,6 +230,7 @@
       const model = baseName(st.model || "no model yet");
       $("index-status").textContent = `${n.toLocaleString()} ${st.kind === "catalog" ? "items" : "images"} · ${model}` +
         (st.server && st.server.auth ? " · 🔒" : "");
+      $("sign-out").hidden = !(st.server && st.server.auth);
     } catch (e) {
       $("index-status").textContent = e.message;
     }
@@ -826,12 +839,12 @@
     });
   }
 
-  function libraryTile(it) {
+  function libraryTile(it, list = browse.items) {
     const img = h("img", { alt: "", decoding: "async", dataset: { src: fileUrl(it.thumb, { size: 256 }) } });
     if (thumbLoader) thumbLoader.observe(img); else img.src = img.dataset.src;
     const when = it.date ? (it.date_source === "taken" ? "taken " : "modified ") + it.date.slice(0, 10) : "";
     return h("button", { type: "button", class: "tile", dataset: { id: it.id }, title: `${it.name}${when ? " · " + when : ""}`,
-      "aria-label": `${it.name}${when ? ", " + when : ""}`, onclick: () => openViewer(it, browse.items) }, img);
+      "aria-label": `${it.name}${when ? ", " + when : ""}`, onclick: () => openViewer(it, list) }, img);
   }
 
   const FACETS = [["folder", "Folder"], ["year", "Year"], ["month", "Month"], ["camera", "Camera"], ["format", "Format"], ["tag", "Tag"]];
@@ -869,6 +882,76 @@
   function applyBrowseWhere() {
     loadBrowse().then(() => window.scrollTo({ top: 0 }));
     syncUrl(true);
+  }
+
+  // -- clusters: strips of the most central images; one cluster browsed in full ----------------
+  const clusters = { list: null, loading: false, open: null, items: [], cursor: null, seq: 0 };
+
+  async function loadClusters(open = null) {
+    if (!clusters.list && !clusters.loading) {
+      clusters.loading = true;
+      $("clusters-meta").textContent = "Grouping images…";
+      showAlert("clusters-alert", "");
+      try {
+        const res = await api("api/clusters");
+        clusters.list = res.clusters;
+        $("clusters-meta").textContent = `${res.count} clusters of similar images, largest first`;
+        $("clusters").replaceChildren(...res.clusters.map(clusterStrip));
+      } catch (e) {
+        $("clusters-meta").textContent = "";
+        showAlert("clusters-alert", e.message);
+      } finally {
+        clusters.loading = false;
+      }
+    }
+    showCluster(open);
+  }
+
+  function clusterStrip(c) {
+    const label = `Cluster ${c.id + 1}`;
+    return h("section", { class: "cluster", "aria-labelledby": "cluster-" + c.id },
+      h("header", {},
+        h("h2", { id: "cluster-" + c.id }, label),
+        h("span", { class: "hint" }, `${c.size.toLocaleString()} image${c.size === 1 ? "" : "s"}`),
+        h("button", { type: "button", class: "chip-btn", "aria-label": `Browse all ${c.size} images of ${label}`,
+          onclick: () => { showCluster(c.id); syncUrl(true); } }, "Browse all →")),
+      h("div", { class: "cluster-strip" }, c.central.map(([id, path]) => {
+        const item = { id, name: baseName(path), thumb: `api/files/${id}/thumb` };
+        return h("button", { type: "button", class: "tile", "aria-label": `${item.name}, in ${label}`, title: item.name,
+          onclick: () => openViewer(item, []) },
+          h("img", { src: fileUrl(item.thumb, { size: 256 }), alt: "", loading: "lazy" }));
+      })));
+  }
+
+  /** One cluster's images as a grid (newest first, a page at a time), or all the strips (null). */
+  function showCluster(id) {
+    const valid = id != null && clusters.list && clusters.list.some((c) => c.id === id);
+    clusters.open = valid ? id : null;
+    $("clusters").hidden = valid;
+    $("cluster-open").hidden = !valid;
+    if (!valid) return;
+    const c = clusters.list.find((x) => x.id === id);
+    $("cluster-title").textContent = `Cluster ${id + 1} · ${c.size.toLocaleString()} images`;
+    $("cluster-grid").replaceChildren();
+    Object.assign(clusters, { items: [], cursor: null, seq: clusters.seq + 1 });
+    clusterPage(clusters.seq);
+    window.scrollTo({ top: 0 });
+  }
+
+  async function clusterPage(seq) {
+    const p = new URLSearchParams({ limit: "200" });
+    if (clusters.cursor) p.set("cursor", clusters.cursor);
+    $("cluster-more").hidden = true;
+    try {
+      const res = await api(`api/clusters/${clusters.open}?` + p);
+      if (seq !== clusters.seq) return;
+      clusters.items.push(...res.items);
+      clusters.cursor = res.next_cursor;
+      $("cluster-grid").append(...res.items.map((it) => libraryTile(it, clusters.items)));
+      $("cluster-more").hidden = !res.next_cursor;
+    } catch (e) {
+      if (seq === clusters.seq) showAlert("clusters-alert", e.message);
+    }
   }
 
   // -- duplicates ---------------------------------------------------------------------------
@@ -913,7 +996,7 @@
         const keeper = m.id === g.keeper_id;
         const when = m.taken_at ? "taken " + m.taken_at.slice(0, 10) : "modified " + new Date(m.mtime * 1000).toISOString().slice(0, 10);
         return h("figure", { class: "member" + (keeper ? " keeper" : ""), style: null },
-          h("button", { type: "button", "aria-label": `View ${m.name}`, onclick: () => openViewer(m, all) },
+          h("button", { type: "button", "aria-label": keeper ? `Keep: view ${m.name}` : `View ${m.name}`, onclick: () => openViewer(m, all) },
             h("img", { src: fileUrl(m.thumb, { size: 256 }), alt: m.name, loading: "lazy" }),
             keeper ? h("span", { class: "keep-badge" }, "Keep") : null),
           h("figcaption", { class: "info" },
@@ -1197,6 +1280,12 @@
     initBrowse();
     $("viewer").addEventListener("close", onViewerClosed);
     $("dupe-threshold").addEventListener("change", () => { loadDupes(true); syncUrl(true); });
+    $("sign-out").addEventListener("click", async () => {
+      await fetch("api/logout", { method: "POST", credentials: "same-origin" });
+      location.reload(); // a fresh page: nothing of the session stays on screen
+    });
+    $("cluster-back").addEventListener("click", () => { showCluster(null); syncUrl(true); });
+    $("cluster-more").addEventListener("click", () => clusterPage(clusters.seq));
     $("dupe-exact").addEventListener("change", () => { loadDupes(true); syncUrl(true); });
     for (const a of document.querySelectorAll(".tab, .brand")) {
       a.addEventListener("click", (e) => {
@@ -1213,6 +1302,6 @@
   }
 
   // exposed for tests and the curious: the state of the page, read-only
-  window.visdex = { state, map, browse, viewer };
+  window.visdex = { state, map, browse, viewer, clusters };
   start();
 })();
