@@ -1011,7 +1011,7 @@
 
   // -- map ----------------------------------------------------------------------------------
   const map = { points: null, loading: false, scale: 1, tx: 0, ty: 0, Sx: 1, Sy: 1, thumbs: new Map(), active: 0, queue: [],
-    hover: null, raf: 0, pointers: new Map(), moved: 0 };
+    hover: null, raf: 0, pointers: new Map(), moved: 0, selectMode: false, box: null, selected: [] };
   const MAX_LOADS = 6;
 
   async function loadMap() {
@@ -1023,7 +1023,8 @@
     try {
       const res = await api("api/map");
       map.points = res.points;
-      $("map-meta").textContent = `${res.count.toLocaleString()} images · ${res.method.toUpperCase()} · similar images lie close together`;
+      $("map-meta").textContent = `${res.count.toLocaleString()} images · ${res.method.toUpperCase()} · similar images lie close together` +
+        (state.hits.length ? ` · ${state.hits.length} search results ringed` : "");
       fitMap();
     } catch (e) {
       $("map-meta").textContent = "";
@@ -1139,6 +1140,32 @@
       drawTile(ctx, img, x - half, y - half, size, border);
     }
     pump();
+    // the current search's results, ringed: where they lie among the rest
+    const hits = new Set(state.hits.map((hit) => hit.id));
+    const picked = new Set(map.selected.map((p) => p.id));
+    if (hits.size || picked.size) {
+      ctx.lineWidth = 2.5;
+      for (const p of map.points) {
+        if (!hits.has(p.id) && !picked.has(p.id)) continue;
+        const [x, y] = toScreen(p);
+        if (x < -half || y < -half || x > w + half || y > hgt + half) continue;
+        const s = Math.max(size, 10) + 4;
+        ctx.strokeStyle = hits.has(p.id) ? accent : css.getPropertyValue("--accent-2").trim() || "#0ea5b7";
+        ctx.strokeRect(x - s / 2, y - s / 2, s, s);
+      }
+    }
+    if (map.box) {
+      const { x0, y0, x1, y1 } = map.box;
+      ctx.setLineDash([6, 4]);
+      ctx.strokeStyle = accent;
+      ctx.lineWidth = 2;
+      ctx.strokeRect(Math.min(x0, x1), Math.min(y0, y1), Math.abs(x1 - x0), Math.abs(y1 - y0));
+      ctx.fillStyle = accent;
+      ctx.globalAlpha = 0.08;
+      ctx.fillRect(Math.min(x0, x1), Math.min(y0, y1), Math.abs(x1 - x0), Math.abs(y1 - y0));
+      ctx.globalAlpha = 1;
+      ctx.setLineDash([]);
+    }
     if (map.hover) {
       const [x, y] = toScreen(map.hover);
       const s = Math.max(size, 14) + 6;
@@ -1192,12 +1219,18 @@
     }, { passive: false });
     c.addEventListener("pointerdown", (e) => {
       c.setPointerCapture(e.pointerId);
+      if (e.shiftKey || map.selectMode) { // a box: the images inside it are shown under the map
+        const [mx, my] = local(e);
+        map.box = { x0: mx, y0: my, x1: mx, y1: my };
+        return;
+      }
       map.pointers.set(e.pointerId, local(e));
       map.moved = 0;
       c.classList.add("dragging");
     });
     c.addEventListener("pointermove", (e) => {
       const [mx, my] = local(e);
+      if (map.box) { Object.assign(map.box, { x1: mx, y1: my }); drawMap(); return; }
       const prev = map.pointers.get(e.pointerId);
       if (!prev) { hoverAt(mx, my); return; }
       if (map.pointers.size === 2) { // pinch: zoom by the change of distance, around the midpoint
@@ -1215,6 +1248,13 @@
       map.pointers.set(e.pointerId, [mx, my]);
     });
     const up = (e) => {
+      if (map.box) {
+        const b = map.box;
+        map.box = null;
+        if (e.type === "pointerup" && Math.abs(b.x1 - b.x0) > 4 && Math.abs(b.y1 - b.y0) > 4) selectBox(b);
+        drawMap();
+        return;
+      }
       const wasClick = map.pointers.size === 1 && map.moved < 6;
       map.pointers.delete(e.pointerId);
       if (!map.pointers.size) c.classList.remove("dragging");
@@ -1239,7 +1279,31 @@
     $("map-in").addEventListener("click", () => zoomAt(c.clientWidth / 2, c.clientHeight / 2, 1.5));
     $("map-out").addEventListener("click", () => zoomAt(c.clientWidth / 2, c.clientHeight / 2, 1 / 1.5));
     $("map-reset").addEventListener("click", fitMap);
+    $("map-select").addEventListener("click", () => {
+      map.selectMode = !map.selectMode;
+      $("map-select").setAttribute("aria-pressed", String(map.selectMode));
+      c.classList.toggle("selecting", map.selectMode);
+    });
+    $("map-selection-clear").addEventListener("click", () => selectPoints([]));
     new ResizeObserver(resizeMap).observe(c);
+  }
+
+  /** The images inside a box drawn on the map (screen coordinates), shown as a grid under it. */
+  function selectBox(b) {
+    const [xa, xb] = [Math.min(b.x0, b.x1), Math.max(b.x0, b.x1)];
+    const [ya, yb] = [Math.min(b.y0, b.y1), Math.max(b.y0, b.y1)];
+    selectPoints(map.points.filter((p) => { const [x, y] = toScreen(p); return x >= xa && x <= xb && y >= ya && y <= yb; }));
+  }
+
+  function selectPoints(points) {
+    map.selected = points;
+    const n = points.length;
+    $("map-selection").hidden = !n;
+    $("map-selection-title").textContent = `${n.toLocaleString()} image${n === 1 ? "" : "s"} selected`;
+    const items = points.map((p) => ({ ...p, date: null }));
+    $("map-selection-grid").replaceChildren(...items.map((it) => libraryTile(it, items)));
+    if (n) $("map-selection").scrollIntoView({ behavior: "smooth", block: "nearest" });
+    drawMap();
   }
 
   function hoverAt(mx, my) {
