@@ -369,7 +369,8 @@ class Index:
 
     def search(self, query: QueryLike | Sequence[str], k: int = 10, *, where: str | None = None,
                crop: str | Crop | None = None, min_score: float | None = None,
-               within: float | None = None, text_vectors: Mapping[str, np.ndarray] | None = None) -> list[Hit]:
+               within: float | None = None, text_vectors: Mapping[str, np.ndarray] | None = None,
+               hubness: bool | None = None) -> list[Hit]:
         """Top-``k`` images for a text, an example image (path or PIL image) or a composed query.
 
         ``where`` filters inside the search (:mod:`visdex.filters`); ``min_score`` drops hits under a
@@ -385,11 +386,26 @@ class Index:
         if isinstance(allowed, np.ndarray) and not len(allowed):
             return []
         vec = self.query_vector(query, crop, text_vectors)
-        hits = search_vectors(self.db, self.store, vec, k, allowed=allowed)
+        # text or image query: which reference bank hubness reduction uses
+        text = isinstance(query, str | list | tuple) and not parse_query(query, crop=crop).image_terms
+        hits = search_vectors(self.db, self.store, vec, k, allowed=allowed, **self._hubness(hubness, text, k))
         return cut_hits(hits, min_score, within)
 
+    def _hubness(self, on: bool | None, text: bool, k: int) -> dict:
+        """search_vectors' re-scoring arguments (:mod:`visdex.hubness`); ``on=None``: the model's default."""
+        from . import hubness as hb
+
+        if not (hb.default_on(self.db.fingerprint.name) if on is None else on):
+            return {}
+        if getattr(self, "_hubness_reducer", None) is None:
+            self._hubness_reducer = hb.HubnessReducer(self)
+        modality = "text" if text else "image"
+        return {"rescore": lambda ids, cos: self._hubness_reducer.rescore(modality, ids, cos),
+                "shortlist": hb.shortlist_size(k)}  # fmt: skip
+
     def similar(self, item: str | os.PathLike | int, k: int = 10, *, where: str | None = None,
-                min_score: float | None = None, within: float | None = None) -> list[Hit]:
+                min_score: float | None = None, within: float | None = None,
+                hubness: bool | None = None) -> list[Hit]:
         """Images most like an indexed item (by id or path) or any image file, the item itself left out."""
         self.require_vectors()
         exclude: list[int] = []
@@ -409,7 +425,8 @@ class Index:
         allowed = self._allowed(where)
         if isinstance(allowed, np.ndarray) and not len(allowed):
             return []
-        hits = search_vectors(self.db, self.store, vec, k, allowed=allowed, exclude_ids=exclude)
+        hits = search_vectors(self.db, self.store, vec, k, allowed=allowed, exclude_ids=exclude,
+                              **self._hubness(hubness, False, k))  # fmt: skip
         return cut_hits(hits, min_score, within)
 
     def require_vectors(self) -> None:

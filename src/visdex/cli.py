@@ -294,6 +294,8 @@ WhereOpt = typer.Option(None, "--where", "-w", help="Filter, e.g. \"taken >= 202
 MinScoreOpt = typer.Option(None, "--min-score", help="Drop hits scoring below this cosine.")
 TopOpt = typer.Option(10, "-n", "--top", "-k", min=1, max=MAX_K, help=f"How many results (at most {MAX_K:,}).")
 WithinOpt = typer.Option(None, "--within", help="Keep hits within this much of the top score (e.g. 0.05).")
+HubnessOpt = typer.Option(None, "--hubness/--no-hubness", help="Re-rank the top candidates by CSLS hubness "
+                          "reduction (default: the model's; off for all models measured so far).")  # fmt: skip
 
 
 # "-people" is a negative term, not an unknown option
@@ -308,11 +310,13 @@ def search(
     min_score: float | None = MinScoreOpt,
     within: float | None = WithinOpt,
     as_json: bool = typer.Option(False, "--json", help="One JSON object per line: path, score, id."),
+    hubness: bool | None = HubnessOpt,
 ) -> None:
     """Search by text ("dog on a beach"), by an example image (photo.jpg), or both: beach.jpg + "at night" - people."""
     with _open(index, model) as ix:
         ix.one_shot = True
-        _print_hits(ix.search(query, k=k, where=where, crop=crop, min_score=min_score, within=within), as_json)
+        hits = ix.search(query, k=k, where=where, crop=crop, min_score=min_score, within=within, hubness=hubness)
+        _print_hits(hits, as_json)
         if ix.model_loaded:  # this query needed the whole model: make the next one fast, without waiting for it
             ix.prepare_text_queries(background=True)
 
@@ -326,6 +330,7 @@ def similar(
     min_score: float | None = MinScoreOpt,
     within: float | None = WithinOpt,
     as_json: bool = typer.Option(False, "--json", help="One JSON object per line: path, score, id."),
+    hubness: bool | None = HubnessOpt,
 ) -> None:
     """Images that look like IMAGE (itself left out)."""
     item: int | Path = Path(image)
@@ -335,7 +340,7 @@ def similar(
             raise NotFound(f"no item with id {image} in the index")
     with _open(index) as ix:
         ix.one_shot = True
-        _print_hits(ix.similar(item, k=k, where=where, min_score=min_score, within=within), as_json)
+        _print_hits(ix.similar(item, k=k, where=where, min_score=min_score, within=within, hubness=hubness), as_json)
 
 
 @app.command()

@@ -198,6 +198,7 @@ def _ranked_hits(
     ks: Sequence[int],
     ndcg_at: int,
     chunk_size: int | None,
+    corpus_penalty: np.ndarray | None = None,
 ) -> Metrics:
     """The chunked engine: for each block of queries, score the corpus, keep only the top ``depth``
     (enough for every metric), and turn them into per-query metrics. Memory: one block x corpus."""
@@ -211,6 +212,8 @@ def _ranked_hits(
     for start in range(0, q.shape[0], rows):
         idx = np.arange(start, min(start + rows, q.shape[0]))
         sim = q[idx] @ c.T
+        if corpus_penalty is not None:  # hubness reduction: CSLS ranks by 2 cos - r(x), i.e. by cos - r(x) / 2
+            sim -= corpus_penalty[None, :] / 2
         if self_exclude:
             sim[np.arange(len(idx)), idx] = -np.inf
         need = max(*ks, ndcg_at, MRR_AT, int(n_relevant[idx].max(initial=0)))
@@ -243,8 +246,10 @@ def metrics_from_labels(
     ks: Sequence[int] = DEFAULT_KS,
     ndcg_at: int = NDCG_AT,
     chunk_size: int | None = None,
+    corpus_penalty: np.ndarray | None = None,
 ) -> Metrics:
-    """Metrics where a corpus item is relevant to a query when their labels are equal.
+    """Metrics where a corpus item is relevant to a query when their labels are equal. ``corpus_penalty``: the
+    hubness term r(x) of each corpus item (:func:`visdex.hubness.penalties`), ranked by CSLS when given.
 
     Without ``corpus``, the queries are the corpus and each query leaves itself out
     (leave-one-out retrieval on a labelled set). Vectors should be L2-normalised (cosine = dot).
@@ -265,7 +270,8 @@ def metrics_from_labels(
     counts = np.bincount(ccodes, minlength=int(codes.max(initial=0)) + 1)
     n_rel = counts[qcodes] - (1 if loo else 0)
     return _ranked_hits(queries, corpus, n_rel, lambda rows, top: ccodes[top] == qcodes[rows][:, None],
-                        self_exclude=loo, ks=ks, ndcg_at=ndcg_at, chunk_size=chunk_size)  # fmt: skip
+                        self_exclude=loo, ks=ks, ndcg_at=ndcg_at, chunk_size=chunk_size,
+                        corpus_penalty=corpus_penalty)  # fmt: skip
 
 
 def metrics_from_vectors(
@@ -506,6 +512,7 @@ def eval_labelled_folder(
     batch_size: int | None = None,
     progress=None,
     workers: int | None = None,
+    hubness: bool = False,
 ) -> LabelledEval:
     """Leave-one-out image retrieval on a labelled set: Recall@k, mAP@R, nDCG@10, MRR@10 and img/s.
 
@@ -526,7 +533,14 @@ def eval_labelled_folder(
     if len(set(labels)) == len(labels):
         raise BadDataset(f"no label has two readable images ({len(labels)} images, {len(emb.failures)} unreadable): "
                          "leave-one-out retrieval needs at least one class with 2 or more images")  # fmt: skip
-    metrics = metrics_from_labels(emb.vectors, labels, ks=ks)
+    penalty = None
+    if hubness:  # the image bank: a sample of the set's own vectors, as an index uses its own
+        from .hubness import IMAGE_BANK, penalties
+
+        v = emb.vectors
+        bank = v[np.random.default_rng(0).choice(len(v), IMAGE_BANK, replace=False)] if len(v) > IMAGE_BANK else v
+        penalty = penalties(v, bank, skip_self=True)
+    metrics = metrics_from_labels(emb.vectors, labels, ks=ks, corpus_penalty=penalty)
     return LabelledEval(_model_name(embedder), int(embedder.dim), len(labels), len(set(labels)), metrics,
                         emb.images_per_second, time.perf_counter() - t0, emb.failures, _device(embedder))  # fmt: skip
 
@@ -578,6 +592,7 @@ def eval_captions(
     batch_size: int | None = None,
     progress=None,
     workers: int | None = None,
+    hubness: bool = False,
 ) -> CaptionEval:
     """Text-to-image and image-to-text Recall@k on ``(image, caption)`` pairs (several captions per
     image allowed). Needs a text-and-image model (:class:`~visdex.errors.UnsupportedModality` otherwise).
@@ -605,7 +620,14 @@ def eval_captions(
     text_vecs = np.concatenate([embedder.embed_texts(texts[i : i + bs]) for i in range(0, len(texts), bs)])
     text_seconds = time.perf_counter() - t1
     image_ids = np.arange(len(position))
-    t2i = metrics_from_labels(text_vecs, owner, emb.vectors, image_ids, ks=ks)
+    penalty = None
+    if hubness:  # text->image with the text bank (the model's embeddings of visdex.hubness.text_bank_texts)
+        from .hubness import penalties, text_bank_texts
+
+        bank_texts = list(text_bank_texts())
+        bank = np.concatenate([embedder.embed_texts(bank_texts[i : i + bs]) for i in range(0, len(bank_texts), bs)])
+        penalty = penalties(emb.vectors, bank)
+    t2i = metrics_from_labels(text_vecs, owner, emb.vectors, image_ids, ks=ks, corpus_penalty=penalty)
     i2t = metrics_from_labels(emb.vectors, image_ids, text_vecs, owner, ks=ks)
     return CaptionEval(_model_name(embedder), int(embedder.dim), len(position), len(texts), t2i, i2t,
                        emb.images_per_second, len(texts) / text_seconds if text_seconds > 0 else 0.0,

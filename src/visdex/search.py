@@ -4,7 +4,7 @@ reading. Query parsing and the richer query kinds build on :func:`search_vectors
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -49,14 +49,22 @@ def search_vectors(
     *,
     allowed: np.ndarray | None = None,
     exclude_ids: Sequence[int] = (),
+    rescore: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
+    shortlist: int | None = None,
 ) -> list[Hit]:
-    """Top-``k`` hits for one query vector, ``exclude_ids`` left out (e.g. the query image itself)."""
+    """Top-``k`` hits for one query vector, ``exclude_ids`` left out (e.g. the query image itself).
+    ``rescore(ids, cosines) -> scores``: re-rank the best ``shortlist`` candidates by those scores (hubness
+    reduction, :mod:`visdex.hubness`); hits keep their cosine as ``score``, in the re-ranked order."""
     if k > MAX_K:  # stores allocate k-sized results: -n 10**12 would ask for terabytes
         raise BadQuery(f"at most {MAX_K:,} results per query, not {k:,}")
     exclude = {int(i) for i in exclude_ids}
-    scores, ids = store.search(query.reshape(1, -1), k + len(exclude), allowed=allowed)
-    pairs = [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i >= 0 and int(i) not in exclude][:k]
-    return hydrate(db, pairs)
+    depth = k if rescore is None else min(max(k, shortlist or k), MAX_K)
+    scores, ids = store.search(query.reshape(1, -1), depth + len(exclude), allowed=allowed)
+    pairs = [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i >= 0 and int(i) not in exclude]
+    if rescore is not None and len(pairs) > 1:
+        adjusted = rescore(np.array([i for i, _ in pairs]), np.array([s for _, s in pairs], np.float32))
+        pairs = [pairs[j] for j in np.argsort(-adjusted, kind="stable")]
+    return hydrate(db, pairs[:k])
 
 
 def hydrate(db: IndexDB, pairs: Sequence[tuple[int, float]]) -> list[Hit]:
