@@ -338,11 +338,15 @@ def _main(argv: list[str]) -> int:
 def _export_lock(model_name: str):
     """Yields whether this process holds the background export lock of ``model_name`` (an flock, released
     when the process dies); True when no lock file can be made (the export then simply runs)."""
-    import fcntl
     import hashlib
 
     from .hf import cache_dir
 
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - no flock (Windows): the export simply runs
+        yield True
+        return
     path = cache_dir() / "onnx" / f".export-{hashlib.sha256(model_name.encode()).hexdigest()[:16]}.lock"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
