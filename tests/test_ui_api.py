@@ -187,3 +187,39 @@ def test_login_sets_an_httponly_strict_cookie_that_signs_requests_in(library):
         assert c.get(f"/api/files/{first['id']}/thumb").status_code == 200  # no ?token= in image URLs
         assert c.post("/api/logout").json()["signed_in"] is False
         assert c.get("/api/status").status_code == 401
+
+
+# -- no request to the new routes is a 500 ------------------------------------------------------------------
+NEW_ROUTES = {
+    "/api/browse": ["where", "offset", "cursor", "limit"],
+    "/api/facets": ["where", "limit"],
+    "/api/items/{id}/exif": [],
+    "/api/items/{id}/duplicates": ["threshold"],
+    "/api/clusters/{id}": ["k", "seed", "cursor", "limit"],
+    "/api/search": ["q", "offset", "collapse", "k", "where"],
+}
+
+
+@pytest.mark.parametrize("route", sorted(NEW_ROUTES))
+def test_fuzz_new_routes_never_500(client, route):
+    from urllib.parse import quote
+
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from test_server_hardening import HUGE_IDS, NASTY, _error, _never_500
+
+    names = NEW_ROUTES[route]
+
+    @settings(max_examples=25, deadline=None, database=None, derandomize=True,
+              suppress_health_check=[HealthCheck.function_scoped_fixture])  # fmt: skip
+    @given(data=st.data())
+    def check(data):
+        params = data.draw(st.dictionaries(st.sampled_from(names), NASTY, max_size=len(names))) if names else {}
+        url = route.format(id=quote(data.draw(NASTY), safe="")) if "{id}" in route else route
+        _never_500(client.get(url, params=params))
+
+    check()
+    if "{id}" in route and "clusters" not in route:
+        for big in HUGE_IDS:
+            assert big in _error(client.get(route.format(id=big)), 404)
