@@ -424,3 +424,40 @@ def test_map_box_selection_shows_those_images_and_rings_results(open_page, libra
     page.keyboard.press("Escape")
     page.click("#map-selection-clear")
     page.wait_for_selector("#map-selection", state="hidden")
+
+
+def test_duplicates_move_to_trash_and_undo(browser, tmp_path, tiny_clip):
+    """Keep the marked one, move the copies (a confirmation names files and bytes), then undo: every byte back."""
+    photos = real_photos()
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    keep = write_photo(folder, "coffee", photos["coffee"])
+    copies = [folder / f"coffee-{i}.jpg" for i in range(2)]
+    for c in copies:
+        shutil.copy2(keep, c)
+    write_photo(folder, "rocket", photos["rocket"])
+    original = keep.read_bytes()
+    with open_index(tmp_path / "ix", model=str(tiny_clip)) as ix:
+        ix.add([folder], workers=1)
+    errors: list[str] = []
+    with LiveServer(create_app(tmp_path / "ix")) as s:
+        ctx = browser.new_context(viewport=WIDE)
+        page = ctx.new_page()
+        page.set_default_timeout(30_000)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        asked: list[str] = []
+        page.on("dialog", lambda d: (asked.append(d.message), d.accept()))
+        page.goto(s.url + "/#dupes?exact=1")
+        group = page.locator(".dupe-group", has_text="coffee")
+        group.get_by_role("button", name="move 2 to trash").click()
+        page.wait_for_function("() => document.querySelector('#trash-status').textContent.startsWith('Moved 2 files')")
+        assert "Move 2 files" in asked[0] and "KB" in asked[0]
+        assert not any(c.exists() for c in copies) and keep.exists()
+        assert sorted(p.name for p in (folder / ".visdex-trash").rglob("*.jpg")) == ["coffee-0.jpg", "coffee-1.jpg"]
+        page.wait_for_function("() => !document.querySelector('.dupe-group')")  # nothing left to review
+        page.click("#dupes-undo")
+        page.wait_for_function("() => document.querySelector('#trash-status').textContent.startsWith('Put back 2')")
+        assert all(c.read_bytes() == original for c in copies)
+        page.wait_for_selector(".dupe-group")
+        ctx.close()
+    assert not errors, errors

@@ -977,6 +977,7 @@
         : "No duplicates found.";
       const members = res.groups.flatMap((g) => g.members); // the viewer's arrows walk every group
       $("dupes").replaceChildren(...res.groups.map((g, i) => dupeGroup(g, i, members)));
+      $("dupes-apply-all").hidden = !res.groups.some((g) => movable(g).length);
     } catch (e) {
       dupesKey = null;
       $("dupes-meta").textContent = "";
@@ -987,11 +988,50 @@
   const GROUP_KINDS = { exact: "exact copies", copy: "copies", "similar shot": "similar shots", near: "near duplicates" };
   const kindClass = (k) => String(k || "near").replace(/\s+/g, "-");
 
+  /** The members a move would take: those the API offers for removal, else every one but the keeper. */
+  const movable = (g) => g.members.filter((m) => m.id !== g.keeper_id && (m.removable === undefined || m.removable));
+
+  // -- moving duplicates to the trash (routes of api/trash): preview, confirm, apply, undo ---------------
+  const postJson = (path, body) => api(path, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
+
+  async function moveToTrash(body, what) {
+    showAlert("dupes-alert", "");
+    try {
+      const plan = await postJson("api/trash/preview", body);
+      if (!plan.files) { $("trash-status").textContent = "Nothing to move."; return; }
+      const ok = window.confirm(`Move ${plan.files} file${plan.files === 1 ? "" : "s"} (${fmtBytes(plan.bytes)}) ${what} to ${plan.trash}?\n` +
+        "Nothing is deleted: Undo puts them back.");
+      if (!ok) return;
+      const done = await postJson("api/trash/apply", body);
+      $("trash-status").textContent = `Moved ${done.files} file${done.files === 1 ? "" : "s"} (${fmtBytes(done.bytes)}) to the trash.`;
+      $("dupes-undo").hidden = false;
+      loadDupes(true);
+    } catch (e) {
+      showAlert("dupes-alert", e.message);
+    }
+  }
+
+  async function undoTrash() {
+    showAlert("dupes-alert", "");
+    try {
+      const done = await postJson("api/trash/undo", {});
+      $("trash-status").textContent = `Put back ${done.files} file${done.files === 1 ? "" : "s"}.`;
+      $("dupes-undo").hidden = true;
+      loadDupes(true);
+    } catch (e) {
+      showAlert("dupes-alert", e.message);
+    }
+  }
+
   function dupeGroup(g, i, all) {
+    const move = movable(g);
     return h("section", { class: "dupe-group", "aria-label": `Group ${i + 1}` },
       h("header", {}, `Group ${i + 1}`,
         h("span", { class: "kind " + kindClass(g.kind) }, GROUP_KINDS[g.kind] || "near duplicates"),
-        h("span", { class: "hint" }, `${g.members.length} files`)),
+        h("span", { class: "hint" }, `${g.members.length} files`),
+        move.length ? h("button", { type: "button", class: "chip-btn group-move",
+          onclick: () => moveToTrash({ groups: [{ keeper_id: g.keeper_id, move_ids: move.map((m) => m.id) }] }, `of group ${i + 1}`) },
+          `Keep the marked one, move ${move.length} to trash…`) : null),
       h("div", { class: "dupe-members" }, g.members.map((m) => {
         const keeper = m.id === g.keeper_id;
         const when = m.taken_at ? "taken " + m.taken_at.slice(0, 10) : "modified " + new Date(m.mtime * 1000).toISOString().slice(0, 10);
@@ -1348,6 +1388,9 @@
       await fetch("api/logout", { method: "POST", credentials: "same-origin" });
       location.reload(); // a fresh page: nothing of the session stays on screen
     });
+    $("dupes-apply-all").addEventListener("click", () => moveToTrash({ suggested: true,
+      threshold: $("dupe-threshold").value ? Number($("dupe-threshold").value) : null, exact_only: $("dupe-exact").checked }, "of every group"));
+    $("dupes-undo").addEventListener("click", undoTrash);
     $("cluster-back").addEventListener("click", () => { showCluster(null); syncUrl(true); });
     $("cluster-more").addEventListener("click", () => clusterPage(clusters.seq));
     $("dupe-exact").addEventListener("change", () => { loadDupes(true); syncUrl(true); });
