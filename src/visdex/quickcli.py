@@ -34,6 +34,7 @@ class _Param:
     type: type
     decls: tuple[str, ...] = ()
     flag: bool = False
+    off: tuple[str, ...] = ()  # a flag's --no-x names (declared "--x/--no-x"): they give False
     argument: bool = False
     many: bool = False  # an Argument of list[...]
 
@@ -71,11 +72,16 @@ def _params(fn: Callable) -> list[_Param] | None:
             out.append(_Param(name, info, kind, argument=True, many=many))
             continue
         decls = tuple(info.param_decls) or (f"--{name.replace('_', '-')}",)
-        if many or any("/" in d or not d.startswith("-") for d in decls):
-            return None  # repeated options, --x/--no-x pairs, a declared Python name
-        if kind is bool and (info.default is not False or getattr(info, "is_flag", None) is False):
+        pairs = [d.split("/") for d in decls]
+        on, off = tuple(x[0].strip() for x in pairs), tuple(x[1].strip() for x in pairs if len(x) == 2)
+        if many or any(len(x) > 2 for x in pairs) or not all(d.startswith("-") for d in on + off):
+            return None  # repeated options, a declared Python name
+        if off and kind is not bool:
             return None
-        out.append(_Param(name, info, kind, decls=decls, flag=kind is bool))
+        if kind is bool and (info.default not in ((None, True, False) if off else (False,))
+                             or getattr(info, "is_flag", None) is False):  # fmt: skip
+            return None
+        out.append(_Param(name, info, kind, decls=on, flag=kind is bool, off=off))
     if sum(p.argument for p in out) > 1:
         return None
     return out
@@ -118,7 +124,7 @@ def parse(fn: Callable, tokens: list[str], *, stop_at_word: bool = False) -> tup
     params = _params(fn)
     if params is None:
         return None
-    by_decl = {d: p for p in params if not p.argument for d in p.decls}
+    by_decl = {d: p for p in params if not p.argument for d in p.decls + p.off}
     raw: dict[str, Any] = {}
     words: list[str] = []
     rest: list[str] = []
@@ -137,7 +143,7 @@ def parse(fn: Callable, tokens: list[str], *, stop_at_word: bool = False) -> tup
         if p is None or p.info.callback is not None or (p.flag and eq):
             return None
         if p.flag:
-            raw[p.name] = True
+            raw[p.name] = name not in p.off
         else:
             if not eq:
                 i += 1
