@@ -200,6 +200,7 @@ NEW_ROUTES = {
 }
 
 
+@pytest.mark.slow  # ~25 s: hypothesis, 25 requests a route
 @pytest.mark.parametrize("route", sorted(NEW_ROUTES))
 def test_fuzz_new_routes_never_500(client, route):
     from urllib.parse import quote
