@@ -75,35 +75,8 @@ def cosines(a, b) -> np.ndarray:
 
 
 def clip_bpe_tokenizer(model_max_length: int = 77):
-    """The real CLIP BPE tokenizer as a transformers fast tokenizer, built offline from the vocabulary OpenCLIP
-    ships in its wheel, with the normaliser and splitting rules of transformers' CLIP converter (what
-    ``openai/clip-vit-base-patch32`` downloads)."""
-    import gzip
+    """The real CLIP BPE tokenizer as a transformers fast tokenizer (what ``openai/clip-vit-base-patch32`` has),
+    built offline from the vocabulary in OpenCLIP's wheel."""
+    from visdex.models.families.openclip import clip_bpe_tokenizer as build
 
-    from open_clip.tokenizer import bytes_to_unicode, default_bpe
-    from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers, processors
-    from tokenizers.models import BPE
-    from transformers import PreTrainedTokenizerFast
-
-    merges = [tuple(m.split()) for m in gzip.open(default_bpe()).read().decode("utf-8").split("\n")[1 : 49152 - 256 - 1]]
-    vocab = list(bytes_to_unicode().values())
-    vocab = vocab + [v + "</w>" for v in vocab] + ["".join(m) for m in merges] + ["<|startoftext|>", "<|endoftext|>"]
-    ids = {t: i for i, t in enumerate(vocab)}
-    tok = Tokenizer(BPE(vocab=ids, merges=merges, continuing_subword_prefix="", end_of_word_suffix="</w>",
-                        fuse_unk=False, unk_token="<|endoftext|>"))  # fmt: skip
-    tok.normalizer = normalizers.Sequence(
-        [normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Lowercase()]
-    )
-    split = Regex(r"""'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+""")
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Split(split, behavior="removed", invert=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
-    )
-    tok.decoder = decoders.ByteLevel()
-    tok.post_processor = processors.TemplateProcessing(
-        single="<|startoftext|> $A <|endoftext|>",
-        special_tokens=[("<|startoftext|>", ids["<|startoftext|>"]), ("<|endoftext|>", ids["<|endoftext|>"])],
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<|startoftext|>", eos_token="<|endoftext|>", pad_token="<|endoftext|>",
-        unk_token="<|endoftext|>", model_max_length=model_max_length,
-    )  # fmt: skip
+    return build(model_max_length)

@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clihelp import run_cli
 from visdex.models import list_models, load_embedder
 from visdex.models.families import adapter_for, families, family, resolve
+
+from clihelp import run_cli
 
 
 @pytest.fixture(scope="session")
@@ -38,7 +39,8 @@ def tiny_timm(tmp_path_factory):
 def family_models(tiny_clip, tiny_siglip, tiny_dinov2, tiny_openclip, tiny_timm) -> dict[str, str]:
     """Adapter name -> a model name of that family that needs no download."""
     return {"clip": str(tiny_clip), "siglip": str(tiny_siglip), "dinov2": str(tiny_dinov2),
-            "open_clip": str(tiny_openclip), "timm": f"timm:local-dir:{tiny_timm}", "conse": "lite0-minilm"}  # fmt: skip
+            "open_clip": str(tiny_openclip), "timm": f"timm:local-dir:{tiny_timm}",
+            "conse": "lite0-minilm"}  # fmt: skip
 
 
 @pytest.fixture(autouse=True)
@@ -151,3 +153,17 @@ def test_openclip_names_fail_clearly():
         load_embedder("open_clip:No-Such-Arch/x", device="cpu")
     with pytest.raises(UnknownModel):
         load_embedder("timm:no_such_net_xyz", device="cpu")
+
+
+def test_openclip_export_tokenizer_gives_open_clips_token_ids():
+    """The tokenizer.json the torch-free query path loads tokenises like OpenCLIP's own tokenizer (padding aside:
+    end-of-text instead of 0, which the causal text tower never sees)."""
+    open_clip = pytest.importorskip("open_clip")
+    from visdex.models.families.openclip import clip_bpe_tokenizer
+
+    texts = ["a photo of a cat", "A Rocket!! on the pad", "don't stop—it's 5€ &amp; café", "  two  spaces\tand ",
+             "emoji 🚀🐱", "ein Hund am Strand", "", "word " * 100]  # fmt: skip
+    ours = clip_bpe_tokenizer(77)(texts, padding="max_length", truncation=True, max_length=77)["input_ids"]
+    theirs = open_clip.get_tokenizer("ViT-B-32")(texts).tolist()
+    eot = 49407
+    assert ours == [[t if t else eot for t in row] for row in theirs]

@@ -16,6 +16,7 @@ import logging
 
 import numpy as np
 import pytest
+
 from familyproof import TEXTS, clip_bpe_tokenizer, cosines, library_images, visdex_images, write_photos
 
 MIN_COSINE = 0.9999

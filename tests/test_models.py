@@ -436,3 +436,21 @@ def test_lite0_minilm_is_deterministic_and_fingerprinted(minilm, effnet, sk_phot
     assert (fp.name, fp.dim, fp.modalities) == ("lite0-minilm", 384, ("text", "image"))
     assert fp.revision != effnet.fingerprint().revision
     assert list((cache_dir / "lite0-minilm").glob("classes-*.npy")), "class embeddings should be cached on disk"
+
+
+def test_offline_family_decodes_jpegs_large_enough_for_its_vectors(effnet, tmp_path):
+    """Draft decoding at the resize side moved EfficientNet-Lite0's vectors to a cosine of 0.964 on real photos
+    (benchmarks/family_draft.py); its adapter decodes at twice that side, and the fingerprint is unchanged."""
+    from visdex.bench import source_photos
+    from visdex.decode import decode_image
+
+    pre = effnet.preprocess
+    assert pre.draft_side == 2 * pre.resize_to
+    assert "draft_scale" not in effnet.fingerprint().preprocessing  # existing indexes keep their fingerprint
+    files = []
+    for i, arr in enumerate(source_photos()):
+        files.append(tmp_path / f"{i}.jpg")
+        Image.fromarray(arr).save(files[-1], quality=92)
+    full = effnet.embed_images([decode_image(f).image for f in files])
+    draft = effnet.embed_images([decode_image(f, draft_size=pre.draft_side).image for f in files])
+    assert np.sum(full * draft, axis=1).min() >= 0.99

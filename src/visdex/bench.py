@@ -186,7 +186,7 @@ def bench_model(embedder, n: int, batch_size: int, images: Sequence[Path] = ()) 
     if images:
         from .decode import decode_image
 
-        crops = [pre.to_uint8(decode_image(p, draft_size=pre.resize_to).image) for p in list(images)[:batch_size]]
+        crops = [pre.to_uint8(decode_image(p, draft_size=pre.draft_side).image) for p in list(images)[:batch_size]]
         batch = pre.normalize(np.stack([crops[i % len(crops)] for i in range(batch_size)]))
     else:
         batch = np.random.default_rng(0).standard_normal((batch_size, 3, pre.size, pre.size), dtype=np.float32)
@@ -291,7 +291,7 @@ def bench_onnx(model: str, images: Sequence[Path], n: int, batch_size: int,
     pre = ref.preprocess
     from .decode import decode_image
 
-    crops = np.stack([pre.to_uint8(decode_image(p, draft_size=pre.resize_to).image) for p in images])
+    crops = np.stack([pre.to_uint8(decode_image(p, draft_size=pre.draft_side).image) for p in images])
     pixels = pre.normalize(crops)
     want = ref.embed_pixels(pixels)
     out = {"name": "onnx", "model": base, "batch_size": batch_size, "photos": len(images), "backends": {}}

@@ -437,7 +437,7 @@ def embed_image_files(
     """
     progress = progress or _NoProgress()
     bs = batch_size or config.get("batch_size")
-    draft, max_pixels = embedder.preprocess.resize_to, config.get("max_pixels")
+    draft, max_pixels = embedder.preprocess.draft_side, config.get("max_pixels")
     batches = [list(range(i, min(i + bs, len(paths)))) for i in range(0, len(paths), bs)]
     vectors, kept, failures = [], [], []
     t_decode = t_embed = 0.0

@@ -141,7 +141,7 @@ def _load(info: FileInfo) -> _Loaded | _Failed:
     pre: Preprocess = _W["preprocess"]
     try:
         # draft_size: libjpeg decodes at 1/2..1/8 scale, never below what the model's resize needs
-        digest, dec = load_item(info.path, max_pixels=_W["max_pixels"], draft_size=pre.resize_to)
+        digest, dec = load_item(info.path, max_pixels=_W["max_pixels"], draft_size=pre.draft_side)
         pixels = pre.to_uint8(dec.image)  # uint8 back to the parent: 4x less to pickle than float32
     except BadImage as e:
         return _Failed(info, str(e))

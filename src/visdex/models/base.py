@@ -45,7 +45,10 @@ class Preprocess:
     ``mode="shortest"``: resize the shorter side to ``resize_to`` then centre-crop ``size``
     (CLIP, DINOv2, CNNs). ``mode="squash"``: resize straight to ``size`` x ``size`` (SigLIP).
     ``crop="round"``: the crop offset rounded as torchvision's ``CenterCrop`` does (OpenCLIP, timm);
-    the default floors it, as transformers' image processors do.
+    the default floors it, as transformers' image processors do. ``draft_scale``: indexing may decode
+    JPEGs smaller (draft mode, box reduction) down to ``draft_side = resize_to * draft_scale``; a family
+    whose vectors move too much at 1 decodes larger. It changes how files are decoded, not the model's
+    preprocessing, so it is not part of :meth:`to_dict` (nor of the index fingerprint).
 
     >>> Preprocess(size=224, resize_to=224, mode="shortest", mean=HALF, std=HALF)(Image.new("RGB", (640, 480))).shape
     (3, 224, 224)
@@ -59,6 +62,12 @@ class Preprocess:
     resample: str = "bicubic"
     rescale: float = 1 / 255
     crop: str = "floor"
+    draft_scale: float = 1.0
+
+    @property
+    def draft_side(self) -> int:
+        """The short side JPEG draft decoding and box reduction keep at least (see ``decode_image``)."""
+        return int(round(self.resize_to * self.draft_scale))
 
     def resize(self, img: Image.Image) -> Image.Image:
         img = img.convert("RGB") if img.mode != "RGB" else img
@@ -100,6 +109,7 @@ class Preprocess:
 
     def to_dict(self) -> dict:
         out = asdict(self)
+        del out["draft_scale"]
         if out["crop"] == "floor":  # the default is left out, so fingerprints made before the field still match
             del out["crop"]
         return out

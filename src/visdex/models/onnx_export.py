@@ -45,7 +45,8 @@ from .base import Embedder, l2_normalize
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 4  # 2: 7-bit int8 weights where kernels saturate (reduce_range); 3: the int8 quality gate; 4: opset 20
+FORMAT_VERSION = 5  # 2: 7-bit int8 weights where kernels saturate (reduce_range); 3: the int8 quality gate; 4: opset 20;
+# 5: the manifest carries the family's JPEG draft_scale (the offline family decodes at 2x)
 # An int8 tower is used only if its vectors stay this close to torch's on the export's probes (mean, min);
 # otherwise ``onnx-int8:`` runs that tower in fp32 and the manifest says why (see _gate_int8).
 INT8_GATE = (0.99, 0.98)
@@ -303,10 +304,17 @@ def _quantise(src: Path, dst: Path, kind: str, preprocess, input_name: str) -> s
 # ---------------------------------------------------------------- tokenizer for the torch-free side
 
 
+def _export_tokenizer(emb: Embedder):
+    """The transformers tokenizer the exported text tower is fed by (the family's adapter may supply one)."""
+    from .families import adapter_for
+
+    return adapter_for(emb).export_tokenizer(emb)
+
+
 def _tokenizer_settings(emb: Embedder, names: list[str]) -> dict:
     from .families import adapter_for
 
-    tok = emb.tokenizer
+    tok = _export_tokenizer(emb)
     wanted = adapter_for(emb).tokenizer_settings(emb)
     return {
         "inputs": names, "max_length": int(wanted["max_length"]), "padding": wanted["padding"],
@@ -317,7 +325,7 @@ def _tokenizer_settings(emb: Embedder, names: list[str]) -> dict:
 
 def _hf_tokenize(emb: Embedder, settings: dict, texts: list[str]) -> dict:
     texts = [t.lower() for t in texts] if settings["lowercase"] else texts
-    batch = emb.tokenizer(texts, padding="max_length" if settings["padding"] == "max_length" else True,
+    batch = _export_tokenizer(emb)(texts, padding="max_length" if settings["padding"] == "max_length" else True,
                           truncation=True, max_length=settings["max_length"], return_tensors="np")  # fmt: skip
     return {k: np.asarray(batch[k], np.int64) for k in settings["inputs"]}
 
@@ -326,8 +334,9 @@ def _save_tokenizer(emb: Embedder, folder: Path, settings: dict) -> str:
     """Write ``tokenizer.json`` and check the fast path tokenises like transformers; else keep transformers."""
     from .onnx import FastTokenizer
 
-    emb.tokenizer.save_pretrained(folder / "tokenizer")
-    backend = getattr(emb.tokenizer, "backend_tokenizer", None)
+    tokenizer = _export_tokenizer(emb)
+    tokenizer.save_pretrained(folder / "tokenizer")
+    backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
         return "transformers"
     backend.save(str(folder / "tokenizer.json"))
@@ -439,7 +448,8 @@ def _export_into(emb: Embedder, tmp: Path, identity: dict, text_only: bool = Fal
     manifest: dict = {
         "format": FORMAT_VERSION, "identity": identity, "base_fingerprint": json.loads(fp.to_json()),
         "family": getattr(emb, "family", ""), "dim": emb.dim,
-        "preprocess": emb.preprocess.to_dict(), "towers": {}, "versions": versions(),
+        "preprocess": emb.preprocess.to_dict(), "draft_scale": emb.preprocess.draft_scale, "towers": {},
+        "versions": versions(),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }  # fmt: skip
     towers = _towers(emb)

@@ -156,7 +156,7 @@ class _Images:
 
     def load(self, paths: Sequence[str]) -> tuple[np.ndarray, list[int]]:
         """(n, 3, H, W) model-ready pixels of the readable ``paths`` and their positions."""
-        decoded = list(self.pool.map(lambda p: self.bad.get(p) or _decode(p, self.pre.resize_to), paths))
+        decoded = list(self.pool.map(lambda p: self.bad.get(p) or _decode(p, self.pre.draft_side), paths))
         ok = []
         for i, (path, img) in enumerate(zip(paths, decoded, strict=True)):
             if isinstance(img, str):

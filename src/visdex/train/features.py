@@ -102,7 +102,7 @@ def cached_features(
         if hit is not None:
             return hit
     pre = backbone.emb.preprocess
-    draft = pre.resize_to
+    draft = pre.draft_side
     n = len(paths)
     chunks: list[list[np.ndarray]] = [[] for _ in range(views)]
     kept: list[int] = []

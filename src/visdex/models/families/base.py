@@ -109,6 +109,10 @@ class Family:
         "max_length"), ``lowercase``; the exporter adds the rest."""
         raise ModelLoadError(f"{emb.name} has no text tower to export")
 
+    def export_tokenizer(self, emb: Embedder):
+        """The transformers tokenizer whose ``tokenizer.json`` the torch-free query path loads."""
+        return emb.tokenizer
+
     def trainable_stages(self, emb: Embedder) -> Stages | None:
         """The image network cut into stages for ``finetune labelled --train-blocks N``; None: head only."""
         return None

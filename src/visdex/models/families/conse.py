@@ -7,9 +7,16 @@ turns its ImageNet class probabilities into MiniLM text-space vectors.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
+from ..base import Embedder
 from .base import Family, FamilyProfile, ModelRef, Stage, Stages
+
+# Decode JPEGs to at least twice the resize side: at 1x, draft decoding moved EfficientNet-Lite0's vectors to a
+# cosine of 0.968 (1st percentile, real photos, benchmarks/family_draft.py); the CNN is sensitive to the
+# box filter's softness where bicubic resampling would have run.
+DRAFT_SCALE = 2.0
 
 
 class ConseFamily(Family):
@@ -23,7 +30,10 @@ class ConseFamily(Family):
     def load(self, ref: ModelRef, device: str, batch_size: int | None):
         from .. import offline  # through the module, so a test can stand in for load_offline
 
-        return offline.load_offline(ref.name, device=device, batch_size=batch_size)
+        emb = offline.load_offline(ref.name, device=device, batch_size=batch_size)
+        if isinstance(emb, Embedder):
+            emb.preprocess = dataclasses.replace(emb.preprocess, draft_scale=DRAFT_SCALE)
+        return emb
 
     def identity(self, ref: ModelRef) -> dict:
         """What the offline models' torch fingerprints hash, computed without importing torch (a test checks

@@ -182,8 +182,6 @@ class OpenClipFamily(Family):
         return emb._image_batch, l2_normalize
 
     def onnx_towers(self, emb, pixels) -> dict:
-        # The image tower only: OpenCLIP's tokenizers are not HF tokenizers the torch-free query path can load,
-        # so an onnx: OpenCLIP index embeds images (text queries need the torch model).
         import torch
 
         class ImageTower(torch.nn.Module):
@@ -194,7 +192,35 @@ class OpenClipFamily(Family):
             def forward(self, pixels):
                 return self.model.encode_image(pixels)
 
-        return {"image": (ImageTower(), (pixels,), ["pixels"], "transformer")}
+        towers = {"image": (ImageTower(), (pixels,), ["pixels"], "transformer")}
+        tokenizer = self.export_tokenizer(emb)
+        if tokenizer is not None:  # the CLIP BPE: a text tower fed by token ids, padded like OpenCLIP pads
+
+            class TextTower(torch.nn.Module):
+                def __init__(self) -> None:
+                    super().__init__()
+                    self.model = emb.model
+
+                def forward(self, input_ids):
+                    return self.model.encode_text(input_ids)
+
+            example = emb.tokenizer(["a photo", "a photo of a cat on a sofa"])
+            towers["text"] = (TextTower(), (example,), ["input_ids"], "transformer")
+        return towers
+
+    def export_tokenizer(self, emb):
+        """OpenCLIP's own CLIP BPE tokenizer as a transformers fast tokenizer (same ids, checked at export);
+        None for models whose tokenizer is something else (their text queries run torch)."""
+        from open_clip.tokenizer import SimpleTokenizer
+
+        if not isinstance(emb.tokenizer, SimpleTokenizer) or emb.tokenizer.context_length != emb.context_length:
+            return None
+        # Padding with end-of-text instead of OpenCLIP's 0 changes nothing: attention is causal and the tower
+        # pools at the first end-of-text token.
+        return clip_bpe_tokenizer(emb.context_length)
+
+    def tokenizer_settings(self, emb) -> dict:
+        return {"max_length": emb.context_length, "padding": "max_length", "lowercase": False}
 
     def naive_forward(self, ref: ModelRef):
         open_clip = require_open_clip()
@@ -208,6 +234,47 @@ class OpenClipFamily(Family):
             return model.encode_image(torch.stack([transform(im) for im in images]))
 
         return forward, int(model.encode_image(transform(_blank()).unsqueeze(0)).shape[-1])
+
+
+def clip_bpe_tokenizer(model_max_length: int = 77):
+    """The CLIP BPE tokenizer as a transformers fast tokenizer, built offline from the vocabulary OpenCLIP ships
+    in its wheel, with the normaliser and splitting rules of transformers' CLIP converter (the tokenizer
+    ``openai/clip-vit-base-patch32`` has)."""
+    import gzip
+
+    from open_clip.tokenizer import bytes_to_unicode, default_bpe
+    from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers, processors
+    from tokenizers.models import BPE
+    from transformers import PreTrainedTokenizerFast
+
+    with gzip.open(default_bpe()) as f:
+        lines = f.read().decode("utf-8").split("\n")[1 : 49152 - 256 - 1]
+    merges = [tuple(m.split()) for m in lines]
+    vocab = list(bytes_to_unicode().values())
+    vocab = vocab + [v + "</w>" for v in vocab] + ["".join(m) for m in merges] + ["<|startoftext|>", "<|endoftext|>"]
+    ids = {t: i for i, t in enumerate(vocab)}
+    tok = Tokenizer(BPE(vocab=ids, merges=merges, continuing_subword_prefix="", end_of_word_suffix="</w>",
+                        fuse_unk=False, unk_token="<|endoftext|>"))  # fmt: skip
+    # OpenCLIP html-unescapes its input: the common entities, so "&amp;" tokenises the same both ways
+    entities = [normalizers.Replace(k, v) for k, v in (("&amp;", "&"), ("&lt;", "<"), ("&gt;", ">"),
+                                                       ("&quot;", '"'), ("&#39;", "'"), ("&nbsp;", " "))]  # fmt: skip
+    tok.normalizer = normalizers.Sequence(
+        [normalizers.NFC(), *entities, normalizers.Replace(Regex(r"\s+"), " "), normalizers.Strip(),
+         normalizers.Lowercase()]
+    )  # fmt: skip
+    split = Regex(r"""'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+""")
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Split(split, behavior="removed", invert=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+    )
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.TemplateProcessing(
+        single="<|startoftext|> $A <|endoftext|>",
+        special_tokens=[("<|startoftext|>", ids["<|startoftext|>"]), ("<|endoftext|>", ids["<|endoftext|>"])],
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<|startoftext|>", eos_token="<|endoftext|>", pad_token="<|endoftext|>",
+        unk_token="<|endoftext|>", model_max_length=model_max_length,
+    )  # fmt: skip
 
 
 def _blank():
