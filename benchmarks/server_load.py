@@ -216,7 +216,9 @@ def main() -> None:
                     startup[name].append(round(up_s, 2))
                     ids = [
                         h["id"]
-                        for h in httpx.get(url + "/api/search", params={"q": "a photo", "k": 1000}).json()["results"]
+                        for h in httpx.get(url + "/api/search", params={"q": "a photo", "k": 1000}, timeout=120).json()[
+                            "results"
+                        ]
                     ]
                     words = iter(texts(rnd))  # the same requests for every variant in a round
                     run_clients(url, request_list(len(KINDS) * 4, upload, ids, words), 4)  # warm-up
@@ -226,7 +228,11 @@ def main() -> None:
                         print(f"{name:>8} {c:>2} clients: {summary(runs[name][-1])}", flush=True)
                 finally:
                     proc.terminate()
-                    proc.wait(timeout=30)
+                    try:
+                        proc.wait(timeout=30)
+                    except subprocess.TimeoutExpired:
+                        proc.kill()
+                        proc.wait()
     result = {
         "model": args.model,
         "images": len(ids),

@@ -124,3 +124,27 @@ def test_searches_go_on_while_an_upload_is_being_embedded(served):
         release.set()
         upload.join(30)
         emb.embed_images = real
+
+
+def test_concurrent_uploads_share_forward_passes(served):
+    from PIL import Image
+
+    s, _ = served
+    colours = ["red", "green", "blue", "white", "black", "yellow"]
+    alone = {c: s.search(Image.new("RGB", (64, 48), c), k=3) for c in colours}
+    passes = s.images.batches
+    got: dict[str, list] = {}
+    threads = [threading.Thread(target=lambda c=c: got.__setitem__(c, s.search(Image.new("RGB", (64, 48), c), k=3)))
+               for c in colours]  # fmt: skip
+    with s.lock:  # the first pass waits here for the model, so the other uploads queue up behind it
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 30
+        while s.images._queue.qsize() < len(colours) - 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    for t in threads:
+        t.join(timeout=60)
+    assert s.images.batches - passes == 2  # one pass for the first upload, one for the five that waited
+    for c in colours:
+        assert [h.id for h in got[c]] == [h.id for h in alone[c]]
+        np.testing.assert_allclose([h.score for h in got[c]], [h.score for h in alone[c]], atol=1e-5)

@@ -20,8 +20,9 @@ concurrent clients cost about one forward pass of sixteen texts, not sixteen pas
 another; a small LRU answers a text asked again (the web UI pages, re-filters, re-sorts) without
 one. The text tower is the exported ONNX one when there is one (see
 :mod:`visdex.models.textquery`; ``serve`` exports it once at start-up). Uploaded images are
-embedded outside that lock too, at most one per core at a time, so a 40 ms image forward pass
-never holds up the millisecond searches queued behind it; only the vector search runs locked.
+embedded outside that lock too, batched the same way by an :class:`ImageBatcher`, so a 40 ms image
+forward pass never holds up the millisecond searches queued behind it; only the vector search runs
+locked.
 
 When another process (``visdex index``) changes the index while it is served, the next request
 notices the new generation and reloads the vectors, so new photos show up without a restart.
@@ -30,7 +31,6 @@ notices the new generation and reloads the vectors, so new photos show up withou
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import sys
 import threading
@@ -58,6 +58,8 @@ class TextBatcher:
     >>> batcher.embed(["a cat"]).shape                                       # doctest: +SKIP
     (1, 512)
     """
+
+    thread_name = "visdex-text-batcher"
 
     def __init__(self, embedder: Callable[[], Any], max_batch: int = 64, cache_size: int = 1024):
         self._embedder = embedder  # called on the worker thread each batch: follows a re-opened index
@@ -90,7 +92,7 @@ class TextBatcher:
     def _ensure_thread(self) -> None:
         with self._start_lock:
             if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._run, name="visdex-text-batcher", daemon=True)
+                self._thread = threading.Thread(target=self._run, name=self.thread_name, daemon=True)
                 self._thread.start()
 
     def _run(self) -> None:
@@ -149,6 +151,41 @@ class TextBatcher:
             self._thread.join(timeout=5)
 
 
+class ImageBatcher(TextBatcher):
+    """Uploaded images, batched the same way (no cache: uploads are rarely the same bytes twice). One pass
+    over eight images costs far less than eight passes: a torch CNN's per-layer Python runs under the GIL,
+    which sixteen request threads contend for.
+
+    >>> ImageBatcher(lambda: index.embedder).embed([image]).shape            # doctest: +SKIP
+    (1, 512)
+    """
+
+    thread_name = "visdex-image-batcher"
+
+    def __init__(self, embedder: Callable[[], Any], max_batch: int = 16):
+        super().__init__(embedder, max_batch=max_batch, cache_size=0)
+
+    def embed(self, images: Sequence[Image.Image]) -> np.ndarray:  # type: ignore[override]
+        self._ensure_thread()
+        fut: Future = Future()
+        self._queue.put((list(images), fut))
+        return fut.result()
+
+    def _embed_jobs(self, jobs: list[tuple[list, Future]]) -> None:
+        images = [im for job_images, _ in jobs for im in job_images]
+        try:
+            vectors = self._embedder().embed_images(images)
+        except BaseException as exc:  # every waiting request gets the error, none hangs
+            for _, fut in jobs:
+                fut.set_exception(exc)
+            return
+        self.batches += 1
+        start = 0
+        for job_images, fut in jobs:
+            fut.set_result(vectors[start : start + len(job_images)])
+            start += len(job_images)
+
+
 class ServedIndex:
     """An index opened once, its model loaded once, shared safely by concurrent requests.
 
@@ -177,8 +214,8 @@ class ServedIndex:
         self._files_lock = threading.Lock()
         self._files_db: IndexDB | None = None
         self.texts = TextBatcher(self._text_embedder)
-        # image forward passes outside self.lock, one per core at most (each on model_threads threads)
-        self._image_slots = threading.BoundedSemaphore(max(1, (os.cpu_count() or 1) // (model_threads or 2)))
+        self.images = ImageBatcher(self._image_embedder)  # uploads' forward passes, outside self.lock
+        self._image_model = None  # the ONNX image tower for uploads, when one is cached (see warm)
 
     def warm(self) -> None:
         """Load the model and the vectors now, so the first query is not a cold one (once; later calls return).
@@ -200,7 +237,27 @@ class ServedIndex:
                 fast = fast_text_embedder(self.ix.model_name, self.ix.fingerprint)
                 self.ix._text_embedder = fast if fast is not None else emb
                 self.ix.text_embedder.embed_texts(["warm up"])  # first forward pays one-off allocations
+            self._image_model = self._onnx_image_tower(emb) if "image" in emb.modalities else None
             self._warm = True
+
+    def _onnx_image_tower(self, emb):
+        """The model's cached fp32 ONNX towers (what CPU indexing exports; the same vectors, checked) for
+        uploads on a CPU, when there are some; else None (the model itself embeds uploads). ONNX Runtime
+        runs a whole pass without the GIL; torch re-takes it at every layer, and sixteen request threads
+        make each take a wait."""
+        from ..api import _cpu_onnx_wanted
+
+        if emb.device != "cpu" or not _cpu_onnx_wanted(self.ix.model_name, self.device, 1):
+            return None
+        from ..models.onnx import load_reference_onnx
+
+        try:
+            ref = load_reference_onnx(self.ix.model_name, export=False)
+        except Exception as exc:  # noqa: BLE001 -- only speed is lost: the model embeds uploads
+            log.info("uploads use the model: %s", exc)
+            return None
+        fp = self.ix.fingerprint
+        return ref if ref is not None and fp is not None and ref.fingerprint().compatible(fp) else None
 
     def _limit_torch_threads(self) -> None:
         torch = sys.modules.get("torch")  # an ONNX model never imported it: nothing to limit
@@ -241,20 +298,20 @@ class ServedIndex:
         return self.call(run)
 
     def embed_image(self, image: Image.Image, crop=None) -> np.ndarray:
-        """An uploaded image's query vector, embedded under its own lock (not the search lock)."""
-        with self.lock:
-            self.warm()
-            ix = self.ix
-            ix.require_vectors()
-            embedder = ix.embedder
+        """An uploaded image's query vector, embedded in a batch with other uploads, outside the search lock."""
         from ..query import Crop
 
-        image = image.convert("RGB")  # as Index.search does with an image, minus the lock
+        image = image.convert("RGB")  # as Index.search does with an image
         if crop is not None:
             crop = Crop.parse(crop) if isinstance(crop, str) else crop
             image = image.crop(crop.box(*image.size))
-        with self._image_slots:
-            return embedder.embed_images([image])[0]
+        return self.images.embed([image])[0]
+
+    def _image_embedder(self):
+        with self.lock:
+            self.warm()
+            self.ix.require_vectors()
+            return self._image_model or self.ix.embedder
 
     # -- the main index -------------------------------------------------------------------
     def call(self, fn: Callable[[Index], T]) -> T:
@@ -311,6 +368,7 @@ class ServedIndex:
 
     def close(self) -> None:
         self.texts.close()
+        self.images.close()
         if self._torch_threads is not None:
             sys.modules["torch"].set_num_threads(self._torch_threads)
         with self.lock:
