@@ -270,8 +270,9 @@ def main() -> None:
 
         last = json.loads((Path(args.out) / "startup.json").read_text())
         when = f"carried over from the run of {last['machine']['date']} at {last['git']['commit']} (--reuse)"
-        initial = {**last["initial_index_s"], "note": when}
-        first = {**{k: v for k, v in last["first_search"].items() if k != "note"}, "note": when}
+        initial = {**last["initial_index_s"], "note": last["initial_index_s"].get("note", when)}  # the first run's
+        first = {**last["first_search"], "note": last["first_search"]["note"] if "carried" in
+                 last["first_search"].get("note", "") else when}  # fmt: skip
     else:
         shutil.rmtree(run_dir, ignore_errors=True)
         initial = {}
