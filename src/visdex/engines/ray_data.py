@@ -135,7 +135,8 @@ class RayEngine:
         ray = _ray()
         if not ray.is_initialized():
             try:
-                ray.init(address=self.address, log_to_driver=False, include_dashboard=False, **self.init)
+                ray.init(address=self.address, log_to_driver=False, include_dashboard=False,
+                         logging_level=logging.WARNING, **self.init)  # fmt: skip
             except (ConnectionError, RuntimeError, ValueError) as e:
                 raise RayEngineError(f"cannot reach the Ray cluster at {self.address or 'a new local one'}: {e}") from e
             self._started = True
