@@ -167,3 +167,17 @@ def test_openclip_export_tokenizer_gives_open_clips_token_ids():
     theirs = open_clip.get_tokenizer("ViT-B-32")(texts).tolist()
     eot = 49407
     assert ours == [[t if t else eot for t in row] for row in theirs]
+
+
+def test_adapters_import_no_torch():
+    """The registry imports every adapter module (the torch-free text-query path resolves names through it)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from visdex.models.families import families; from visdex.models.onnx import model_identity; "
+        "families(); model_identity('open_clip:ViT-B-32/laion2b_s34b_b79k'); model_identity('timm:resnet50.a1_in1k'); "
+        "print(sorted(m for m in ('torch', 'transformers', 'timm', 'open_clip') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -197,7 +197,7 @@ def _read_preprocessor_config(source: str, local: bool, name: str) -> dict | Non
 # ---------------------------------------------------------------- the embedder
 
 
-def _features(out):
+def model_features(out):
     """Image/text features from a transformers call: a tensor (transformers 4) or a ModelOutput (5)."""
     import torch
 
@@ -205,6 +205,9 @@ def _features(out):
         return out
     pooled = getattr(out, "pooler_output", None)
     return pooled if pooled is not None else out[0]
+
+
+_features = model_features  # the name train/contrastive.py imports
 
 
 class HFEmbedder(Embedder):
@@ -262,7 +265,7 @@ class HFEmbedder(Embedder):
         return False
 
     def _image_batch(self, x):
-        return _features(self.model.get_image_features(pixel_values=x))
+        return model_features(self.model.get_image_features(pixel_values=x))
 
     # -- the contract ------------------------------------------------------------------------------
     def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
@@ -285,7 +288,7 @@ class HFEmbedder(Embedder):
                 ).to(self.device)
                 # What the model's own processor would pass (its tokenizer decides whether there is a mask).
                 inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask")}
-                outs.append(_features(self.model.get_text_features(**inputs)).float().cpu().numpy())
+                outs.append(model_features(self.model.get_text_features(**inputs)).float().cpu().numpy())
         return np.concatenate(outs)
 
     def fingerprint(self) -> Fingerprint:
@@ -491,7 +494,7 @@ class TransformersFamily(Family):
                     kwargs = {"input_ids": input_ids}
                     if attention_mask is not None:
                         kwargs["attention_mask"] = attention_mask
-                    return _features(self.model.get_text_features(**kwargs))
+                    return model_features(self.model.get_text_features(**kwargs))
 
             towers["text"] = (TextTower(), tuple(example[n] for n in names), names, "transformer")
         return towers
@@ -508,7 +511,7 @@ class TransformersFamily(Family):
         net = AutoModel.from_pretrained(ref.source).eval()
 
         def forward(images):
-            return _features(net.get_image_features(**processor(images=images, return_tensors="pt")))
+            return model_features(net.get_image_features(**processor(images=images, return_tensors="pt")))
 
         with torch.no_grad():
             probe = forward([Image.new("RGB", (64, 64))])

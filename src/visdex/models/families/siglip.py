@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from ...errors import ModelLoadError
 from ..base import HALF, Preprocess
-from ..hf import HFEmbedder, TransformersFamily, _features, vision_side
+from ..hf import HFEmbedder, TransformersFamily, model_features, vision_side
 from .base import FamilyProfile
 
 SIGLIP_TEXT_LENGTH = 64
@@ -40,7 +40,7 @@ class NaflexEmbedder(SiglipEmbedder):
     """SigLIP 2 NaFlex: flattened patches, a full mask and the grid shape instead of a pixel tensor."""
 
     def _image_batch(self, x):
-        return _features(self.model.get_image_features(**naflex_inputs(x, self.model.config)))
+        return model_features(self.model.get_image_features(**naflex_inputs(x, self.model.config)))
 
 
 def naflex_inputs(x, config) -> dict:
