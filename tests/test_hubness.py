@@ -54,3 +54,18 @@ def test_search_path_rescores_only_with_hubness_on(tmp_path, folder, tiny_clip):
         reverse = search_vectors(ix.db, ix.store, ix.store.get([plain[0].id])[0], 2,
                                  rescore=lambda ids, cos: -cos, shortlist=50)  # fmt: skip
         assert reverse[0].score <= reverse[1].score
+
+
+def test_eval_with_and_without_hubness(capsys, tmp_path, photos, tiny_clip):
+    import json
+
+    from clihelp import run_cli
+
+    csv = tmp_path / "captions.csv"
+    csv.write_text("image,caption\n" + "".join(f"{p},a photo of {name}\n" for name, p in sorted(photos.items())))
+    runs = {}
+    for flag in ([], ["--hubness"]):
+        code, out, err = run_cli(capsys, "eval", "captions", csv, "-m", str(tiny_clip), "--json", "-q", *flag)
+        assert code == 0, err
+        runs[bool(flag)] = json.loads(out)["results"][0]
+    assert runs[True]["images"] == runs[False]["images"] and "text_to_image" in runs[True]

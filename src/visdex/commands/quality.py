@@ -113,6 +113,8 @@ def eval_models(
     device: str | None = typer.Option(None, "--device", help="auto, cpu, cuda, mps."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
+    hubness: bool = typer.Option(False, "--hubness", help="Rank by CSLS hubness reduction (text->image for "
+                                 "captions), to compare with a run without it."),  # fmt: skip
 ) -> None:
     """Measure retrieval quality and speed of one or more models on your own labelled or captioned images.
 
@@ -138,7 +140,7 @@ def eval_models(
         if any(not isinstance(r, _Unsupported) for r in results):
             bar.MAX_SKIP_LINES = 0  # the same unreadable files: list them once, for the first model
         try:
-            results.append(run(embedder, data, batch_size=batch_size, progress=bar))
+            results.append(run(embedder, data, batch_size=batch_size, progress=bar, hubness=hubness))
         except UnsupportedModality as e:  # a hf: or local model found image-only once loaded
             results.append(_Unsupported(name, str(e)))
         finally:
