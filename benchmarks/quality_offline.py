@@ -73,8 +73,9 @@ def run(model: str, work: Path) -> dict:
         pairs = [(str(corpus[r]), q["q"]) for q in QUERIES["queries"] for r in q["relevant"]]
         for on in (False, True):
             ev = eval_captions(emb, pairs, hubness=on)
-            res[f"captions_{'on' if on else 'off'}"] = {k: round(v, 3) for k, v in ev.text_to_image.to_dict().items()
-                                                        if k in ("recall@1", "recall@5", "mrr@10")}
+            res[f"captions_{'on' if on else 'off'}"] = {
+                k: round(v, 3) for k, v in ev.text_to_image.to_dict().items() if k in ("recall@1", "recall@5", "mrr@10")
+            }
     sys.path.insert(0, str(ROOT / "tests"))
     from dupeset import build, source_of  # labelled set: each photo and its edited copies are one class
 
@@ -83,8 +84,9 @@ def run(model: str, work: Path) -> dict:
     pairs = [(str(p), source_of(str(p))) for ps in groups.values() for p in ps]
     for on in (False, True):
         ev = eval_labelled_folder(emb, pairs, hubness=on)
-        res[f"labelled_{'on' if on else 'off'}"] = {k: round(v, 3) for k, v in ev.metrics.to_dict().items()
-                                                    if k in ("recall@1", "recall@5", "map@r", "ndcg@10")}
+        res[f"labelled_{'on' if on else 'off'}"] = {
+            k: round(v, 3) for k, v in ev.metrics.to_dict().items() if k in ("recall@1", "recall@5", "map@r", "ndcg@10")
+        }
     return res
 
 
