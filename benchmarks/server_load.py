@@ -80,6 +80,15 @@ def texts(seed: int = 0) -> list[str]:
     return [out[j] for j in np.random.default_rng(seed).permutation(len(out))]
 
 
+def build_index_with(root: Path, model: str, src: Path) -> Path:
+    """:func:`build_index` run by another checkout's ``src`` (same photos, same model, its own code)."""
+    code = f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); from pathlib import Path; " \
+           f"from server_load import build_index; build_index(Path({str(root)!r}), {model!r})"  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": f"{src}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    subprocess.run([sys.executable, "-c", code], env=env, check=True)
+    return root / "ix"
+
+
 def request_list(n: int, upload: bytes, ids: list[int], words: Iterator[str]) -> list[tuple[str, str, str, dict]]:
     """``n`` requests, the kinds in turn; the texts come from ``words`` (one server never sees a text twice)."""
     out = []
@@ -209,9 +218,12 @@ def main() -> None:
         t0 = time.perf_counter()
         index_dir, upload = build_index(Path(tmp), args.model)
         index_s = time.perf_counter() - t0
+        index_dirs = {"current": index_dir}
+        if args.baseline:  # its own index, by its own code (a model's fingerprint may differ between versions)
+            index_dirs["baseline"] = build_index_with(Path(tmp) / "baseline", args.model, args.baseline.resolve())
         for rnd in range(args.rounds):
             for name, src, accel in variants if rnd % 2 == 0 else variants[::-1]:
-                proc, url, up_s = start_server(index_dir, src, accel)
+                proc, url, up_s = start_server(index_dirs[name], src, accel)
                 try:
                     startup[name].append(round(up_s, 2))
                     ids = [
