@@ -60,8 +60,12 @@ def random_dinov2_small(folder: Path) -> Path:
     model = Dinov2Model(Dinov2Config(hidden_size=384, num_attention_heads=6, image_size=518, patch_size=14))
     folder.mkdir(parents=True, exist_ok=True)
     model.eval().save_pretrained(folder)
-    BitImageProcessor(size={"shortest_edge": 256}, crop_size={"height": 224, "width": 224},
-                      image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225]).save_pretrained(folder)
+    BitImageProcessor(
+        size={"shortest_edge": 256},
+        crop_size={"height": 224, "width": 224},
+        image_mean=[0.485, 0.456, 0.406],
+        image_std=[0.229, 0.224, 0.225],
+    ).save_pretrained(folder)
     return folder
 
 
@@ -117,8 +121,12 @@ def main() -> None:
         r["weights"] = "random (real architecture)" if name in builders else "real"
         r["text"] = text_rates(model)
         result["models"][name] = r
-        print(name, {b: (v["img_per_s"], v["speedup_vs_torch"], v["cosine_mean"]) for b, v in r["backends"].items()},
-              r["text"] and {b: (v["speedup_vs_torch"], v["cosine_mean"]) for b, v in r["text"].items()}, flush=True)
+        print(
+            name,
+            {b: (v["img_per_s"], v["speedup_vs_torch"], v["cosine_mean"]) for b, v in r["backends"].items()},
+            r["text"] and {b: (v["speedup_vs_torch"], v["cosine_mean"]) for b, v in r["text"].items()},
+            flush=True,
+        )
     result["machine"] = bench.machine_info()
     result["load_average_end"] = os.getloadavg()
     print(bench.write_result(result, args.out, "onnx-cpu"))

@@ -12,6 +12,7 @@ loads offline (e.g. one made by tests/tinymodels.py, or lite0-minilm).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import socket
@@ -46,10 +47,8 @@ def upload(port: int, size: int, out: list) -> None:
                 sent += s.send(chunk[: size - sent])
         except OSError:  # the server answered and closed: the rest of the body is not wanted
             pass
-        try:
+        with contextlib.suppress(OSError, IndexError):
             status = s.recv(64).split(b" ")[1].decode()
-        except (OSError, IndexError):
-            pass
     out.append({"status": status, "sent_mib": round(sent / 2**20, 1), "seconds": round(time.perf_counter() - t0, 3)})
 
 

@@ -29,5 +29,11 @@ def run_cli(capsys, *args: str) -> tuple[int, str, str]:
 
 def spawn_cli(*args: str, env: dict | None = None, **kw) -> subprocess.Popen:
     e = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", ""), **(env or {})}
-    return subprocess.Popen([sys.executable, "-m", "visdex", *map(str, args)], env=e, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, **kw)
+    return subprocess.Popen(
+        [sys.executable, "-m", "visdex", *map(str, args)],
+        env=e,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kw,
+    )

@@ -85,9 +85,9 @@ def test_bad_filters_are_bad_queries(bad):
 
 def test_values_are_parameters_not_sql(meta_index):
     ix, _ = meta_index
-    sql, params = compile_where("name = \"x'); DROP TABLE files; --\"")
+    sql, params = compile_where('name = "x\'); DROP TABLE files; --"')
     assert "DROP" not in sql and params == ["x'); DROP TABLE files; --"]
-    assert _where(ix, "name = \"x'); DROP TABLE files; --\"") == set()
+    assert _where(ix, 'name = "x\'); DROP TABLE files; --"') == set()
     assert ix.db.counts()["ok"] == len(SHOTS)
 
 
@@ -102,7 +102,7 @@ def test_tags_are_stored_and_filterable(meta_index, capsys):
     assert _where(ix, "tag = coffee") == {"coffee2022"}
     assert _where(ix, "tag in (COFFEE, nothing)") == {"coffee2022"}  # one SQL IN, case as for =
     tags = tags_for(ix.db, [int(i) for i in allowed_ids(ix.db, "name = rocket2023.jpg")])
-    (label, score), = next(iter(tags.values()))
+    ((label, score),) = next(iter(tags.values()))
     assert label == "rocket" and 0.5 < score <= 1.0
     # re-tagging with other labels keeps these; the same labels replace them
     tag_index(ix, ["indoor", "outdoor"], top=1)

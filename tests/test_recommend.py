@@ -194,6 +194,7 @@ def test_benchmark_files_replace_the_estimates(tmp_path):
 
 def test_ann_benchmark_results_rebase_the_search_estimates(tmp_path):
     """benchmarks/ann.py's own JSON: each visdex index's latency at recall@10 0.95 is used, baselines are not."""
+
     def cfg(name, kind, ms, **extra):
         return {"config": name, "kind": kind, "n": 1_000_000, "dim": 512, "at_recall": {"0.95": {
             "ms_per_query_1thread": ms}}, **extra}  # fmt: skip

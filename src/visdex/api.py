@@ -94,8 +94,16 @@ class Index:
     """A visdex index. ``model`` is used when the index is new; an existing index keeps its own
     model and asking for another one raises :class:`ModelMismatch`."""
 
-    def __init__(self, path: str | os.PathLike | None = None, *, model: str | None = None, device: str | None = None,
-                 create: bool = True, ann: str | None = None, store: str | None = None):
+    def __init__(
+        self,
+        path: str | os.PathLike | None = None,
+        *,
+        model: str | None = None,
+        device: str | None = None,
+        create: bool = True,
+        ann: str | None = None,
+        store: str | None = None,
+    ):
         from .store.backends import apply_store, choose_store
 
         self.path = Path(path or config.get("index")).expanduser()
@@ -203,9 +211,18 @@ class Index:
         return self._store
 
     # -- writing --------------------------------------------------------------------------
-    def add(self, paths: Sequence[str | os.PathLike], *, include: Sequence[str] = (), exclude: Sequence[str] = (),
-            progress: Progress | None = None, batch_size: int | None = None, workers: int | None = None,
-            prune: bool = True, engine=None) -> IngestReport:
+    def add(
+        self,
+        paths: Sequence[str | os.PathLike],
+        *,
+        include: Sequence[str] = (),
+        exclude: Sequence[str] = (),
+        progress: Progress | None = None,
+        batch_size: int | None = None,
+        workers: int | None = None,
+        prune: bool = True,
+        engine=None,
+    ) -> IngestReport:
         """Index (or bring up to date) the images under ``paths`` (folders, files, tar shards, URLs: see
         :mod:`visdex.sources`). Bad files are recorded, never fatal. ``engine``: a
         :class:`visdex.engines.ray_data.RayEngine` decodes and embeds on a Ray cluster instead of here."""
@@ -229,8 +246,19 @@ class Index:
         store = self.store if self.db.fingerprint is not None else (lambda: self.store)
         from .ingest import ingest
 
-        return ingest(self.db, store, model, [str(p) for p in paths], include=include, exclude=exclude,
-                      batch_size=batch_size, workers=workers, progress=progress, prune=prune, engine=engine)
+        return ingest(
+            self.db,
+            store,
+            model,
+            [str(p) for p in paths],
+            include=include,
+            exclude=exclude,
+            batch_size=batch_size,
+            workers=workers,
+            progress=progress,
+            prune=prune,
+            engine=engine,
+        )
 
     def _indexing_embedder(self, todo: int) -> Embedder:
         """The model that embeds ``todo`` images: on a CPU, by default, its fp32 ONNX Runtime towers (the same
@@ -253,9 +281,18 @@ class Index:
                 return emb
         return self.embedder
 
-    def add_catalog(self, path: str | os.PathLike, *, text_weight: float = 0.0, id_column: str | None = None,
-                    image_column: str | None = None, title_column: str | None = None,
-                    progress: Progress | None = None, workers: int | None = None, prune: bool = True):
+    def add_catalog(
+        self,
+        path: str | os.PathLike,
+        *,
+        text_weight: float = 0.0,
+        id_column: str | None = None,
+        image_column: str | None = None,
+        title_column: str | None = None,
+        progress: Progress | None = None,
+        workers: int | None = None,
+        prune: bool = True,
+    ):
         """Index (or update) a CSV / JSONL product catalog: one pooled vector per item; see :mod:`visdex.catalog`.
 
         >>> ix.add_catalog("items.csv", text_weight=0.2).new                  # doctest: +SKIP
@@ -264,8 +301,17 @@ class Index:
         from .catalog import ingest_catalog
 
         self._check_writable(self.embedder)
-        return ingest_catalog(self, path, text_weight=text_weight, id_column=id_column, image_column=image_column,
-                              title_column=title_column, progress=progress, workers=workers, prune=prune)
+        return ingest_catalog(
+            self,
+            path,
+            text_weight=text_weight,
+            id_column=id_column,
+            image_column=image_column,
+            title_column=title_column,
+            progress=progress,
+            workers=workers,
+            prune=prune,
+        )
 
     def _check_writable(self, emb: Embedder) -> None:
         """Only the index's own model may add vectors; another backend may at most search."""
@@ -292,15 +338,19 @@ class Index:
         """Record the model's fingerprint when the index gets its first vectors."""
         if self.db.fingerprint is None:
             fp = (emb or self.embedder).fingerprint()
-            self.db.set_fingerprint(Fingerprint(loadable_name(self.model_name), fp.source, fp.revision, fp.dim,
-                                                fp.preprocessing, fp.modalities))
+            self.db.set_fingerprint(
+                Fingerprint(
+                    loadable_name(self.model_name), fp.source, fp.revision, fp.dim, fp.preprocessing, fp.modalities
+                )
+            )
 
     def update(self, **kwargs) -> IngestReport:
         """Re-scan every root this index has seen."""
         return self.add(self.db.roots(), **kwargs)
 
-    def rebuild(self, model: str, *, progress: Progress | None = None, workers: int | None = None,
-                batch_size: int | None = None):
+    def rebuild(
+        self, model: str, *, progress: Progress | None = None, workers: int | None = None, batch_size: int | None = None
+    ):
         """Switch the index to another model (or re-embed with its own): every indexed file or item is
         re-embedded aside while the index stays searchable with its old model, then the new vectors are
         swapped in by one transaction. Interrupted, it leaves the old index whole; run again with the same
@@ -367,10 +417,18 @@ class Index:
             raise BadQuery("the query's terms cancel out")
         return l2_normalize(total)[0]
 
-    def search(self, query: QueryLike | Sequence[str], k: int = 10, *, where: str | None = None,
-               crop: str | Crop | None = None, min_score: float | None = None,
-               within: float | None = None, text_vectors: Mapping[str, np.ndarray] | None = None,
-               hubness: bool | None = None) -> list[Hit]:
+    def search(
+        self,
+        query: QueryLike | Sequence[str],
+        k: int = 10,
+        *,
+        where: str | None = None,
+        crop: str | Crop | None = None,
+        min_score: float | None = None,
+        within: float | None = None,
+        text_vectors: Mapping[str, np.ndarray] | None = None,
+        hubness: bool | None = None,
+    ) -> list[Hit]:
         """Top-``k`` images for a text, an example image (path or PIL image) or a composed query.
 
         ``where`` filters inside the search (:mod:`visdex.filters`); ``min_score`` drops hits under a
@@ -403,9 +461,16 @@ class Index:
         return {"rescore": lambda ids, cos: self._hubness_reducer.rescore(modality, ids, cos),
                 "shortlist": hb.shortlist_size(k)}  # fmt: skip
 
-    def similar(self, item: str | os.PathLike | int, k: int = 10, *, where: str | None = None,
-                min_score: float | None = None, within: float | None = None,
-                hubness: bool | None = None) -> list[Hit]:
+    def similar(
+        self,
+        item: str | os.PathLike | int,
+        k: int = 10,
+        *,
+        where: str | None = None,
+        min_score: float | None = None,
+        within: float | None = None,
+        hubness: bool | None = None,
+    ) -> list[Hit]:
         """Images most like an indexed item (by id or path) or any image file, the item itself left out."""
         self.require_vectors()
         exclude: list[int] = []
@@ -455,10 +520,19 @@ class Index:
         failures = [(r.path, r.error or "") for r in self.db.failed_files(max_failures)]
         failures += self.db.failed_items(max_failures)
         return IndexStatus(
-            path=str(self.path), model=fp.name if fp else None, fingerprint=fp, schema_version=self.db.schema_version,
-            files_ok=counts["ok"], files_failed=counts["failed"], vectors=store_info.get("count", 0),
-            roots=self.db.roots(), failures=failures, store=store_info, kind=self.db.kind,
-            items_ok=items["ok"], items_failed=items["failed"],
+            path=str(self.path),
+            model=fp.name if fp else None,
+            fingerprint=fp,
+            schema_version=self.db.schema_version,
+            files_ok=counts["ok"],
+            files_failed=counts["failed"],
+            vectors=store_info.get("count", 0),
+            roots=self.db.roots(),
+            failures=failures,
+            store=store_info,
+            kind=self.db.kind,
+            items_ok=items["ok"],
+            items_failed=items["failed"],
         )
 
     def __len__(self) -> int:
@@ -523,8 +597,15 @@ def _check_query_model(emb: Embedder, fp: Fingerprint, path) -> None:
         )
 
 
-def open_index(path: str | os.PathLike | None = None, *, model: str | None = None, device: str | None = None,
-               create: bool = True, ann: str | None = None, store: str | None = None) -> Index:
+def open_index(
+    path: str | os.PathLike | None = None,
+    *,
+    model: str | None = None,
+    device: str | None = None,
+    create: bool = True,
+    ann: str | None = None,
+    store: str | None = None,
+) -> Index:
     """Open (or create) the index at ``path`` (default: ``VISDEX_INDEX`` or the platform data dir).
     ``ann`` (one of ``visdex.store.local.ANN_KINDS``: "auto", "flat", "hnsw", "ivfpq", "hnsw-sq8", ...)
     chooses the vector index and is remembered by the index. ``store`` ("local", "milvus:./vectors.db",

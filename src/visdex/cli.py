@@ -99,8 +99,14 @@ def _root(
     _state["traceback"] = traceback
 
 
-def _open(index: Path | None, model: str | None = None, create: bool = False, device: str | None = None,
-          ann: str | None = None, store: str | None = None):
+def _open(
+    index: Path | None,
+    model: str | None = None,
+    create: bool = False,
+    device: str | None = None,
+    ann: str | None = None,
+    store: str | None = None,
+):
     from .api import open_index
 
     return open_index(index or _state["index"], model=model, device=device, create=create, ann=ann, store=store)
@@ -144,8 +150,11 @@ class _BarProgress:
 
 @app.command()
 def index(
-    paths: list[str] = typer.Argument(None, help="Folders, image files, tar shards ('s/{00000..00099}.tar'), "
-                                      "URLs (file://, s3://). None: re-scan the index's folders."),
+    paths: list[str] = typer.Argument(
+        None,
+        help="Folders, image files, tar shards ('s/{00000..00099}.tar'), "
+        "URLs (file://, s3://). None: re-scan the index's folders.",
+    ),
     index: Path | None = IndexOpt,
     model: str | None = typer.Option(None, "--model", "-m", help="Model for a new index (see `visdex models`)."),
     include: list[str] = typer.Option([], "--include", help="Only files matching this glob (repeatable)."),
@@ -175,10 +184,14 @@ def index(
         "milvus://host:19530 (a Milvus server) [env: VISDEX_STORE]. Remembered; move with `visdex migrate`.",
     ),
     engine: str = typer.Option("local", "--engine", help="local (this process) or ray (Ray Data on a cluster)."),
-    ray_address: str | None = typer.Option(None, "--ray-address", help="Ray: auto, ray://host:10001; default "
-                                           "RAY_ADDRESS, else a local cluster."),
-    gpus_per_worker: float | None = typer.Option(None, "--gpus-per-worker", help="Ray: GPUs per model actor "
-                                                 "(0: CPU actors; default 1 when the cluster has GPUs)."),
+    ray_address: str | None = typer.Option(
+        None, "--ray-address", help="Ray: auto, ray://host:10001; default RAY_ADDRESS, else a local cluster."
+    ),
+    gpus_per_worker: float | None = typer.Option(
+        None,
+        "--gpus-per-worker",
+        help="Ray: GPUs per model actor (0: CPU actors; default 1 when the cluster has GPUs).",
+    ),
 ) -> None:
     """Index images: new and changed files are embedded, moved files keep their vectors, deleted ones leave.
 
@@ -213,18 +226,37 @@ def index(
 
             runner = RayEngine(ray_address or default_address(), gpus_per_worker=gpus_per_worker)
         if catalog:
-            report = ix.add_catalog(catalog, text_weight=text_weight, id_column=id_column, image_column=image_column,
-                                    title_column=title_column, progress=bar, workers=workers, prune=not no_prune)
+            report = ix.add_catalog(
+                catalog,
+                text_weight=text_weight,
+                id_column=id_column,
+                image_column=image_column,
+                title_column=title_column,
+                progress=bar,
+                workers=workers,
+                prune=not no_prune,
+            )
         else:
-            report = ix.add(targets, include=include, exclude=exclude, progress=bar, batch_size=batch_size,
-                            workers=workers, prune=not no_prune, engine=runner)
+            report = ix.add(
+                targets,
+                include=include,
+                exclude=exclude,
+                progress=bar,
+                batch_size=batch_size,
+                workers=workers,
+                prune=not no_prune,
+                engine=runner,
+            )
         bar.stop()
         if ix.model_loaded:  # the model is in memory now: export its text tower once for fast text queries
             from .models.textquery import has_fast_text
 
             if not has_fast_text(ix.model_name, ready=True):
-                with err.status("preparing fast text queries (once)", spinner="dots") if not (quiet or as_json) \
-                        else contextlib.nullcontext():
+                with (
+                    err.status("preparing fast text queries (once)", spinner="dots")
+                    if not (quiet or as_json)
+                    else contextlib.nullcontext()
+                ):
                     _quietly(ix.prepare_text_queries)
     finally:
         bar.stop()
@@ -290,7 +322,7 @@ def _print_hits(hits, as_json: bool) -> None:
     out.print(table, highlight=False)
 
 
-WhereOpt = typer.Option(None, "--where", "-w", help="Filter, e.g. \"taken >= 2023 and format = jpeg\".")
+WhereOpt = typer.Option(None, "--where", "-w", help='Filter, e.g. "taken >= 2023 and format = jpeg".')
 MinScoreOpt = typer.Option(None, "--min-score", help="Drop hits scoring below this cosine.")
 TopOpt = typer.Option(10, "-n", "--top", "-k", min=1, max=MAX_K, help=f"How many results (at most {MAX_K:,}).")
 WithinOpt = typer.Option(None, "--within", help="Keep hits within this much of the top score (e.g. 0.05).")
@@ -386,8 +418,17 @@ def models(as_json: bool = typer.Option(False, "--json", help="Print as JSON."))
 
     specs = list_models()
     if as_json:
-        rows = [{"name": s.name, "source": s.source, "dim": s.dim, "modalities": list(s.modalities),
-                 "license": s.license, "notes": s.notes} for s in specs]
+        rows = [
+            {
+                "name": s.name,
+                "source": s.source,
+                "dim": s.dim,
+                "modalities": list(s.modalities),
+                "license": s.license,
+                "notes": s.notes,
+            }
+            for s in specs
+        ]
         out.print_json(json.dumps(rows))
         return
     from rich.table import Table

@@ -52,7 +52,6 @@ def _flag(raw: str) -> bool:
     return value in _TRUE
 
 
-
 def _default_index_dir() -> str:
     from platformdirs import user_data_dir
 
@@ -65,24 +64,55 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("model", "clip-vit-b-32", "Model used when a new index is created (an existing index keeps its own)."),
     Setting("device", "auto", "Where the model runs: auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps."),
     Setting("batch_size", 32, "Images per model batch when indexing.", _integer(1), "a whole number >= 1"),
-    Setting("workers", 0, "Decode worker processes (0 = one per CPU core, at most 8; 1 = decode in-process).",
-            _integer(0), "a whole number >= 0"),
-    Setting("max_pixels", 178_956_970, "Largest image (width x height) decoded; larger ones are skipped.",
-            _integer(1), "a whole number >= 1"),
+    Setting(
+        "workers",
+        0,
+        "Decode worker processes (0 = one per CPU core, at most 8; 1 = decode in-process).",
+        _integer(0),
+        "a whole number >= 0",
+    ),
+    Setting(
+        "max_pixels",
+        178_956_970,
+        "Largest image (width x height) decoded; larger ones are skipped.",
+        _integer(1),
+        "a whole number >= 1",
+    ),
     Setting("token", None, "Bearer token that `visdex serve` requires on every API request (unset: no auth)."),
-    Setting("allowed_hosts", (), "Host names `visdex serve` answers to besides loopback and --host, comma-separated "
-            "(DNS-rebinding guard); * for any.", lambda v: tuple(h.strip() for h in v.split(",") if h.strip())),
+    Setting(
+        "allowed_hosts",
+        (),
+        "Host names `visdex serve` answers to besides loopback and --host, comma-separated "
+        "(DNS-rebinding guard); * for any.",
+        lambda v: tuple(h.strip() for h in v.split(",") if h.strip()),
+    ),
     Setting("gpu_decode", "auto", "JPEG decoding when indexing on a GPU: auto (measure, pick the faster), gpu, cpu."),
-    Setting("compile", False, "Indexing on a GPU: torch.compile the model (slower start, faster long runs).", _flag,
-            _YES_NO),
-    Setting("store", "local", "Where a new index keeps its vectors: local, milvus:./vectors.db (milvus-lite), "
-            "milvus://host:19530 (a Milvus server); an existing index keeps its own."),
-    Setting("cpu_backend", "auto", "Indexing on a CPU: auto (ONNX Runtime fp32 -- the same vectors, faster -- when "
-            "visdex[onnx] is installed and its one-time export is cached or pays for itself), onnx, torch."),
-    Setting("query_export", "auto", "Text queries without torch: auto (export the model's text tower to ONNX once, "
-            "at the end of `visdex index` or in the background after a search; needs visdex[onnx]), off."),
-    Setting("milvus_token", None, "Token for a Milvus server that requires one (user:password or an API key); "
-            "never written to the index."),
+    Setting(
+        "compile", False, "Indexing on a GPU: torch.compile the model (slower start, faster long runs).", _flag, _YES_NO
+    ),
+    Setting(
+        "store",
+        "local",
+        "Where a new index keeps its vectors: local, milvus:./vectors.db (milvus-lite), "
+        "milvus://host:19530 (a Milvus server); an existing index keeps its own.",
+    ),
+    Setting(
+        "cpu_backend",
+        "auto",
+        "Indexing on a CPU: auto (ONNX Runtime fp32 -- the same vectors, faster -- when "
+        "visdex[onnx] is installed and its one-time export is cached or pays for itself), onnx, torch.",
+    ),
+    Setting(
+        "query_export",
+        "auto",
+        "Text queries without torch: auto (export the model's text tower to ONNX once, "
+        "at the end of `visdex index` or in the background after a search; needs visdex[onnx]), off.",
+    ),
+    Setting(
+        "milvus_token",
+        None,
+        "Token for a Milvus server that requires one (user:password or an API key); never written to the index.",
+    ),
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}
@@ -100,8 +130,9 @@ def get(name: str) -> Any:
         try:
             return s.parse(raw)
         except ValueError as e:
-            raise BadSetting(f"{s.env}={raw!r}: {e}; it takes {s.expects or 'another value'} "
-                             f"({s.help.rstrip('.')})") from None
+            raise BadSetting(
+                f"{s.env}={raw!r}: {e}; it takes {s.expects or 'another value'} ({s.help.rstrip('.')})"
+            ) from None
     if name == "index":
         return _default_index_dir()
     if name == "cache_dir":

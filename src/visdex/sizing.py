@@ -130,7 +130,7 @@ ANN_REFERENCE = {
     "hnsw": 0.40,  # M=32, efConstruction=80, efSearch at recall@10 0.95
     "ivfpq": 0.21,  # 64-byte codes, nprobe and shortlist at recall@10 0.95 (+ the coarse scan, see _search_ms)
     "source": "estimate from visdex's own benchmarks (benchmarks/results/ann-1e6.json: faiss-cpu, 1 thread, "
-              "2-core EPYC)",
+    "2-core EPYC)",
 }
 
 
@@ -237,8 +237,9 @@ def _finish_plan(index, codec, n, dim, mem, ref, milvus, fits, why, budget) -> S
     params = {"flat": {}, "hnsw": {"M": HNSW_M, "efSearch": HNSW_EF_SEARCH},
               "ivfpq": {"nlist": _nlist(n), "nprobe": 32, "m": codec.bytes}}[index]  # fmt: skip
     if codec.dim != dim:
-        params["reduce"] = (f"{dim} -> {codec.dim} (visdex finetune pca, or a {codec.dim}-d head from visdex finetune "
-                            "labelled)")
+        params["reduce"] = (
+            f"{dim} -> {codec.dim} (visdex finetune pca, or a {codec.dim}-d head from visdex finetune labelled)"
+        )
     search = _search_ms(index, n, codec, ref) + (MILVUS_OVERHEAD_MS if milvus else 0.0)
     if codec.name != "fp32":
         room = "no limit" if budget == math.inf else f"the {format_bytes(budget)} budget"

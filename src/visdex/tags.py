@@ -77,8 +77,15 @@ def label_scores(image_vecs: np.ndarray, label_vecs: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def tag_index(ix, labels: Sequence[str], *, top: int = 3, min_score: float | None = None,
-              template: str = DEFAULT_TEMPLATE, progress=None) -> TagReport:
+def tag_index(
+    ix,
+    labels: Sequence[str],
+    *,
+    top: int = 3,
+    min_score: float | None = None,
+    template: str = DEFAULT_TEMPLATE,
+    progress=None,
+) -> TagReport:
     """Tag every indexed image with its ``top`` labels among those scoring at least ``min_score``
     (default: better than chance, 1 / number of labels)."""
     if ix.db.kind == "catalog":

@@ -119,8 +119,7 @@ def _thumb_size(n: int, size: int) -> int:
     return int(max(48, min(256, 0.6 * size / max(1.0, np.sqrt(min(n, MAX_THUMBS))))))
 
 
-def render_map_png(proj: Projection, out_path: str | os.PathLike, *, thumb: int | None = None,
-                   size: int = 2048) -> int:
+def render_map_png(proj: Projection, out_path: str | os.PathLike, *, thumb: int | None = None, size: int = 2048) -> int:
     """Draw the map with thumbnails; returns how many thumbnails were drawn."""
     thumb = thumb or _thumb_size(len(proj.ids), size)
     canvas = Image.new("RGB", (size, size), (24, 24, 28))
@@ -201,8 +200,14 @@ def _colour(v: float) -> tuple[int, int, int]:
     return stops[-1][1]
 
 
-def render_matrix_png(labels: list[str], matrix: np.ndarray, out_path: str | os.PathLike, *,
-                      images: list[str] | None = None, cell: int = 72) -> None:
+def render_matrix_png(
+    labels: list[str],
+    matrix: np.ndarray,
+    out_path: str | os.PathLike,
+    *,
+    images: list[str] | None = None,
+    cell: int = 72,
+) -> None:
     """A labelled heatmap; with ``images``, thumbnails head the rows and columns."""
     n = len(labels)
     font = ImageFont.load_default(size=13) if hasattr(ImageFont, "load_default") else None

@@ -26,8 +26,12 @@ def dupes(
     device: str | None = typer.Option(
         None, "--device", help="Find candidates by exact k-NN on a torch device (cuda, cuda:1) instead of the index."
     ),
-    move_to: Path | None = typer.Option(None, "--move-to", help="Move every group's copies to this folder "
-                                        "(a dry run unless --apply); the keepers stay. Undo: visdex trash undo."),
+    move_to: Path | None = typer.Option(
+        None,
+        "--move-to",
+        help="Move every group's copies to this folder "
+        "(a dry run unless --apply); the keepers stay. Undo: visdex trash undo.",
+    ),
     trash: bool = typer.Option(False, "--trash", help="Like --move-to, into .visdex-trash in the indexed folder."),
     apply: bool = typer.Option(False, "--apply", help="With --move-to / --trash: move the files (default: dry run)."),
     yes: bool = typer.Option(False, "--yes", "-y", help="With --apply: do not ask for confirmation."),

@@ -16,8 +16,12 @@ from ..cli import app, err, out
 def bench(
     folder: Path | None = typer.Argument(None, help="Photos to measure on. None: generated camera-sized JPEGs."),
     model: str = typer.Option("effnet-lite0", "--model", "-m", help="Model (onnx-int8:<model> for ONNX int8)."),
-    suite: list[str] = typer.Option([], "--suite", "-s", help="decode, model, ingest, naive, query, onnx (repeatable; "
-                                    "default: all but naive and onnx)."),
+    suite: list[str] = typer.Option(
+        [],
+        "--suite",
+        "-s",
+        help="decode, model, ingest, naive, query, onnx (repeatable; default: all but naive and onnx).",
+    ),
     images: int = typer.Option(64, "--images", "-n", min=1, help="Generated photos (without FOLDER)."),
     megapixels: float = typer.Option(6.0, "--megapixels", help="Size of the generated photos."),
     workers: int | None = typer.Option(None, "--workers", help="Decode processes (default: one per core)."),
@@ -44,8 +48,15 @@ def bench(
     elif not folder.is_dir():
         raise BadQuery(f"not a folder: {folder}")
     with err.status("benchmarking") as status:
-        result = b.run_suite(folder, model, suites=suites, workers=workers, batch_size=batch_size,
-                             model_images=model_images, progress=lambda s: status.update(f"benchmarking: {s}"))
+        result = b.run_suite(
+            folder,
+            model,
+            suites=suites,
+            workers=workers,
+            batch_size=batch_size,
+            model_images=model_images,
+            progress=lambda s: status.update(f"benchmarking: {s}"),
+        )
     for skipped in result["skipped"][:20]:
         err.print(f"[yellow]skipping[/] {escape(skipped['path'])}: {escape(skipped['reason'])}", highlight=False)
     if len(result["skipped"]) > 20:

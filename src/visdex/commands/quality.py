@@ -113,8 +113,11 @@ def eval_models(
     device: str | None = typer.Option(None, "--device", help="auto, cpu, cuda, mps."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
-    hubness: bool = typer.Option(False, "--hubness", help="Rank by CSLS hubness reduction (text->image for "
-                                 "captions), to compare with a run without it."),  # fmt: skip
+    hubness: bool = typer.Option(
+        False,
+        "--hubness",
+        help="Rank by CSLS hubness reduction (text->image for captions), to compare with a run without it.",
+    ),  # fmt: skip
 ) -> None:
     """Measure retrieval quality and speed of one or more models on your own labelled or captioned images.
 

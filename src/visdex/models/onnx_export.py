@@ -45,8 +45,9 @@ from .base import Embedder, l2_normalize
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 5  # 2: 7-bit int8 weights where kernels saturate (reduce_range); 3: the int8 quality gate; 4: opset 20;
+# 2: 7-bit int8 weights where kernels saturate (reduce_range); 3: the int8 quality gate; 4: opset 20;
 # 5: the manifest carries the family's JPEG draft_scale (the offline family decodes at 2x)
+FORMAT_VERSION = 5
 # An int8 tower is used only if its vectors stay this close to torch's on the export's probes (mean, min);
 # otherwise ``onnx-int8:`` runs that tower in fp32 and the manifest says why (see _gate_int8).
 INT8_GATE = (0.99, 0.98)

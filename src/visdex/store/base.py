@@ -25,9 +25,7 @@ class VectorStore(ABC):
         """Remove ``ids``; unknown ids are ignored."""
 
     @abstractmethod
-    def search(
-        self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` by inner product for each query row: ``(scores, ids)`` of shape (q, k),
         best first, padded with score -inf and id -1. ``allowed`` restricts the search to
         those ids (the top-k among matching items, not a post-filtered short list)."""

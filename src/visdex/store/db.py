@@ -200,8 +200,10 @@ class IndexDB:
         if version < SCHEMA_VERSION and self.readonly:
             if version >= READABLE_FROM:  # later versions only add what reads can do without
                 return
-            raise StoreError(f"index {self.dir} has schema version {version} and is read-only here; open it once "
-                             f"with write access (any visdex command) to upgrade it to version {SCHEMA_VERSION}")
+            raise StoreError(
+                f"index {self.dir} has schema version {version} and is read-only here; open it once "
+                f"with write access (any visdex command) to upgrade it to version {SCHEMA_VERSION}"
+            )
         for v in range(version, SCHEMA_VERSION):
             self.conn.execute("BEGIN IMMEDIATE")
             try:
@@ -373,7 +375,7 @@ class IndexDB:
 
     @property
     def kind(self) -> str:
-        """"files" (a folder index) or "catalog" (items from a CSV / JSONL catalog)."""
+        """ "files" (a folder index) or "catalog" (items from a CSV / JSONL catalog)."""
         return self.get_meta("kind") or "files"
 
     # -- roots ----------------------------------------------------------------------------
@@ -504,8 +506,10 @@ class IndexDB:
 
     def shadow_todo_items(self) -> list[dict]:
         """Catalog items the rebuild has not re-embedded yet (or that changed since it did)."""
-        sql = ("SELECT id, key, title, attrs, images, row_hash FROM items WHERE status = 'ok' AND NOT EXISTS "
-               "(SELECT 1 FROM rebuild_vectors s WHERE s.id = items.id AND s.row_hash IS items.row_hash) ORDER BY id")
+        sql = (
+            "SELECT id, key, title, attrs, images, row_hash FROM items WHERE status = 'ok' AND NOT EXISTS "
+            "(SELECT 1 FROM rebuild_vectors s WHERE s.id = items.id AND s.row_hash IS items.row_hash) ORDER BY id"
+        )
         return [{"id": i, "key": k, "title": t, "attrs": json.loads(a), "images": json.loads(im), "row_hash": h}
                 for i, k, t, a, im, h in self.conn.execute(sql)]  # fmt: skip
 
@@ -527,8 +531,10 @@ class IndexDB:
         """Indexed rows the rebuild has no vector for: (id, why)."""
         table, match = ("items", "s.row_hash IS t.row_hash") if self.kind == "catalog" else (
             "files", "s.size = t.size AND s.mtime = t.mtime")  # fmt: skip
-        sql = (f"SELECT t.id, COALESCE(s.error, 'changed while the rebuild ran') FROM {table} t LEFT JOIN "
-               f"rebuild_vectors s ON s.id = t.id AND {match} WHERE t.status = 'ok' AND s.vec IS NULL")
+        sql = (
+            f"SELECT t.id, COALESCE(s.error, 'changed while the rebuild ran') FROM {table} t LEFT JOIN "
+            f"rebuild_vectors s ON s.id = t.id AND {match} WHERE t.status = 'ok' AND s.vec IS NULL"
+        )
         return [tuple(r) for r in self.conn.execute(sql)]
 
     def fail_rows(self, rows: Sequence[tuple[int, str]]) -> None:
@@ -565,8 +571,10 @@ class IndexDB:
         with self.transaction() as c:
             c.execute("CREATE TABLE IF NOT EXISTS file_attrs (file_id INTEGER PRIMARY KEY REFERENCES files(id) "
                       "ON DELETE CASCADE, caption TEXT, url TEXT, attrs TEXT NOT NULL)")  # fmt: skip
-            c.executemany("INSERT OR REPLACE INTO file_attrs VALUES (?, ?, ?, ?)",
-                          [(fid, a.get("caption"), a.get("url"), json.dumps(a, sort_keys=True)) for fid, a in rows])
+            c.executemany(
+                "INSERT OR REPLACE INTO file_attrs VALUES (?, ?, ?, ?)",
+                [(fid, a.get("caption"), a.get("url"), json.dumps(a, sort_keys=True)) for fid, a in rows],
+            )
 
     def file_attrs(self, ids: Sequence[int]) -> dict[int, dict]:
         """file id -> the attributes stored with it (only files that have some)."""
@@ -685,4 +693,3 @@ def _holder(fd: int) -> int | None:
         return int(os.pread(fd, 32, 0).split()[0])
     except (OSError, ValueError, IndexError):
         return None
-

@@ -242,8 +242,10 @@ class LocalVectorStore(VectorStore):
         """:func:`_signature` of the ids in SQLite: kept by triggers (an older read-only index: counted)."""
         got = self.db.vector_set()
         if got is None:
-            got = self.db.conn.execute("SELECT COUNT(*), COALESCE(SUM(id % 1000000007), 0), "
-                                       "COALESCE(SUM((id % 65521) * (id % 65521)), 0) FROM vectors").fetchone()
+            got = self.db.conn.execute(
+                "SELECT COUNT(*), COALESCE(SUM(id % 1000000007), 0), "
+                "COALESCE(SUM((id % 65521) * (id % 65521)), 0) FROM vectors"
+            ).fetchone()
         return tuple(int(x) for x in got)
 
     def _load_saved(self, generation: int, kind: str, truth: tuple[int, int, int]):

@@ -162,4 +162,3 @@ def fit_pca(
     })  # fmt: skip
     return PcaResult(model, str(out), int(emb.dim), dim, len(fit), len(held), round(kept, 4), round(recall, 4),
                      failed, round(time.perf_counter() - t0, 1))  # fmt: skip
-
