@@ -164,7 +164,7 @@ class OnnxEmbedder(Embedder):
         self.modalities = frozenset(manifest["modalities"])
         p = dict(manifest["preprocess"])
         p["mean"], p["std"] = tuple(p["mean"]), tuple(p["std"])
-        self.preprocess = Preprocess(**p)
+        self.preprocess = Preprocess(**p, draft_scale=float(manifest.get("draft_scale", 1.0)))
         self.device = "cpu"
         self.batch_size = batch_size or 32
         self.same_as_model = False  # set by load_reference_onnx: the fingerprint is the torch model's
