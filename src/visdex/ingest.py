@@ -422,8 +422,21 @@ def _commit(db, store, batch: list, vectors: np.ndarray | None, existing: set[st
     with db.transaction():
         ids = []
         for r in loaded:
-            ids.append(db.upsert_file(_record(r.info, now, status="ok", hash=r.hash, width=r.width, height=r.height,
-                                              format=r.format, taken_at=r.taken_at, camera=r.camera)))
+            ids.append(
+                db.upsert_file(
+                    _record(
+                        r.info,
+                        now,
+                        status="ok",
+                        hash=r.hash,
+                        width=r.width,
+                        height=r.height,
+                        format=r.format,
+                        taken_at=r.taken_at,
+                        camera=r.camera,
+                    )
+                )
+            )
         if loaded:
             store.upsert(ids, vectors)
             attrs = [(fid, r.info.attrs) for fid, r in zip(ids, loaded, strict=True) if getattr(r.info, "attrs", None)]
