@@ -69,3 +69,28 @@ def test_eval_with_and_without_hubness(capsys, tmp_path, photos, tiny_clip):
         assert code == 0, err
         runs[bool(flag)] = json.loads(out)["results"][0]
     assert runs[True]["images"] == runs[False]["images"] and "text_to_image" in runs[True]
+
+
+def test_http_search_and_similar_take_the_hubness_flag(tmp_path, folder, tiny_clip):
+    from visdex.server import create_app
+
+    from serverhelp import local_client
+
+    with open_index(tmp_path / "ix", model=str(tiny_clip)) as ix:
+        ix.add([folder])
+        want_on = [h.id for h in ix.search("a cat", k=5, hubness=True)]
+    for bank in (tmp_path / "ix").glob("hubness-*"):
+        bank.unlink()  # the server must embed its own bank: proof that the flag reached the library
+    with local_client(create_app(tmp_path / "ix")) as c:
+        off = c.get("/api/search", params={"q": "a cat", "k": 5, "hubness": "false"})
+        assert off.status_code == 200
+        assert not list((tmp_path / "ix").glob("hubness-text-*.npy"))
+        on = c.get("/api/search", params={"q": "a cat", "k": 5, "hubness": "true"})
+        assert on.status_code == 200
+        assert [r["id"] for r in on.json()["results"]] == want_on
+        assert list((tmp_path / "ix").glob("hubness-text-*.npy"))
+        first = on.json()["results"][0]["id"]
+        assert len(c.get(f"/api/similar/{first}", params={"k": 2, "hubness": "true"}).json()["results"]) == 2
+        assert c.get("/api/search", params={"q": "a cat", "hubness": "maybe"}).status_code == 422
+        schema = c.get("/openapi.json").json()
+        assert "hubness" in {p["name"] for p in schema["paths"]["/api/search"]["get"]["parameters"]}

@@ -46,6 +46,7 @@ class SearchRequest:
     k: int
     min_score: float | None
     within: float | None
+    hubness: bool | None = None  # None: the model's default (visdex.hubness)
 
 
 INT64 = 2**63  # SQLite's integer range: an id outside it is in no index (and would overflow the query)
@@ -163,7 +164,7 @@ def run_search(served, settings, req: SearchRequest) -> tuple[list, float]:
         known_id(req.id)
     if served.call(lambda ix: ix.fingerprint is None):  # nothing indexed yet: no model to load, nothing to find
         return [], 0.0
-    opts = {"where": req.where, "min_score": req.min_score, "within": req.within}
+    opts = {"where": req.where, "min_score": req.min_score, "within": req.within, "hubness": req.hubness}
     check_where(served, req.where)
     if req.image is not None and req.id is not None:
         raise BadQuery("give an uploaded image or an indexed id as the image term, not both", field="id")

@@ -72,6 +72,8 @@ ImageWeight = Annotated[
 Seed = Annotated[int, Query(ge=0, le=2**32 - 1, description="Random seed (same seed, same answer).")]
 OFFSET_DOC = "Skip this many results (tiles, with collapse): the next page is at `next_offset`."
 COLLAPSE_DOC = "Show a burst of near-copies as one result; the others are listed in its `collapsed`."
+HUBNESS_DOC = "Re-rank the top candidates by CSLS hubness reduction (true / false; default: the model's)."
+Hubness = Annotated[bool | None, Query(description=HUBNESS_DOC)]
 
 
 def _served(request: Request):
@@ -102,10 +104,11 @@ def search_get(
     within: Within = None,
     offset: Annotated[int, Query(ge=0, le=4000, description=OFFSET_DOC)] = 0,
     collapse: Annotated[bool, Query(description=COLLAPSE_DOC)] = False,
+    hubness: Hubness = None,
 ) -> dict:
     """Text ("dog on a beach"), an indexed image (`id`), or both with `+` / `-` text modifiers and weights
     (`id=12&q=+ at night - people`), a `crop` region of the image, a `where` filter."""
-    req = queries.SearchRequest(q, None, id, crop, image_weight, where, k, min_score, within)
+    req = queries.SearchRequest(q, None, id, crop, image_weight, where, k, min_score, within, hubness)
     if offset or collapse:  # pages and tiles: see queries.search_page
         return queries.search_page(_served(request), request.app.state.settings, req, offset, collapse)
     hits, took = queries.run_search(_served(request), request.app.state.settings, req)
@@ -126,10 +129,11 @@ def search_post(
     within: Annotated[float | None, Form(ge=0, **FINITE)] = None,
     offset: Annotated[int, Form(ge=0, le=4000, description=OFFSET_DOC)] = 0,
     collapse: Annotated[bool, Form(description=COLLAPSE_DOC)] = False,
+    hubness: Annotated[bool | None, Form(description=HUBNESS_DOC)] = None,
 ) -> dict:
     """The same as `GET /api/search`, with the image term uploaded as `image` (multipart/form-data)."""
     data = image.file.read() if image is not None else None
-    req = queries.SearchRequest(q, data, id, crop or None, image_weight, where or None, k, min_score, within)
+    req = queries.SearchRequest(q, data, id, crop or None, image_weight, where or None, k, min_score, within, hubness)
     if offset or collapse:
         return queries.search_page(_served(request), request.app.state.settings, req, offset, collapse)
     hits, took = queries.run_search(_served(request), request.app.state.settings, req)
@@ -138,14 +142,20 @@ def search_post(
 
 @api.get("/similar/{item_id}", tags=["search"], summary="More like this indexed item")
 def similar(
-    request: Request, item_id: int, where: Where = None, k: K = 20, min_score: MinScore = None, within: Within = None
+    request: Request,
+    item_id: int,
+    where: Where = None,
+    k: K = 20,
+    min_score: MinScore = None,
+    within: Within = None,
+    hubness: Hubness = None,
 ) -> dict:
     """The items most like an indexed one (itself left out)."""
     queries.known_id(item_id)
     queries.check_where(_served(request), where)
     hits, took = queries.timed(
         lambda: _served(request).call(
-            lambda ix: ix.similar(item_id, k=k, where=where, min_score=min_score, within=within)
+            lambda ix: ix.similar(item_id, k=k, where=where, min_score=min_score, within=within, hubness=hubness)
         )
     )
     return _hits_response(request, hits, took)
