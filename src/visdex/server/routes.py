@@ -13,12 +13,12 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Body, Depends, File, Form, Query, Request, Response, UploadFile
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException
 
 from .. import thumbs
-from ..errors import BadQuery, MissingDependency, NotFound
+from ..errors import BadQuery, NotFound
 from . import queries
 from .app import TOKEN_COOKIE, UNAUTHORIZED, token_matches
 
@@ -167,18 +167,37 @@ def item(request: Request, item_id: int) -> dict:
     return _served(request).call(lambda ix: queries.item_json(ix, item_id))
 
 
-# -- analyses -----------------------------------------------------------------------------
+# -- analyses: computed in the background, once per index state (see server/background.py) --
 def _library(module: str, name: str):
     """A function of the library that may not be installed in this build; absent -> 501."""
-    import importlib
+    from .background import _library as find
 
-    try:
-        return getattr(importlib.import_module(f"visdex.{module}"), name)
-    except (ImportError, AttributeError):
-        raise MissingDependency(f"visdex.{module}.{name}", purpose="this endpoint") from None
+    return find(module, name)
 
 
-@api.get("/duplicates", tags=["analysis"], summary="Groups of exact and near-duplicate images")
+WAIT_DOC = "Seconds to wait for a result still being computed before answering 202 with its progress."
+Wait = Annotated[float, Query(ge=0, le=60, **FINITE, description=WAIT_DOC)]
+ANALYSIS_WAIT = 1.0  # a small index's analyses are ready within it: one request, no polling
+PENDING = {
+    202: {
+        "description": 'Still being computed: `{"status": "computing", "progress": 0.4}`; ask again.',
+        "content": {"application/json": {"example": {"status": "computing", "progress": 0.4}}},
+    }
+}
+
+
+def analysis(request: Request, made: tuple, wait: float):
+    """The analysis's result, or a 202 response with its progress (``isinstance(x, Response)``)."""
+    from .background import Pending
+
+    key, job = made
+    found = _served(request).analysis(key, job, wait=wait)
+    if isinstance(found, Pending):
+        return JSONResponse({"status": "computing", "progress": found.progress}, status_code=202)
+    return found
+
+
+@api.get("/duplicates", tags=["analysis"], summary="Groups of exact and near-duplicate images", responses=PENDING)
 def duplicates(
     request: Request,
     threshold: Annotated[
@@ -187,16 +206,19 @@ def duplicates(
         Query(gt=0, le=1, **FINITE, description="Cosine for near duplicates, in (0, 1] (default: the model's)."),
     ] = None,
     exact_only: Annotated[bool, Query(description="Only byte-identical files.")] = False,
+    wait: Wait = ANALYSIS_WAIT,
 ) -> dict:
-    """Each group lists its members and the suggested keeper (largest, then oldest)."""
-    find = _library("dupes", "find_duplicates")
-    groups = _served(request).analysis(
-        ("dupes", threshold, exact_only), lambda ix: find(ix, threshold=threshold, exact_only=exact_only)
-    )
+    """Each group lists its members and the suggested keeper (largest, then oldest). Computed in the background
+    once per index state: 202 with `progress` until then."""
+    from .background import dupes_job
+
+    groups = analysis(request, dupes_job(threshold, exact_only), wait)
+    if isinstance(groups, Response):
+        return groups
     return {"count": len(groups), "groups": [queries.group_json(g) for g in groups]}
 
 
-@api.get("/clusters", tags=["analysis"], summary="Clusters of similar images")
+@api.get("/clusters", tags=["analysis"], summary="Clusters of similar images", responses=PENDING)
 def clusters(
     request: Request,
     k: Annotated[
@@ -204,22 +226,38 @@ def clusters(
         Query(ge=1, description="Number of clusters, at most the number of images (default: about sqrt(n/2))."),
     ] = None,
     seed: Seed = 0,
+    wait: Wait = ANALYSIS_WAIT,
 ) -> dict:
-    cluster = _library("cluster", "cluster_index")
-    found = _served(request).analysis(("clusters", k, seed), lambda ix: cluster(ix, k, seed=seed))
+    """Computed in the background once per index state: 202 with `progress` until then."""
+    from .background import clusters_job
+
+    found = analysis(request, clusters_job(k, seed), wait)
+    if isinstance(found, Response):
+        return found
     return {"count": len(found), "clusters": [queries.to_dict(c) for c in found]}
 
 
-@api.get("/map", tags=["analysis"], summary="2D map coordinates of every image")
+@api.get("/map", tags=["analysis"], summary="2D map coordinates of every image", responses=PENDING)
 def map_points(
     request: Request,
     method: Annotated[Literal["auto", "umap", "tsne", "pca"], Query()] = "auto",
     seed: Seed = 0,
+    wait: Wait = ANALYSIS_WAIT,
 ) -> dict:
-    """Points in [0, 1] x [0, 1]; near points look alike."""
-    project = _library("viz", "project_2d")
-    proj = _served(request).analysis(("map", method, seed), lambda ix: project(ix, method=method, seed=seed))
+    """Points in [0, 1] x [0, 1]; near points look alike. Computed in the background once per index state
+    (the default map right after start-up and after each indexing): 202 with `progress` until then."""
+    from .background import map_job
+
+    proj = analysis(request, map_job(method, seed), wait)
+    if isinstance(proj, Response):
+        return proj
     return queries.projection_json(proj, method)
+
+
+@api.get("/analyses", tags=["analysis"], summary="The background analyses: which are ready, which computing")
+def analyses(request: Request) -> dict:
+    """`{"generation": n, "jobs": {"map auto 0": {"status": "computing", "progress": 0.4, "seconds": null}}}`."""
+    return _served(request).background.status()
 
 
 @api.get("/tags", tags=["tags"], summary="Zero-shot labels in the index and how many images have each")

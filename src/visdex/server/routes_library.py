@@ -105,7 +105,11 @@ def browse(
     return BrowsePage(**page.to_dict())
 
 
-@router.get("/clusters/{cluster_id}", summary="The images of one cluster, newest first, a page at a time")
+@router.get(
+    "/clusters/{cluster_id}",
+    summary="The images of one cluster, newest first, a page at a time",
+    responses={202: {"description": 'The clusters are still being computed: `{"status": "computing", ...}`.'}},
+)
 def cluster_members(
     request: Request,
     cluster_id: Annotated[int, Path(ge=0, le=10_000, description="`id` of a cluster of `GET /api/clusters`.")],
@@ -116,11 +120,13 @@ def cluster_members(
 ) -> BrowsePage:
     """Pages as `GET /api/browse` does; the clusters are computed once per index state and kept."""
     from ..errors import NotFound
-    from .routes import _library
+    from .background import clusters_job
+    from .routes import ANALYSIS_WAIT, analysis
 
     served = request.app.state.served
-    cluster = _library("cluster", "cluster_index")
-    found = served.analysis(("clusters", k, seed), lambda ix: cluster(ix, k, seed=seed))
+    found = analysis(request, clusters_job(k, seed), ANALYSIS_WAIT)
+    if isinstance(found, Response):  # still being computed: 202 with its progress
+        return found
     chosen = next((c for c in found if c.id == cluster_id), None)
     if chosen is None:
         raise NotFound(f"no cluster {cluster_id} (there are {len(found)})")

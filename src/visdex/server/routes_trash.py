@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field, model_validator
 
 from .. import trash
 from ..errors import BadQuery, IndexBusy
-from .routes import _library, _served, require_token
+from .routes import _served, require_token
 
 router = APIRouter(prefix="/api/trash", dependencies=[Depends(require_token)], tags=["trash"])
 _writing = threading.Lock()  # one move or undo at a time in this process (the writer lock is per process)
@@ -123,9 +123,13 @@ def _suggested(request: Request, body: MoveRequest) -> list | None:
     that searches take)."""
     if not body.suggested:
         return None
-    find = _library("dupes", "find_duplicates")
-    key = ("dupes", body.threshold, body.exact_only)
-    return _served(request).analysis(key, lambda a: find(a, threshold=body.threshold, exact_only=body.exact_only))
+    from .background import Pending, dupes_job
+
+    key, job = dupes_job(body.threshold, body.exact_only)
+    groups = _served(request).analysis(key, job, wait=120)  # the background's groups (usually ready by now)
+    if isinstance(groups, Pending):
+        raise IndexBusy(f"the duplicates are still being computed ({groups.progress:.0%}); try again shortly")
+    return groups
 
 
 def _plan(ix, body: MoveRequest, groups: list | None) -> trash.MovePlan:

@@ -9,9 +9,10 @@ So library calls (embed + search + hydrate: milliseconds) run one at a time, in 
 never on the event loop; everything else (reading uploads, decoding and checking them, making and
 sending thumbnails and originals, JSON) runs in parallel.
 
-Slow analyses (duplicates, clusters, the map) run on a *second* read-only :class:`Index` with
-its own connection and their own lock, so a map being computed never stalls a search. Their
-results are cached until the index changes (its generation counter moves). File lookups for
+Slow analyses (duplicates, clusters, the map) run in the background (:mod:`.background`): one
+low-priority worker thread with its own read-only :class:`Index` and connection, so a map being
+computed never stalls a search. It computes the web UI's defaults after start-up and again whenever
+the index changes (its generation counter moves); requests only look results up. File lookups for
 thumbnails and originals use a third connection, so they never wait behind a search either.
 
 Text queries are embedded outside that lock, by one :class:`TextBatcher` thread: the texts of
@@ -45,6 +46,7 @@ from PIL import Image
 
 from ..api import Index, open_index
 from ..store.db import IndexDB
+from .background import Background, Pending, default_jobs
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -186,6 +188,10 @@ class ImageBatcher(TextBatcher):
             start += len(job_images)
 
 
+def _generation(db: IndexDB) -> int:
+    return db.generation
+
+
 class ServedIndex:
     """An index opened once, its model loaded once, shared safely by concurrent requests.
 
@@ -206,10 +212,9 @@ class ServedIndex:
         self.lock = threading.RLock()
         self._generation = self.ix.db.generation
         self._fingerprint = self.ix.db.get_meta("fingerprint")
-        self._analysis_lock = threading.Lock()
-        self._analysis_ix: Index | None = None
-        self._analysis_generation: int | None = None
-        self._cache: dict[tuple, Any] = {}
+        self.background = Background(
+            lambda: open_index(self.path, create=False), default_jobs(), generation=lambda: self.files(_generation)
+        )
         self._warm = False
         self._files_lock = threading.Lock()
         self._files_db: IndexDB | None = None
@@ -222,6 +227,7 @@ class ServedIndex:
         An index without vectors yet has no model to load: its first query loads the default one."""
         with self.lock:
             if self._warm or self.ix.fingerprint is None:
+                self.background.start()  # an empty index: its analyses follow the first vectors
                 return
             emb = self.ix.embedder  # loads and checks the model against the index's fingerprint
             self._limit_torch_threads()
@@ -239,6 +245,7 @@ class ServedIndex:
                 self.ix.text_embedder.embed_texts(["warm up"])  # first forward pays one-off allocations
             self._image_model = self._onnx_image_tower(emb) if "image" in emb.modalities else None
             self._warm = True
+            self.background.start()  # after the model: the first analyses do not slow the start-up
 
     def _onnx_image_tower(self, emb):
         """The model's cached fp32 ONNX towers (what CPU indexing exports; the same vectors, checked) for
@@ -351,20 +358,11 @@ class ServedIndex:
                 self._files_db = IndexDB(self.path, create=False)
             return fn(self._files_db)
 
-    # -- analyses on a second connection -------------------------------------------------
-    def analysis(self, key: tuple, fn: Callable[[Index], T]) -> T:
-        """``fn(index)`` on the analysis connection, cached until the index changes."""
-        with self._analysis_lock:
-            if self._analysis_ix is None:
-                self._analysis_ix = open_index(self.path, create=False)
-            gen = self._analysis_ix.db.generation
-            if gen != self._analysis_generation:
-                self._cache.clear()
-                self._analysis_ix._store = None  # see _refresh
-                self._analysis_generation = gen
-            if key not in self._cache:
-                self._cache[key] = fn(self._analysis_ix)
-            return self._cache[key]
+    # -- analyses in the background ----------------------------------------------------
+    def analysis(self, key: tuple, fn: Callable[[Index, Any], T], wait: float = 0.0) -> T | Pending:
+        """The analysis ``key`` (computed by ``fn(index, progress)`` in the background, once per index
+        state), or :class:`~.background.Pending` with its progress if not ready within ``wait`` seconds."""
+        return self.background.get(key, fn, wait=wait)
 
     def close(self) -> None:
         self.texts.close()
@@ -373,9 +371,7 @@ class ServedIndex:
             sys.modules["torch"].set_num_threads(self._torch_threads)
         with self.lock:
             self.ix.close()
-        with self._analysis_lock:
-            if self._analysis_ix is not None:
-                self._analysis_ix.close()
+        self.background.close()
         with self._files_lock:
             if self._files_db is not None:
                 self._files_db.close()

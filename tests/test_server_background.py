@@ -1,0 +1,113 @@
+"""The map, duplicates and clusters are computed in the background: a request answers at once (202 with
+the progress, or the result), a search made while they run answers, and a new index state recomputes."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from visdex import open_index
+from visdex.server import create_app
+
+from serverhelp import index_gallery, local_client
+
+
+@pytest.fixture(scope="module")
+def gallery(tmp_path_factory, tiny_clip) -> tuple[Path, dict[str, Path]]:
+    return index_gallery(tmp_path_factory.mktemp("background"), tiny_clip)
+
+
+@pytest.fixture(scope="module")
+def client(gallery):
+    with local_client(create_app(gallery[0])) as c:
+        yield c
+
+
+def _until_ready(client, url: str, params: dict, timeout: float = 60.0):
+    """Poll as the web UI does: 202 + progress until the result comes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        r = client.get(url, params={**params, "wait": 0})
+        if r.status_code != 202:
+            return r
+        body = r.json()
+        assert body["status"] == "computing" and 0 <= body["progress"] <= 1, body
+        assert time.monotonic() < deadline, f"{url} still computing after {timeout} s"
+        time.sleep(0.05)
+
+
+def _hold_worker(client) -> threading.Event:
+    """Keep the background worker busy (a job of the test's own, first in the queue) until the event is set."""
+    served = client.app.state.served
+    release, running = threading.Event(), threading.Event()
+
+    def slow(ix, progress):
+        running.set()
+        release.wait(30)
+        return "held"
+
+    served.background.get(("test-hold", time.monotonic()), slow, wait=0)
+    assert running.wait(30), "the worker never took the job"
+    return release
+
+
+def test_the_defaults_are_computed_after_start_up(client, gallery):
+    deadline = time.monotonic() + 60
+    while True:
+        jobs = client.get("/api/analyses").json()["jobs"]
+        if jobs and all(j["status"] in ("ready", "failed") for j in jobs.values()):
+            break
+        assert time.monotonic() < deadline, jobs
+        time.sleep(0.1)
+    assert {"dupes None False", "clusters None 0", "map auto 0"} <= set(jobs)
+    served = client.app.state.served
+    done = served.background.computed
+    r = client.get("/api/duplicates", params={"wait": 0})  # the UI's first request: ready, nothing computed
+    assert r.status_code == 200 and r.json()["count"] >= 1
+    assert client.get("/api/map", params={"wait": 0}).json()["count"] == len(gallery[1])
+    assert served.background.computed == done
+
+
+def test_a_request_answers_at_once_while_computing_and_a_search_is_not_held(client, gallery):
+    release = _hold_worker(client)
+    try:
+        t0 = time.perf_counter()
+        r = client.get("/api/map", params={"method": "pca", "seed": 7, "wait": 0})
+        assert r.status_code == 202 and r.json() == {"status": "computing", "progress": 0.0}
+        assert client.get("/api/clusters", params={"k": 2, "wait": 0}).status_code == 202
+        hits = client.get("/api/search", params={"q": "a photo", "k": 3})
+        assert hits.status_code == 200 and hits.json()["count"] == 3
+        assert time.perf_counter() - t0 < 10  # nothing above waited for the worker (held for 30 s)
+        status = client.get("/api/analyses").json()["jobs"]
+        assert status["map pca 7"]["status"] == "queued"
+    finally:
+        release.set()
+    m = _until_ready(client, "/api/map", {"method": "pca", "seed": 7})
+    assert m.status_code == 200 and m.json()["count"] == len(gallery[1]) and m.json()["method"] == "pca"
+    c = _until_ready(client, "/api/clusters", {"k": 2})
+    assert c.json()["count"] == 2
+
+
+def test_errors_come_back_with_their_status(client):
+    r = _until_ready(client, "/api/clusters", {"k": 10_000})  # more clusters than images: the library says so
+    assert r.status_code == 422 and r.json()["field"] == "k"
+
+
+def test_a_new_index_state_recomputes(client, gallery, tiny_clip):
+    index_dir, photos = gallery
+    params = {"method": "pca", "seed": 3}
+    before = _until_ready(client, "/api/map", params).json()
+    assert before["count"] == len(photos)
+    extra = index_dir.parent / "more"
+    extra.mkdir()
+    shutil.copy(photos["astronaut"], extra / "astronaut-again.jpg")
+    with open_index(index_dir, model=str(tiny_clip)) as ix:  # another writer, as `visdex index` would be
+        ix.add([extra], workers=1)
+    after = _until_ready(client, "/api/map", params).json()
+    assert after["count"] == len(photos) + 1
+    dupes = _until_ready(client, "/api/duplicates", {"exact_only": True}).json()
+    assert any(m["path"].endswith("astronaut-again.jpg") for g in dupes["groups"] for m in g["members"])
