@@ -893,7 +893,7 @@
       $("clusters-meta").textContent = "Grouping images…";
       showAlert("clusters-alert", "");
       try {
-        const res = await api("api/clusters");
+        const res = await analysis("api/clusters", (pc) => { $("clusters-meta").textContent = "Grouping images…" + pc; });
         clusters.list = res.clusters;
         $("clusters-meta").textContent = `${res.count} clusters of similar images, largest first`;
         $("clusters").replaceChildren(...res.clusters.map(clusterStrip));
@@ -943,14 +943,29 @@
     if (clusters.cursor) p.set("cursor", clusters.cursor);
     $("cluster-more").hidden = true;
     try {
-      const res = await api(`api/clusters/${clusters.open}?` + p);
-      if (seq !== clusters.seq) return;
+      const res = await analysis(`api/clusters/${clusters.open}?` + p, () => {}, () => seq === clusters.seq);
+      if (!res || seq !== clusters.seq) return;
       clusters.items.push(...res.items);
       clusters.cursor = res.next_cursor;
       $("cluster-grid").append(...res.items.map((it) => libraryTile(it, clusters.items)));
       $("cluster-more").hidden = !res.next_cursor;
     } catch (e) {
       if (seq === clusters.seq) showAlert("clusters-alert", e.message);
+    }
+  }
+
+  /** An analysis (map, duplicates, clusters): the server computes it in the background and answers 202
+   * {status: "computing", progress} until it is ready; poll, showing the progress, until then (or until
+   * wanted() says the answer is no longer wanted: null). */
+  async function analysis(path, onProgress, wanted = () => true) {
+    for (;;) {
+      const res = await api(path);
+      if (!res || res.status !== "computing") return res;
+      if (!wanted()) return null;
+      const pc = Math.round((res.progress || 0) * 100);
+      onProgress(pc ? ` ${pc}%` : " (computing in the background)");
+      await new Promise((r) => setTimeout(r, 400));
+      if (!wanted()) return null;
     }
   }
 
@@ -969,8 +984,9 @@
     $("dupes-meta").textContent = "Looking for duplicates…";
     showAlert("dupes-alert", "");
     try {
-      const res = await api("api/duplicates?" + p);
-      if (key !== dupesKey) return;
+      const res = await analysis("api/duplicates?" + p,
+        (pc) => { $("dupes-meta").textContent = "Looking for duplicates…" + pc; }, () => key === dupesKey);
+      if (!res || key !== dupesKey) return;
       const files = res.groups.reduce((n, g) => n + g.members.length, 0);
       $("dupes-meta").textContent = res.count
         ? `${res.count} group${res.count === 1 ? "" : "s"}, ${files} files — ${files - res.count} could go`
@@ -1061,7 +1077,7 @@
     $("map-meta").textContent = "Placing images…";
     showAlert("map-alert", "");
     try {
-      const res = await api("api/map");
+      const res = await analysis("api/map", (pc) => { $("map-meta").textContent = "Placing images…" + pc; });
       map.points = res.points;
       $("map-meta").textContent = `${res.count.toLocaleString()} images · ${res.method.toUpperCase()} · similar images lie close together` +
         (state.hits.length ? ` · ${state.hits.length} search results ringed` : "");
