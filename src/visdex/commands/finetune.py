@@ -155,7 +155,7 @@ def finetune(
     """Fine-tune a model on your images; the best epoch on held-out data is saved in --out as a model.
 
     labelled: metric learning (projection head, optionally the last blocks) for image search.
-    captions: contrastive image-text training of a CLIP / SigLIP model (towers, last blocks or LoRA).
+    captions: contrastive image-text training of a CLIP / SigLIP / OpenCLIP model (towers, last blocks or LoRA).
     pca: no labels, fewer dimensions (--dim) for a memory budget; reports what the reduction keeps.
     labelled and captions end with the held-out evaluation of `visdex eval`, before and after. Use the result with
     `visdex index PHOTOS --model OUT`."""

@@ -469,6 +469,13 @@ class TransformersFamily(Family):
     def image_forward(self, emb):
         return emb._image_batch, l2_normalize
 
+    def caption_training(self, emb):
+        if not emb.supports_text:
+            return None
+        from .hf_captions import caption_training
+
+        return caption_training(emb)
+
     def onnx_towers(self, emb, pixels) -> dict:
         import torch
 

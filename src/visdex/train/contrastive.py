@@ -1,16 +1,18 @@
-"""Contrastive image-text fine-tuning of CLIP / SigLIP models on ``(image, caption)`` pairs.
+"""Contrastive image-text fine-tuning of CLIP / SigLIP / OpenCLIP models on ``(image, caption)`` pairs.
 
-What trains: both towers (or one, ``freeze``), the whole of each tower or only its last
-``train_blocks`` encoder layers with the final norm and projection, or -- with ``lora`` -- only
-low-rank adapters on the Linear layers of that region (:mod:`visdex.train.lora`). The learnt
-temperature (and SigLIP's bias) always trains. Loss: CLIP's symmetric InfoNCE, or SigLIP's
-sigmoid loss, by family. A batch holds each image once (with one of its captions), so no image
-is its own negative.
+The model's family adapter says what can train (``Family.caption_training``: the towers, their blocks,
+the forwards, the loss, how to save); this module only runs the loop. What trains: both towers (or
+one, ``freeze``), the whole of each tower or only its last ``train_blocks`` encoder blocks with the
+final norm and projection, or -- with ``lora`` -- only low-rank adapters on the Linear layers of that
+region (:mod:`visdex.train.lora`). The learnt temperature (and SigLIP's bias) always trains. Loss:
+CLIP's symmetric InfoNCE, or the sigmoid loss for models with a learnt logit bias (SigLIP). A batch
+holds each image once (with one of its captions), so no image is its own negative.
 
 Every epoch is scored on the held-out pairs (mean of text-to-image and image-to-text Recall@1/5/10);
-the best epoch is saved in ``out`` with ``save_pretrained`` (LoRA merged) plus the tokenizer and
-the image processor config, so ``--model OUT`` loads it like any local model, and its weights
-hash is its fingerprint. The run ends with :func:`visdex.evaluate.eval_captions`, before and after.
+the best epoch is saved in ``out`` (LoRA merged) in the family's own folder layout (``save_pretrained``
+plus tokenizer and image processor config; OpenCLIP's ``open_clip_config.json`` + safetensors), so
+``--model OUT`` loads it like any local model, and its weights hash is its fingerprint. The run ends
+with :func:`visdex.evaluate.eval_captions`, before and after.
 
 >>> res = finetune_captions("clip-vit-b-32", "pairs.csv", "runs/clip", lora=8)     # doctest: +SKIP
 >>> res.change["t2i_recall@5"]                                                     # doctest: +SKIP
@@ -19,7 +21,6 @@ hash is its fingerprint. The run ends with :func:`visdex.evaluate.eval_captions`
 from __future__ import annotations
 
 import copy
-import json
 import math
 import os
 import shutil
@@ -32,6 +33,7 @@ import numpy as np
 
 from ..errors import BadDataset, UnsupportedModality
 from ..evaluate import eval_captions, metrics_from_labels, read_captions
+from ..models.families.base import CaptionTraining
 from .common import (
     FinetuneResult,
     Phase,
@@ -54,20 +56,22 @@ _KS = (1, 5, 10)
 
 
 def needs_contrastive_model(name: str, why: str) -> UnsupportedModality:
-    return UnsupportedModality(f"model {name!r} {why}; fine-tuning on captions needs a CLIP or SigLIP model "
-                               "(clip-vit-b-32, siglip2-base, hf:<repo>, or a local directory of one)")  # fmt: skip
+    return UnsupportedModality(f"model {name!r} {why}; fine-tuning on captions needs a CLIP, SigLIP or OpenCLIP "
+                               "model (clip-vit-b-32, siglip2-base, openclip-vit-b-32, mobileclip2-s0, hf:<repo>, "
+                               "open_clip:<arch>/<tag>, or a local directory of one)")  # fmt: skip
 
 
 def check_caption_model_name(name: str) -> None:
     """Refuse, before loading anything, a catalog model that cannot be fine-tuned on captions."""
     from ..models import get_spec, list_models
+    from ..models.families import family
 
     if name not in {s.name for s in list_models()}:
         return
     spec = get_spec(name)
     if not spec.supports_text:
         raise needs_contrastive_model(name, "embeds images only (it has no text tower)")
-    if spec.family not in ("clip", "siglip"):
+    if family(spec.family).profile.contrastive_loss is None:  # the adapter's word: no captions loss
         raise needs_contrastive_model(name, "is not a trainable image-text model")
 
 
@@ -94,26 +98,10 @@ def _check_pairs(pairs: Sequence[tuple[str, str]], what: str, least: int) -> Non
 
 
 # -- which parameters train ---------------------------------------------------------------------------
-def _tower(model, family: str, tower: str) -> tuple[list, list, list]:
-    """(whole tower modules, encoder layers, top modules: final norm + projection) of one tower."""
-    if tower == "image":
-        enc = model.vision_model
-        whole = [enc, model.visual_projection] if family == "clip" else [enc]
-        top = (
-            [enc.post_layernorm, model.visual_projection]
-            if family == "clip"
-            else [enc.post_layernorm, getattr(enc, "head", None)]
-        )
-    else:
-        enc = model.text_model
-        whole = [enc, model.text_projection] if family == "clip" else [enc]
-        top = [enc.final_layer_norm, model.text_projection if family == "clip" else getattr(enc, "head", None)]
-    return whole, list(enc.encoder.layers), [m for m in top if m is not None]
-
-
-def select_trainable(model, family: str, freeze: Sequence[str], train_blocks: int | None, lora: int,
+def select_trainable(model, parts: CaptionTraining, freeze: Sequence[str], train_blocks: int | None, lora: int,
                      lora_alpha: float | None) -> list[str]:  # fmt: skip
-    """Freeze everything, then open what the options ask for; returns the names of the trainable parameters."""
+    """Freeze everything, then open what the options ask for (in the towers ``parts`` lays out); returns the
+    names of the trainable parameters."""
     import torch
 
     from .lora import add_lora
@@ -124,24 +112,25 @@ def select_trainable(model, family: str, freeze: Sequence[str], train_blocks: in
     for tower in TOWERS:
         if tower in freeze:
             continue
-        whole, layers, top = _tower(model, family, tower)
+        whole, layers, top = parts.towers[tower]
         if train_blocks is None:
             region += whole
         else:
             if train_blocks > len(layers):
-                raise TrainSetupError(f"--train-blocks {train_blocks}: the {tower} tower has {len(layers)} layers")
+                known = f"has {len(layers)} layers" if layers else "has no blocks visdex can pick (train it whole)"
+                raise TrainSetupError(f"--train-blocks {train_blocks}: the {tower} tower {known}")
             region += layers[len(layers) - train_blocks :] + top
     if lora:
-        ids = {id(m) for r in region for m in r.modules()}
+        ids = {id(m) for r in region if isinstance(r, torch.nn.Module) for m in r.modules()}
         if not add_lora(model, lora, lora_alpha, where=lambda _, layer: id(layer) in ids):
             raise TrainSetupError("--lora found no Linear layer to adapt in the trained blocks")
     else:
         for r in region:
-            for p in r.parameters():
+            for p in [r] if isinstance(r, torch.nn.Parameter) else r.parameters():
                 p.requires_grad_(True)
-    for name in ("logit_scale", "logit_bias"):
-        if isinstance(getattr(model, name, None), torch.nn.Parameter):
-            getattr(model, name).requires_grad_(True)
+    for p in (parts.logit_scale, parts.logit_bias):
+        if isinstance(p, torch.nn.Parameter):
+            p.requires_grad_(True)
     return [n for n, p in model.named_parameters() if p.requires_grad]
 
 
@@ -171,28 +160,16 @@ class _Images:
         self.pool.shutdown()
 
 
-def _tokens(emb, texts: list[str]) -> dict:
-    """Tokenise exactly as the embedder does at query time (padding, length, lowercasing)."""
-    if emb.lowercase:
-        texts = [t.lower() for t in texts]
-    batch = emb.tokenizer(texts, padding="max_length" if emb.family == "siglip" else True, truncation=True,
-                          max_length=emb.text_length, return_tensors="pt").to(emb.device)  # fmt: skip
-    return {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask")}
-
-
-def _loss(emb, pixels: np.ndarray, texts: list[str]):
+def _loss(parts: CaptionTraining, emb, pixels: np.ndarray, texts: list[str]):
     import torch
 
-    from ..models.hf import _features
     from .losses import clip_loss, siglip_loss
 
-    model = emb.model
-    # the embedder's own image forward (CLIP, SigLIP, SigLIP 2 NaFlex): training sees what indexing computes
-    image = emb._image_batch(torch.from_numpy(pixels).to(emb.device))
-    text = _features(model.get_text_features(**_tokens(emb, texts)))
-    if emb.family == "siglip":
-        return siglip_loss(image, text, model.logit_scale, model.logit_bias)
-    return clip_loss(image, text, model.logit_scale)
+    image = parts.image_features(torch.from_numpy(pixels).to(emb.device))
+    text = parts.text_features(texts)
+    if parts.logit_bias is not None:
+        return siglip_loss(image, text, parts.logit_scale, parts.logit_bias)
+    return clip_loss(image, text, parts.logit_scale)
 
 
 def caption_metrics(image_vecs: np.ndarray, text_vecs: np.ndarray, owner: np.ndarray) -> dict:
@@ -280,14 +257,14 @@ def finetune_captions(
     run = RunDir(out)
     run.prepare(resume)
     state = load_state(run, settings) if resume else None
-    emb = _load_trainable(model, device)
+    emb, parts = _load_trainable(model, device)
     report_pairs = test_pairs or val_pairs
     before = state["before"] if state else _evaluate(emb, report_pairs, progress, "eval before")
 
     emb.model.float()
     emb.dtype = torch.float32  # train in float32 everywhere (the embedder uses float16 on CUDA for inference)
     torch.manual_seed(seed)  # LoRA's A matrices start random
-    names = select_trainable(emb.model, emb.family, freeze, train_blocks, lora, lora_alpha)
+    names = select_trainable(emb.model, parts, freeze, train_blocks, lora, lora_alpha)
     params = [p for _, p in emb.model.named_parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW([{"params": params, "base_lr": lr}], lr=lr, weight_decay=0.01)
     images = _Images(emb, progress)
@@ -309,12 +286,12 @@ def finetune_captions(
     try:
         for epoch in range(start, epochs + 1):
             epoch_timer = Timer()
-            mean_loss = _train_epoch(emb, optimizer, images, by_image, epoch, epochs, batch_size, seed, progress)
+            mean_loss = _train_epoch(parts, emb, optimizer, images, by_image, epoch, epochs, batch_size, seed, progress)
             scores = _score(emb, images, val_pairs)
             improved = scores[SCORE] > best_score
             if improved:
                 best_epoch, best_score = epoch, scores[SCORE]
-                _save_model_dir(emb, run.root)
+                _save_model_dir(parts, emb, run.root)
             history.append({"epoch": epoch, "loss": mean_loss, "val": scores, "seconds": round(epoch_timer.seconds, 3)})
             trainable = {n: p.detach().cpu().clone() for n, p in emb.model.named_parameters() if p.requires_grad}
             save_state(run, {"epoch": epoch, "settings": settings, "trainable": trainable, "names": names,
@@ -336,17 +313,19 @@ def finetune_captions(
     return result
 
 
-def _load_trainable(model: str, device: str):
-    """The model as an :class:`~visdex.models.hf.HFEmbedder` of the CLIP or SigLIP family, or a typed refusal."""
+def _load_trainable(model: str, device: str) -> tuple:
+    """(embedder, what its family trains), or a typed refusal."""
     from ..models import load_embedder
-    from ..models.hf import HFEmbedder
+    from ..models.families import adapter_for
 
     emb = load_embedder(model, device=device)
     if not emb.supports_text:
         raise needs_contrastive_model(model, "embeds images only (it has no text tower)")
-    if not isinstance(emb, HFEmbedder) or emb.family not in ("clip", "siglip"):
+    adapter = adapter_for(emb)
+    parts = adapter.caption_training(emb) if adapter is not None else None
+    if parts is None:
         raise needs_contrastive_model(model, "is not a trainable image-text model")
-    return emb
+    return emb, parts
 
 
 def _restore(model, optimizer, state: dict) -> None:
@@ -362,8 +341,8 @@ def _restore(model, optimizer, state: dict) -> None:
     optimizer.load_state_dict(state["optimizer"])
 
 
-def _train_epoch(emb, optimizer, images: _Images, by_image: dict[str, list[str]], epoch: int, epochs: int,
-                 batch_size: int, seed: int, progress: TrainProgress) -> float:  # fmt: skip
+def _train_epoch(parts: CaptionTraining, emb, optimizer, images: _Images, by_image: dict[str, list[str]],
+                 epoch: int, epochs: int, batch_size: int, seed: int, progress: TrainProgress) -> float:  # fmt: skip
     """One pass over the training images in a seeded order, each with one of its captions; the mean loss."""
     image_list = sorted(by_image)
     steps = max(1, math.ceil(len(image_list) / batch_size))
@@ -377,7 +356,7 @@ def _train_epoch(emb, optimizer, images: _Images, by_image: dict[str, list[str]]
         rows = range(step * batch_size, min(len(order), (step + 1) * batch_size))
         pixels, ok = images.load([order[r] for r in rows])
         if len(ok) >= 2:  # a contrastive batch needs a negative
-            value = _loss(emb, pixels, [captions[rows[i]] for i in ok])
+            value = _loss(parts, emb, pixels, [captions[rows[i]] for i in ok])
             optimizer.zero_grad(set_to_none=True)
             value.backward()
             optimizer.step()
@@ -390,48 +369,16 @@ def _where(p) -> str | None:
     return None if p is None else str(Path(p).expanduser().resolve())
 
 
-def _save_model_dir(emb, root: Path) -> None:
-    """save_pretrained of a LoRA-merged copy, the tokenizer and the image processor config, written to a temp
-    folder beside ``root`` and moved in file by file (the ``training/`` folder is left alone)."""
-    from ..models.hf import quiet_transformers
+def _save_model_dir(parts: CaptionTraining, emb, root: Path) -> None:
+    """The family's save of a LoRA-merged copy, written to a temp folder beside ``root`` and moved in file by
+    file (the ``training/`` folder is left alone)."""
     from .lora import merge_lora
 
     merged = merge_lora(copy.deepcopy(emb.model)).eval()
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=".save-"))
     try:
-        with quiet_transformers():
-            merged.save_pretrained(tmp)
-            emb.tokenizer.save_pretrained(tmp)
-        _save_image_processor(emb, tmp)
+        parts.save(merged, tmp)
         for f in tmp.iterdir():
             os.replace(f, root / f.name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _save_image_processor(emb, folder: Path) -> None:
-    """The base's preprocessor_config.json when it reads back as the same preprocessing, else one written
-    from the embedder's own :class:`~visdex.models.base.Preprocess` (what indexing actually uses)."""
-    from ..models.hf import default_preprocess, preprocess_from_config
-
-    fallback = default_preprocess(emb.model_type, emb.model.config)
-    try:
-        import transformers
-
-        transformers.AutoImageProcessor.from_pretrained(emb.source).save_pretrained(folder)
-        cfg = json.loads((folder / "preprocessor_config.json").read_text())
-        if preprocess_from_config(cfg, fallback) == emb.preprocess:
-            return
-    except Exception:  # no processor to copy (or an odd one): describe our own preprocessing instead
-        cfg = {}
-    pre = emb.preprocess
-    cfg.update({"do_resize": True, "do_rescale": True, "rescale_factor": pre.rescale, "do_normalize": True,
-                "image_mean": list(pre.mean), "image_std": list(pre.std),
-                "resample": 2 if pre.resample == "bilinear" else 3})  # fmt: skip
-    if pre.mode == "squash":
-        cfg.update({"size": {"height": pre.size, "width": pre.size}, "do_center_crop": False})
-        cfg.pop("crop_size", None)
-    else:
-        cfg.update({"size": {"shortest_edge": pre.resize_to}, "do_center_crop": True,
-                    "crop_size": {"height": pre.size, "width": pre.size}})  # fmt: skip
-    (folder / "preprocessor_config.json").write_text(json.dumps(cfg, indent=2))

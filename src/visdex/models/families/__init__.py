@@ -17,9 +17,20 @@ import pkgutil
 from pathlib import Path
 
 from ...errors import UnknownModel
-from .base import Family, FamilyProfile, ModelRef, Stage, Stages
+from .base import CaptionTraining, Family, FamilyProfile, ModelRef, Stage, Stages
 
-__all__ = ["Family", "FamilyProfile", "ModelRef", "Stage", "Stages", "adapter_for", "families", "family", "resolve"]
+__all__ = [
+    "CaptionTraining",
+    "Family",
+    "FamilyProfile",
+    "ModelRef",
+    "Stage",
+    "Stages",
+    "adapter_for",
+    "families",
+    "family",
+    "resolve",
+]
 
 
 @functools.cache

@@ -68,6 +68,25 @@ class Stages:
     pool: Callable = lambda h: h
 
 
+@dataclass
+class CaptionTraining:
+    """What ``finetune captions`` trains in one image-text model, as the family lays it out.
+
+    ``towers``: ``{"image"|"text": (whole tower, encoder blocks in order, top: final norm + projection)}``, each
+    a list of modules or bare parameters. ``image_features`` (pixel tensor) and ``text_features`` (texts) run
+    with gradients and return unnormalised vectors, exactly as indexing computes them. The loss is SigLIP's
+    sigmoid loss when ``logit_bias`` is set, else CLIP's InfoNCE. ``save(model, folder)`` writes a model
+    folder (of ``model``, a copy of the embedder's with LoRA merged) that this family loads back.
+    """
+
+    towers: dict[str, tuple[list, list, list]]
+    image_features: Callable
+    text_features: Callable
+    logit_scale: Any
+    save: Callable[[Any, Path], None]
+    logit_bias: Any = None
+
+
 class Family:
     """A model family adapter. Subclasses set the class attributes and override what their family does.
 
@@ -112,6 +131,10 @@ class Family:
     def export_tokenizer(self, emb: Embedder):
         """The transformers tokenizer whose ``tokenizer.json`` the torch-free query path loads."""
         return emb.tokenizer
+
+    def caption_training(self, emb: Embedder) -> CaptionTraining | None:
+        """How ``finetune captions`` trains ``emb``; None when the family cannot (no text tower, or not trainable)."""
+        return None
 
     def trainable_stages(self, emb: Embedder) -> Stages | None:
         """The image network cut into stages for ``finetune labelled --train-blocks N``; None: head only."""

@@ -208,6 +208,27 @@ class OpenClipFamily(Family):
             towers["text"] = (TextTower(), (example,), ["input_ids"], "transformer")
         return towers
 
+    def caption_training(self, emb):
+        if emb.tokenizer is None:
+            return None
+        from .base import CaptionTraining
+
+        model = emb.model
+        text = getattr(model, "text", None)  # CustomTextCLIP (MobileCLIP, SigLIP, HF text towers) keeps it apart
+        if text is None:
+            parts = [model.transformer, model.token_embedding, model.positional_embedding, model.ln_final]
+            text_tower = (parts + [model.text_projection], _blocks(model), [model.ln_final, model.text_projection])
+        else:
+            text_tower = ([text], _blocks(text), [getattr(text, n, None) for n in ("ln_final", "text_projection")])
+        return CaptionTraining(
+            towers={"image": _image_tower(model.visual), "text": _clean(text_tower)},
+            image_features=emb._image_batch,
+            text_features=lambda texts: model.encode_text(emb.tokenizer(texts).to(emb.device)),
+            logit_scale=model.logit_scale,
+            logit_bias=getattr(model, "logit_bias", None),  # OpenCLIP's SigLIP models: the sigmoid loss
+            save=lambda merged, folder: save_folder(emb, merged, folder),
+        )
+
     def export_tokenizer(self, emb):
         """OpenCLIP's own CLIP BPE tokenizer as a transformers fast tokenizer (same ids, checked at export);
         None for models whose tokenizer is something else (their text queries run torch)."""
@@ -234,6 +255,66 @@ class OpenClipFamily(Family):
             return model.encode_image(torch.stack([transform(im) for im in images]))
 
         return forward, int(model.encode_image(transform(_blank()).unsqueeze(0)).shape[-1])
+
+
+def _blocks(tower) -> list:
+    """A transformer tower's residual blocks in order; [] when it has none visdex knows (HF text towers)."""
+    inner = getattr(tower, "transformer", None)
+    return list(getattr(inner, "resblocks", None) or [])
+
+
+def _image_tower(visual) -> tuple[list, list, list]:
+    """(whole, blocks, top) of an OpenCLIP image tower: its own ViT, or a timm trunk (MobileCLIP's FastViT) whose
+    children after ``stages`` / ``blocks`` (final conv, norm, head) and the projection head are the top."""
+    trunk = getattr(visual, "trunk", None)
+    if trunk is None:
+        top = [getattr(visual, n, None) for n in ("attn_pool", "ln_post", "proj")]
+        return _clean(([visual], _blocks(visual), top))
+    children = list(trunk.named_children())
+    at = next((i for i, (n, _) in enumerate(children) if n in ("stages", "blocks", "layers")), None)
+    blocks = list(children[at][1]) if at is not None else []
+    top = [m for _, m in children[at + 1 :]] if at is not None else []
+    return _clean(([visual], blocks, top + [getattr(visual, "head", None)]))
+
+
+def _clean(tower: tuple[list, list, list]) -> tuple[list, list, list]:
+    """Drop the parts a model lacks (None) and modules without parameters."""
+    import torch
+
+    def keep(x) -> bool:
+        return isinstance(x, torch.nn.Parameter) or (x is not None and any(True for _ in x.parameters()))
+
+    whole, blocks, top = tower
+    return [x for x in whole if keep(x)], blocks, [x for x in top if keep(x)]
+
+
+def save_folder(emb, model, folder: Path) -> None:
+    """``model`` as an OpenCLIP folder (``open_clip_config.json`` + ``open_clip_model.safetensors``, the layout of
+    OpenCLIP's hub repos), which loads back as ``open_clip:local-dir:<folder>`` or the bare folder."""
+    from safetensors.torch import save_file
+
+    cfg = {"model_cfg": _model_cfg(emb.source), "preprocess_cfg": dict(model.visual.preprocess_cfg)}
+    (folder / _CONFIG).write_text(json.dumps(cfg, indent=2))
+    # clone: safetensors refuses tensors that share memory
+    state = {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(folder / _WEIGHTS[0]))
+
+
+def _model_cfg(model_name: str) -> dict:
+    """The architecture config ``model_name`` was built from (a named architecture, a hub repo, a folder)."""
+    open_clip = require_open_clip()
+    if model_name.startswith(_SCHEMES):
+        if model_name.startswith("local-dir:"):
+            path = Path(model_name[len("local-dir:") :]) / _CONFIG
+        else:
+            from huggingface_hub import hf_hub_download
+
+            path = Path(hf_hub_download(model_name[len("hf-hub:") :], _CONFIG))
+        return json.loads(path.read_text())["model_cfg"]
+    cfg = open_clip.get_model_config(split_source(model_name)[0])
+    if cfg is None:
+        raise ModelLoadError(f"OpenCLIP has no config for {model_name!r}")
+    return cfg
 
 
 def clip_bpe_tokenizer(model_max_length: int = 77):
