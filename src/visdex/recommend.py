@@ -167,8 +167,9 @@ def _candidates(c: Constraints) -> tuple[list[ModelProfile], list[str]]:
         return pool, why
     pool = sorted((p for p in MODEL_PROFILES if p.text), key=lambda p: (-p.quality_text, -p.quality_visual))
     both = "one model for text and image queries: " if c.query == "both" else ""
-    why = [f"{both}text queries need a model that puts text and images in one space: CLIP or SigLIP, trained "
-           "contrastively on image-caption pairs (DINOv2 has no text tower)"]  # fmt: skip
+    why = [f"{both}text queries need a model that puts text and images in one space: CLIP or SigLIP (OpenAI's or "
+           "OpenCLIP's open-data and MobileCLIP weights), trained contrastively on image-caption pairs (DINOv2 has no "
+           "text tower)"]  # fmt: skip
     if c.multilingual:
         pool = [p for p in pool if p.multilingual]
         why.append("multilingual queries: CLIP learned from English captions only; SigLIP 2 was trained on "
@@ -237,12 +238,33 @@ def _choose_model(c: Constraints, bench: Benchmarks) -> tuple[ModelChoice, Store
             f"torch fp32 would need ~{chosen.embed_ms * 2:.0f} ms per query: export the {tower} tower to ONNX "
             "Runtime with int8 dynamic quantisation (~2x faster on CPU, cosine >= 0.99 to fp32)"
         )
+    note = _licence_note(c, options, chosen)
+    if note:
+        why.append(note)
     if p.is_cnn:
         why.append("a CNN here: nothing transformer-sized fits the budget; expect weaker retrieval than DINOv2")
     rate = _img_per_s(p, c, bench)
     choice = ModelChoice(p.name, p.arch, p.params_m, p.dim, chosen.runtime, round(chosen.embed_ms, 2), rate, why,
                          _alternatives(c, options, p.name))  # fmt: skip
     return choice, chosen.store
+
+
+def _licence_note(c: Constraints, options: list[_Option], chosen: _Option) -> str | None:
+    """Research-only weights win on numbers but may not be usable in a product: say so, and name the best
+    model with an open licence that meets the same budget."""
+    from .models import get_spec
+
+    licence = get_spec(chosen.profile.name).license
+    if "research" not in licence.lower():
+        return None
+    fits = [o for o in options if o.total_ms <= max(c.latency_ms, chosen.total_ms)]
+    open_ = next((o for o in fits if "research" not in get_spec(o.profile.name).license.lower()), None)
+    note = f"{chosen.profile.name}'s weights are under a research licence ({licence}): check it allows your use"
+    if open_ is None:
+        return note
+    name = open_.profile.name
+    return (f"{note}; for a commercial product take {name} ({get_spec(name).license}, ~{open_.total_ms:.0f} ms), "
+            "the best openly licensed model in this budget")  # fmt: skip
 
 
 def _alternatives(c: Constraints, options: list[_Option], chosen: str) -> list[dict]:
