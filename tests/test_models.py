@@ -34,6 +34,8 @@ CATALOG_NAMES = [
     "mobileclip2-s0",
     "effnet-lite0",
     "lite0-minilm",
+    "effnet-lite2",
+    "lite2-minilm",
 ]
 
 
@@ -89,9 +91,12 @@ def test_catalog_lists_every_model_with_default_first():
         "mobileclip2-s0": 512,
         "effnet-lite0": 1280,
         "lite0-minilm": 384,
+        "effnet-lite2": 1280,
+        "lite2-minilm": 384,
     }
-    assert [s.name for s in specs if not s.supports_text] == ["dinov2-small", "dinov2-base", "effnet-lite0"]
-    assert [s.name for s in specs if s.offline] == ["effnet-lite0", "lite0-minilm"]
+    image_only = ["dinov2-small", "dinov2-base", "effnet-lite0", "effnet-lite2"]
+    assert [s.name for s in specs if not s.supports_text] == image_only
+    assert [s.name for s in specs if s.offline] == ["effnet-lite0", "lite0-minilm", "effnet-lite2", "lite2-minilm"]
     assert all(s.notes and s.license for s in specs)
 
 

