@@ -2,6 +2,8 @@
 
     python benchmarks/ui_scale.py                      # 2,000 images -> benchmarks/results/ui_scale.json
     python benchmarks/ui_scale.py --n 2000 20000       # both sizes (20,000 takes a while to index)
+    python benchmarks/ui_scale.py --analyses-only      # only search latency while the map / duplicates compute
+    python benchmarks/ui_scale.py --analyses           # both
 
 The library is made of small images derived from scikit-image's photos (crops, shifts, tints), each with
 an EXIF date spread over five years and one of three cameras, indexed with the tiny random-weight CLIP of
@@ -16,6 +18,14 @@ the tests (browsing needs no embedding; this keeps indexing quick). The server r
   each step the thumbnails asked for whose tile lies more than two screens below the view are counted
   (``max_thumbs_beyond_two_screens``: 0 means the page never fetches further ahead), with the time for
   each step's new thumbnails to load (p50 / max).
+
+- ``analyses`` (with ``--analyses`` or ``--analyses-only``): search latency (``GET /api/search``, a new text each time, one client, 0.2 s between
+  searches) in three phases of
+  one run, side by side: while the server computes its default map, duplicates and clusters in the
+  background right after start-up (``background``, with ``background_ready_s``: until all are ready); with
+  nothing else running (``idle``); and while the same three are computed the way the server did before
+  (``foreground``: in a thread of the server process at normal priority, on its own connection, as a
+  request thread did), with ``foreground_s``.
 
 The machine's load average is recorded with the numbers: on a shared machine they are noisy.
 """
@@ -144,7 +154,62 @@ def measure_browser(url: str, screens: int, viewport: dict) -> dict:
     }
 
 
-def run(n: int, screens: int) -> dict:
+PAUSE_S = 0.2  # between one client's searches: a person refining a query, not a load test
+
+
+def _latency(url: str, until, at_least: int = 20, at_most: int = 100_000) -> dict:
+    """One client searching (a new text each time: no cached vector) until ``until()`` and ``at_least`` are met."""
+    import httpx
+
+    times = []
+    with httpx.Client(timeout=120) as client:
+        while len(times) < at_most and (len(times) < at_least or not until()):
+            t0 = time.perf_counter()
+            client.get(url + "/api/search", params={"q": f"a photo number {len(times)} {time.time()}", "k": 20})
+            times.append((time.perf_counter() - t0) * 1000)
+            time.sleep(PAUSE_S)
+    times.sort()
+    return {"searches": len(times), "p50_ms": round(statistics.median(times), 1),
+            "p95_ms": round(times[int(0.95 * (len(times) - 1))], 1), "max_ms": round(times[-1], 1)}  # fmt: skip
+
+
+def measure_analyses(url: str, ix_dir: Path) -> dict:
+    """Search latency while the background computes the analyses, idle, and while computed as before."""
+    import threading
+
+    import httpx
+
+    from visdex import open_index
+    from visdex.cluster import cluster_index
+    from visdex.dupes import find_duplicates
+    from visdex.viz import project_2d
+
+    def ready() -> bool:
+        jobs = httpx.get(url + "/api/analyses", timeout=60).json()["jobs"]
+        return bool(jobs) and all(j["status"] in ("ready", "failed") for j in jobs.values())
+
+    t0 = time.perf_counter()
+    out = {"background": _latency(url, ready)}
+    out["background_ready_s"] = round(time.perf_counter() - t0, 1)
+    out["background_jobs"] = httpx.get(url + "/api/analyses", timeout=60).json()["jobs"]
+    out["idle"] = _latency(url, lambda: True, at_least=50)
+    done = threading.Event()
+
+    def before() -> None:  # what a request thread did before: compute at once, normal priority, no pauses
+        t1 = time.perf_counter()
+        with open_index(ix_dir, create=False) as ix:
+            find_duplicates(ix)
+            cluster_index(ix)
+            project_2d(ix)
+        out["foreground_s"] = round(time.perf_counter() - t1, 1)
+        done.set()
+
+    threading.Thread(target=before, daemon=True).start()
+    out["foreground"] = _latency(url, done.is_set)
+    return out
+
+
+def run(n: int, screens: int, analyses: bool = False, browser: bool = True) -> dict:
     from visdex.server import create_app
 
     from serverhelp import LiveServer
@@ -152,7 +217,12 @@ def run(n: int, screens: int) -> dict:
     with tempfile.TemporaryDirectory(prefix="visdex-ui-scale-") as tmp:
         ix = build_index(Path(tmp), n)
         with LiveServer(create_app(ix)) as server:
-            out = {"n": n, "api_ms": api_times(server.url)}
+            out = {"n": n}
+            if analyses:  # first: the server has just started its background work
+                out["analyses"] = measure_analyses(server.url, ix)
+            if not browser:
+                return out
+            out["api_ms"] = api_times(server.url)
             out["wide"] = measure_browser(server.url, screens, {"width": 1440, "height": 900})
             out["phone"] = measure_browser(server.url, screens, {"width": 390, "height": 844})
     return out
@@ -162,18 +232,22 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, nargs="+", default=[2000], help="library sizes")
     ap.add_argument("--screens", type=int, default=20, help="screens to scroll down")
-    ap.add_argument("--out", type=Path, default=RESULTS / "ui_scale.json")
+    ap.add_argument("--out", type=Path, default=None, help="default: results/ui_scale.json (or ui_analyses.json)")
+    ap.add_argument("--analyses", action="store_true", help="also search latency while the analyses compute")
+    ap.add_argument("--analyses-only", action="store_true", help="only that (no browser)")
     args = ap.parse_args()
-    runs = []
+    load_before, runs = os.getloadavg(), []
     for n in args.n:
         print(f"library of {n} images", flush=True)
-        runs.append(run(n, args.screens))
+        runs.append(run(n, args.screens, args.analyses or args.analyses_only, browser=not args.analyses_only))
         print(json.dumps(runs[-1], indent=1), flush=True)
     report = {
         "benchmark": "ui_scale",
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "loadavg": os.getloadavg()},
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "loadavg": load_before},
         "runs": runs,
     }
+    args.out = args.out or RESULTS / ("ui_analyses.json" if args.analyses_only else "ui_scale.json")
+    report["machine"]["loadavg_after"] = os.getloadavg()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1) + "\n")
     print(f"wrote {args.out}")
