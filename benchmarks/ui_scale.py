@@ -19,13 +19,12 @@ the tests (browsing needs no embedding; this keeps indexing quick). The server r
   (``max_thumbs_beyond_two_screens``: 0 means the page never fetches further ahead), with the time for
   each step's new thumbnails to load (p50 / max).
 
-- ``analyses`` (with ``--analyses`` or ``--analyses-only``): search latency (``GET /api/search``, a new text each time, one client, 0.2 s between
-  searches) in three phases of
-  one run, side by side: while the server computes its default map, duplicates and clusters in the
-  background right after start-up (``background``, with ``background_ready_s``: until all are ready); with
-  nothing else running (``idle``); and while the same three are computed the way the server did before
-  (``foreground``: in a thread of the server process at normal priority, on its own connection, as a
-  request thread did), with ``foreground_s``.
+- ``analyses`` (with ``--analyses`` or ``--analyses-only``): search latency (``GET /api/search``, a new
+  text each time, one client, 0.2 s between searches) in three phases of one run, side by side: while the
+  server computes its default map, duplicates and clusters in the background right after start-up
+  (``background``, with ``background_ready_s``: until all are ready); with nothing else running (``idle``);
+  and while the same three are computed the way the server did before (``foreground``: in a thread of the
+  server process at normal priority, on its own connection, as a request thread did), with ``foreground_s``.
 
 The machine's load average is recorded with the numbers: on a shared machine they are noisy.
 """
