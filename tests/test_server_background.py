@@ -111,3 +111,46 @@ def test_a_new_index_state_recomputes(client, gallery, tiny_clip):
     assert after["count"] == len(photos) + 1
     dupes = _until_ready(client, "/api/duplicates", {"exact_only": True}).json()
     assert any(m["path"].endswith("astronaut-again.jpg") for g in dupes["groups"] for m in g["members"])
+
+
+@pytest.mark.browser
+def test_the_ui_shows_the_progress_then_the_map(gallery, tmp_path):
+    """The map and duplicates views poll while the worker is busy, say so, and draw the result when it comes."""
+    import os
+
+    from serverhelp import LiveServer
+
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    chromium = os.environ.get("VISDEX_CHROMIUM", "/usr/bin/chromium")
+    if not Path(chromium).is_file():
+        pytest.skip(f"no Chromium at {chromium}")
+    app = create_app(gallery[0])
+
+    class Held:  # what _hold_worker needs of a TestClient
+        pass
+
+    held = Held()
+    held.app = app
+    release = _hold_worker(held)  # the worker's first job, before the defaults: they wait behind it
+    try:
+        with LiveServer(app) as server, sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium, args=["--headless", "--no-sandbox", "--disable-gpu"])
+            page = browser.new_page(viewport={"width": 1280, "height": 860})
+            page.set_default_timeout(30_000)
+            page.goto(server.url + "/#map")
+            page.wait_for_function(
+                "() => /computing in the background/.test(document.getElementById('map-meta').textContent)"
+            )
+            page.goto(server.url + "/#dupes")
+            page.wait_for_function(
+                "() => /Looking for duplicates/.test(document.getElementById('dupes-meta').textContent)"
+            )
+            release.set()
+            page.wait_for_function(
+                "() => /group|No duplicates/.test(document.getElementById('dupes-meta').textContent)"
+            )
+            page.goto(server.url + "/#map")
+            page.wait_for_function("() => /images ·/.test(document.getElementById('map-meta').textContent)")
+            browser.close()
+    finally:
+        release.set()
