@@ -12,6 +12,7 @@ import errno
 import json
 import logging
 import os
+import random
 import sqlite3
 import threading
 import time
@@ -28,6 +29,7 @@ try:
 except ImportError:  # pragma: no cover - Windows: no writer lock (SQLite still serialises each transaction)
     fcntl = None
 
+BUSY_TIMEOUT_S = 60  # how long a statement waits for another process's write lock
 log = logging.getLogger(__name__)
 
 DB_NAME = "index.db"
@@ -148,28 +150,44 @@ class IndexDB:
         self._on_commit: list[Callable[[], None]] = []
         self._depth = 0
         self._bumped = False  # the open transaction changed vectors (bumped the generation)
-        try:
-            if _writable(self.path):
-                try:
-                    self.conn = self._connect(self.path)
-                    self.conn.execute("PRAGMA journal_mode=WAL")
-                except sqlite3.OperationalError as e:
-                    # A full disk cannot even hold WAL's shared-memory file: still answer reads.
-                    if not self.path.exists() or _code(e) not in (sqlite3.SQLITE_IOERR, sqlite3.SQLITE_FULL,
-                                                                     sqlite3.SQLITE_CANTOPEN):  # fmt: skip
-                        raise
-                    log.warning("opening %s read-only: %s", self.path, e)
-                    self.conn = self._connect_readonly()
-            else:
+        # Opening can meet SQLITE_BUSY without SQLite's busy handler being asked: switching a new file to WAL
+        # while another process does the same, or reading while it rebuilds the WAL index. Those are brief:
+        # retry the whole open (each step is idempotent) for as long as the busy timeout would have waited.
+        deadline = time.monotonic() + BUSY_TIMEOUT_S
+        while True:
+            try:
+                self._open()
+                return
+            except sqlite3.OperationalError as e:
+                if _code(e) not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED) or time.monotonic() > deadline:
+                    raise StoreError(f"cannot open the index database {self.path}: {e}") from e
+                with suppress(Exception):
+                    self.conn.close()
+                time.sleep(random.uniform(0.005, 0.05))  # jittered: the racers must not retry in step
+            except sqlite3.DatabaseError as e:
+                raise StoreError(f"cannot open the index database {self.path}: {e}") from e
+
+    def _open(self) -> None:
+        self.readonly = False
+        if _writable(self.path):
+            try:
+                self.conn = self._connect(self.path)
+                self.conn.execute("PRAGMA journal_mode=WAL")
+            except sqlite3.OperationalError as e:
+                # A full disk cannot even hold WAL's shared-memory file: still answer reads.
+                if not self.path.exists() or _code(e) not in (sqlite3.SQLITE_IOERR, sqlite3.SQLITE_FULL,
+                                                                 sqlite3.SQLITE_CANTOPEN):  # fmt: skip
+                    raise
+                log.warning("opening %s read-only: %s", self.path, e)
                 self.conn = self._connect_readonly()
-            self.conn.execute("PRAGMA synchronous=NORMAL")
-            self.conn.execute("PRAGMA foreign_keys=ON")
-            self._migrate()
-        except sqlite3.DatabaseError as e:
-            raise StoreError(f"cannot open the index database {self.path}: {e}") from e
+        else:
+            self.conn = self._connect_readonly()
+        self.conn.execute("PRAGMA synchronous=NORMAL")
+        self.conn.execute("PRAGMA foreign_keys=ON")
+        self._migrate()
 
     def _connect(self, target: str | Path, uri: bool = False) -> sqlite3.Connection:
-        conn = sqlite3.connect(target, timeout=60, isolation_level=None, check_same_thread=False, uri=uri)
+        conn = sqlite3.connect(target, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False, uri=uri)
         conn.text_factory = _db_text  # file names that are not UTF-8 come back as os.fsdecode gave them
         return conn
 
