@@ -78,3 +78,17 @@ def tiny_siglip(tmp_path_factory) -> Path:
     from tinymodels import make_tiny_siglip
 
     return make_tiny_siglip(tmp_path_factory.mktemp("tiny-siglip"))
+
+
+# -- the web UI's browser tests (Debian's Chromium through Playwright) ------------------------------------------
+@pytest.fixture(scope="module")
+def browser():
+    from serverhelp import CHROMIUM, CHROMIUM_ARGS
+
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
+    if not Path(CHROMIUM).is_file():
+        pytest.skip(f"no Chromium at {CHROMIUM}: apt-get install chromium (or set VISDEX_CHROMIUM)")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()

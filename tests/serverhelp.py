@@ -8,6 +8,7 @@ port, in a thread, that stops when the ``with`` block ends.
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import threading
@@ -18,6 +19,11 @@ import numpy as np
 from PIL import Image
 
 from imagefactory import real_photos, write_photo
+
+# The browser tests drive Debian's Chromium (Playwright's own download fails offline); see the browser fixture.
+CHROMIUM = os.environ.get("VISDEX_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--no-first-run"]  # fmt: skip
 
 
 def make_gallery(folder: Path) -> dict[str, Path]:

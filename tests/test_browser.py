@@ -23,9 +23,6 @@ from serverhelp import LiveServer, make_gallery
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = os.environ.get("VISDEX_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--no-first-run"]  # fmt: skip
 DOCS_SHOTS = Path(__file__).resolve().parents[1] / "docs" / "screenshots"
 TOKEN = "ui-token"
 LABELS = ["cat", "rocket", "coffee", "moon", "person", "coins", "stars", "microscope"]
@@ -60,17 +57,6 @@ def gallery(tmp_path_factory) -> tuple[Path, dict[str, Path]]:
 def server(gallery):
     with LiveServer(create_app(gallery[0])) as s:
         yield s
-
-
-@pytest.fixture(scope="module")
-def browser():
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
-    if not Path(CHROMIUM).is_file():
-        pytest.skip(f"no Chromium at {CHROMIUM}: apt-get install chromium (or set VISDEX_CHROMIUM)")
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
 
 
 def _page(browser, errors: list, **context):

@@ -114,16 +114,10 @@ def test_a_new_index_state_recomputes(client, gallery, tiny_clip):
 
 
 @pytest.mark.browser
-def test_the_ui_shows_the_progress_then_the_map(gallery, tmp_path):
+def test_the_ui_shows_the_progress_then_the_map(gallery, tmp_path, browser):
     """The map and duplicates views poll while the worker is busy, say so, and draw the result when it comes."""
-    import os
-
     from serverhelp import LiveServer
 
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
-    chromium = os.environ.get("VISDEX_CHROMIUM", "/usr/bin/chromium")
-    if not Path(chromium).is_file():
-        pytest.skip(f"no Chromium at {chromium}")
     app = create_app(gallery[0])
 
     class Held:  # what _hold_worker needs of a TestClient
@@ -133,8 +127,7 @@ def test_the_ui_shows_the_progress_then_the_map(gallery, tmp_path):
     held.app = app
     release = _hold_worker(held)  # the worker's first job, before the defaults: they wait behind it
     try:
-        with LiveServer(app) as server, sync_api.sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=chromium, args=["--headless", "--no-sandbox", "--disable-gpu"])
+        with LiveServer(app) as server:
             page = browser.new_page(viewport={"width": 1280, "height": 860})
             page.set_default_timeout(30_000)
             page.goto(server.url + "/#map")
@@ -151,6 +144,6 @@ def test_the_ui_shows_the_progress_then_the_map(gallery, tmp_path):
             )
             page.goto(server.url + "/#map")
             page.wait_for_function("() => /images ·/.test(document.getElementById('map-meta').textContent)")
-            browser.close()
+            page.close()
     finally:
         release.set()

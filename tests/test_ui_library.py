@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from test_browser import CHROMIUM, CHROMIUM_ARGS, DOCS_SHOTS, _shot
+from test_browser import DOCS_SHOTS, _shot
 from visdex import open_index
 from visdex.server import create_app
 
@@ -77,17 +77,6 @@ def server(library):
         # one text query first: on a busy machine the first can wait for the text tower's export
         httpx.get(s.url + "/api/search", params={"q": "warm up"}, timeout=180).raise_for_status()
         yield s
-
-
-@pytest.fixture(scope="module")
-def browser():
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
-    if not Path(CHROMIUM).is_file():
-        pytest.skip(f"no Chromium at {CHROMIUM}: apt-get install chromium (or set VISDEX_CHROMIUM)")
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
 
 
 @pytest.fixture
