@@ -158,14 +158,16 @@ class IndexDB:
             try:
                 self._open()
                 return
-            except sqlite3.OperationalError as e:
-                if _code(e) not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED) or time.monotonic() > deadline:
+            except sqlite3.DatabaseError as e:
+                busy = isinstance(e, sqlite3.OperationalError) and _code(e) in (
+                    sqlite3.SQLITE_BUSY,
+                    sqlite3.SQLITE_LOCKED,
+                )
+                if not busy or time.monotonic() > deadline:
                     raise StoreError(f"cannot open the index database {self.path}: {e}") from e
                 with suppress(Exception):
                     self.conn.close()
                 time.sleep(random.uniform(0.005, 0.05))  # jittered: the racers must not retry in step
-            except sqlite3.DatabaseError as e:
-                raise StoreError(f"cannot open the index database {self.path}: {e}") from e
 
     def _open(self) -> None:
         self.readonly = False
