@@ -31,7 +31,14 @@ def cluster():
         ray.shutdown()
     # a local test cluster: no token, so that the kill test's driver process can join it
     old, os.environ["RAY_AUTH_MODE"] = os.environ.get("RAY_AUTH_MODE"), "disabled"
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    for attempt in (1, 2):  # a raylet starting in a busy process can miss its 30 s start-up deadline (seen in CI)
+        try:
+            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+            break
+        except Exception as e:
+            ray.shutdown()
+            if attempt == 2 or "timed out during startup" not in str(e):
+                raise
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the fault injectors below, on workers
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
