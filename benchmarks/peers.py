@@ -87,6 +87,21 @@ class Runner:
         return {name: first.get(name, fn)(warm)["wall_s"] for name, fn in tools.items()}
 
 
+def _default_path_note() -> str:
+    from visdex.models.families.base import cpu_has_amx_bf16
+
+    if cpu_has_amx_bf16():
+        return (
+            "visdex's default CPU path (VISDEX_CPU_BACKEND=auto) on this CPU (AMX): torch with bfloat16 autocast "
+            "(fp32 accumulation; vectors within a cosine of 1e-3 of fp32); visdex-onnx is the fp32 ONNX "
+            "Runtime path that auto picks on CPUs without AMX; VISDEX_CPU_BACKEND=torch (fp32) with --torch"
+        )
+    return (
+        "visdex's default CPU path (VISDEX_CPU_BACKEND=auto) ran the fp32 ONNX towers its first run exported "
+        "(same vectors as torch); VISDEX_CPU_BACKEND=torch is timed with --torch"
+    )
+
+
 def run_rounds(runner: Runner, folders: dict[str, Path], n: int, warm: Path, torch: bool) -> tuple[dict, dict]:
     tools = runner.tools(torch)
     warmup = runner.first_use(warm, tools)
@@ -254,8 +269,7 @@ def main() -> None:
                   "and start-up included); img_per_cpu_s = files / median CPU seconds (user + sys, decode "
                   "workers included)",
         "folders": {name: len(list(f.glob("*.jpg"))) for name, f in folders.items()},
-        "default_path_note": "visdex's default CPU path (VISDEX_CPU_BACKEND=auto) ran the fp32 ONNX towers its first "
-                             "run exported (same vectors as torch); VISDEX_CPU_BACKEND=torch is timed with --torch",
+        "default_path_note": _default_path_note(),
         "first_run_wall_s_16_files": warmup,
         "stage_costs": stages,
         "results": summarise(runs, folders),

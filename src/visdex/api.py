@@ -240,7 +240,14 @@ class Index:
             # workers load their own model, so the driver's need not be fast (no ONNX export for it)
             self._check_writable(emb)
             self.ensure_fingerprint(emb)
+            if engine is None:
+                remember_preprocess(self.model_name, emb.preprocess)
             return emb
+
+        # Decode workers may start while the model loads, on the preprocessing this model had last time (checked
+        # once it has loaded); only on a CPU: a GPU path decodes its own way.
+        if engine is None and self._embedder is None and _no_gpu(self.device):
+            model.preprocess_hint = preprocess_hint(self.model_name)  # type: ignore[attr-defined]
 
         # a new index's store needs the model's dimension: opened once the model is
         store = self.store if self.db.fingerprint is not None else (lambda: self.store)
@@ -561,19 +568,67 @@ ONNX_MIN_IMAGES = 200
 
 def _cpu_onnx_wanted(model_name: str, device: str | None, todo: int) -> bool:
     """Whether CPU indexing should try the ONNX fp32 towers: a torch model, on a machine without a GPU, with
-    the ``onnx`` extra installed, and ``cpu_backend`` not ``torch``. Imports nothing heavy."""
+    the ``onnx`` extra installed, and ``cpu_backend`` ``onnx``, or ``auto`` on a CPU without AMX (with AMX,
+    torch's bf16 forward pass is the faster one). Imports nothing heavy."""
     import importlib.util
-    import sys
 
     choice = config.get("cpu_backend")
-    if choice == "torch" or _backend(model_name) != "torch" or todo <= 0:
+    if choice in ("torch", "bf16") or _backend(model_name) != "torch" or todo <= 0:
         return False
+    if choice == "auto":
+        from .models.families.base import cpu_has_amx_bf16
+
+        if cpu_has_amx_bf16():  # torch in bf16 beats ONNX fp32 2-6x there, and needs no export
+            return False
     if not all(importlib.util.find_spec(m) for m in ("onnxruntime", "onnx", "onnxscript")):
         return False
-    device = device or "auto"
+    return _no_gpu(device)
+
+
+def _hint_path(model_name: str) -> Path:
+    from hashlib import sha256
+
+    return Path(config.get("cache_dir")) / "preprocess-hints" / (sha256(model_name.encode()).hexdigest()[:24] + ".json")
+
+
+def preprocess_hint(model_name: str):
+    """The preprocessing ``model_name`` resolved to when it last loaded on this machine, or None. A hint only:
+    ingest compares it with the loaded model's before using what it decoded meanwhile."""
+    import dataclasses
+    import json
+
+    from .models.base import Preprocess
+
+    try:
+        raw = json.loads(_hint_path(model_name).read_text())
+        fields = {f.name for f in dataclasses.fields(Preprocess)}
+        return Preprocess(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items() if k in fields})
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def remember_preprocess(model_name: str, preprocess) -> None:
+    import dataclasses
+    import json
+
+    from .models.hf import write_atomic
+
+    path = _hint_path(model_name)
+    data = json.dumps(dataclasses.asdict(preprocess), sort_keys=True).encode()
+    try:
+        if path.read_bytes() == data:
+            return
+    except OSError:
+        pass
+    write_atomic(path, data)  # an unwritable cache is only logged
+
+
+def _no_gpu(device: str | None) -> bool:
+    device = device or config.get("device") or "auto"
+    if device == "cpu":
+        return True
     apple_gpu = sys.platform == "darwin" and os.uname().machine == "arm64"
-    no_gpu = not os.path.exists("/proc/driver/nvidia") and not apple_gpu
-    return device == "cpu" or (device == "auto" and no_gpu)
+    return device == "auto" and not os.path.exists("/proc/driver/nvidia") and not apple_gpu
 
 
 def _backend(name: str) -> str:

@@ -52,6 +52,16 @@ def _flag(raw: str) -> bool:
     return value in _TRUE
 
 
+def _one_of(*values: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.strip().lower()
+        if value not in values:
+            raise ValueError("unknown value")
+        return value
+
+    return parse
+
+
 def _default_index_dir() -> str:
     from platformdirs import user_data_dir
 
@@ -99,8 +109,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "cpu_backend",
         "auto",
-        "Indexing on a CPU: auto (ONNX Runtime fp32 -- the same vectors, faster -- when "
-        "visdex[onnx] is installed and its one-time export is cached or pays for itself), onnx, torch.",
+        "Indexing on a CPU: auto (torch in bfloat16 on a CPU with AMX -- vectors within a cosine of 1e-3, "
+        "2.5-6x faster; elsewhere ONNX Runtime fp32 -- the same vectors, faster -- when visdex[onnx] is "
+        "installed and its one-time export is cached or pays for itself), onnx, torch (fp32), bf16.",
+        _one_of("auto", "onnx", "torch", "bf16"),
+        "auto, onnx, torch or bf16",
     ),
     Setting(
         "query_export",

@@ -172,6 +172,9 @@ class Embedder(ABC):
     modalities: frozenset[str] = frozenset({"image"})
     preprocess: Preprocess
     device: str = "cpu"
+    #: Image forward passes on a CPU in bfloat16 (torch autocast, fp32 accumulation): None follows the
+    #: ``cpu_backend`` setting and the CPU (see :func:`visdex.models.families.base.cpu_bf16_default`).
+    cpu_bf16: bool | None = None
 
     @abstractmethod
     def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:

@@ -31,7 +31,6 @@ import hashlib
 import io
 import json
 import logging
-from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +38,7 @@ import numpy as np
 from ..errors import MissingDependency, ModelLoadError
 from .base import Embedder, Fingerprint, l2_normalize
 from .catalog import CATALOG, ModelSpec
+from .families.base import cpu_autocast
 from .hf import cache_dir, cached_hash_files, json_safe, quiet_transformers, short_reason, write_atomic
 
 log = logging.getLogger(__name__)
@@ -140,7 +140,7 @@ def load_lite0_classifier(device: str = "cpu", backbone: str = "lite0"):
 
 
 class _Lite0Base(Embedder):
-    """Shared EfficientNet-Lite plumbing: batching, device, autocast on CUDA, class predictions."""
+    """Shared EfficientNet-Lite plumbing: batching, device, autocast (fp16 on CUDA, bf16 on an AMX CPU), classes."""
 
     family = "effnet"
 
@@ -161,7 +161,7 @@ class _Lite0Base(Embedder):
 
         if self.device.startswith("cuda"):
             return torch.autocast("cuda", dtype=torch.float16)
-        return nullcontext()
+        return cpu_autocast(self)
 
     def _run(self, pixels: np.ndarray, fn) -> np.ndarray:
         """Run the network batch by batch and apply ``fn`` to the pooled 1280-d features; float32 numpy out."""

@@ -42,6 +42,7 @@ import numpy as np
 
 from ..errors import ModelLoadError
 from .base import Embedder, l2_normalize
+from .families.base import full_precision
 
 log = logging.getLogger(__name__)
 
@@ -366,7 +367,8 @@ def _quality(emb: Embedder, folder: Path, manifest: dict) -> dict:
     towers = manifest["towers"]
     texts = [t for t in PROBE_TEXTS if t]
     pixels = emb.preprocess.batch(synthetic_images(PROBE_IMAGES, seed=1)) if "image" in towers else None
-    ref_img = emb.embed_pixels(pixels) if pixels is not None else None
+    with full_precision(emb):  # the reference is torch fp32, whatever the CPU's default precision
+        ref_img = emb.embed_pixels(pixels) if pixels is not None else None
     ref_txt = emb.embed_texts(texts) if "text" in towers else None
     out = {}
     for backend in sorted({b for info in towers.values() for b in info["files"] if b in ("onnx", "onnx-int8")}):

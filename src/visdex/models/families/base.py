@@ -11,11 +11,15 @@ False
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import functools
+import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ... import config
 from ...errors import ModelLoadError
 
 if TYPE_CHECKING:
@@ -146,9 +150,66 @@ class Family:
         raise ModelLoadError(f"no library recipe for {ref.name} to benchmark against")
 
 
+CPUINFO = "/proc/cpuinfo"
+
+
+@functools.cache
+def cpu_has_amx_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether this CPU multiplies bfloat16 matrices in hardware (Intel AMX, Sapphire Rapids and later): there
+    torch's oneDNN kernels run a vision tower 2.5-6x faster in bf16 than in fp32. Linux only (``/proc/cpuinfo``)."""
+    if cpuinfo is None and not sys.platform.startswith("linux"):
+        return False
+    try:
+        with open(cpuinfo or CPUINFO, encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    return "amx_bf16" in line.split(":", 1)[-1].split()
+    except OSError:
+        return False
+    return False
+
+
+def cpu_bf16_default() -> bool:
+    """Whether torch image forward passes on a CPU run in bfloat16 unless an embedder says otherwise:
+    ``cpu_backend`` ``bf16``, or ``auto`` on a CPU with AMX (:func:`cpu_has_amx_bf16`)."""
+    choice = config.get("cpu_backend")
+    return choice == "bf16" or (choice == "auto" and cpu_has_amx_bf16())
+
+
+def uses_cpu_bf16(emb: Embedder) -> bool:
+    """Whether ``emb``'s next image forward pass runs in bfloat16 on the CPU."""
+    if str(getattr(emb, "device", "cpu")) != "cpu":
+        return False
+    own = getattr(emb, "cpu_bf16", None)
+    return cpu_bf16_default() if own is None else bool(own)
+
+
+def cpu_autocast(emb: Embedder):
+    """torch's bfloat16 autocast when :func:`uses_cpu_bf16`, else a context that does nothing. Matrix products
+    and convolutions run in bf16 with fp32 accumulation; norms, softmax and the output stay fp32, so vectors
+    move by a cosine of about 1e-5 (transformers) to 2e-3 (small CNNs) -- less than the GPU's fp16 path."""
+    if not uses_cpu_bf16(emb):
+        return contextlib.nullcontext()
+    import torch
+
+    return torch.autocast("cpu", dtype=torch.bfloat16)
+
+
+@contextlib.contextmanager
+def full_precision(emb: Embedder) -> Iterator[Embedder]:
+    """``emb`` with fp32 CPU forward passes for the duration (reference vectors: the ONNX export's check)."""
+    before = emb.__dict__.get("cpu_bf16", None)
+    emb.cpu_bf16 = False
+    try:
+        yield emb
+    finally:
+        emb.cpu_bf16 = before
+
+
 def torch_batches(emb: Embedder, pixels: np.ndarray, forward: Callable) -> np.ndarray:
     """Run ``forward`` over (n, 3, H, W) float32 pixels in ``emb.batch_size`` chunks on ``emb.device``
-    (``emb.dtype`` when set), returning float32 numpy features (not normalised)."""
+    (``emb.dtype`` when set; bf16 autocast on a CPU when :func:`uses_cpu_bf16`), returning float32 numpy
+    features (not normalised)."""
     import numpy as np
     import torch
 
@@ -156,7 +217,7 @@ def torch_batches(emb: Embedder, pixels: np.ndarray, forward: Callable) -> np.nd
     dtype = getattr(emb, "dtype", torch.float32)
     step = int(getattr(emb, "batch_size", 32) or 32)
     outs = []
-    with torch.inference_mode():
+    with torch.inference_mode(), cpu_autocast(emb):
         for start in range(0, len(pixels), step):
             x = torch.from_numpy(pixels[start : start + step]).to(emb.device, dtype)
             outs.append(forward(x).float().cpu().numpy())

@@ -1,0 +1,115 @@
+"""bfloat16 forward passes on CPUs with AMX: chosen by ``cpu_backend`` and the CPU, close to fp32, fp32 on request.
+
+The speed is measured by ``benchmarks/peers.py`` (side by side with rclip); these tests check the choice and
+that the vectors stay where fp32 puts them -- on the tiny random CLIP and on EfficientNet-Lite0's real weights
+over real photos.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from visdex.models import load_embedder
+from visdex.models.families.base import cpu_bf16_default, cpu_has_amx_bf16, full_precision, uses_cpu_bf16
+
+
+def _cpuinfo(tmp_path, flags: str) -> str:
+    path = tmp_path / f"cpuinfo-{len(list(tmp_path.iterdir()))}"
+    path.write_text(f"processor\t: 0\nmodel name\t: test\nflags\t\t: fpu sse2 avx512f {flags}\n\n")
+    return str(path)
+
+
+def test_amx_is_read_from_the_cpu_flags(tmp_path):
+    assert cpu_has_amx_bf16(_cpuinfo(tmp_path, "amx_tile amx_bf16 amx_int8")) is True
+    assert cpu_has_amx_bf16(_cpuinfo(tmp_path, "avx512_bf16 amx_tile")) is False  # bf16 dot products only
+    assert cpu_has_amx_bf16(str(tmp_path / "missing")) is False
+
+
+@pytest.mark.parametrize(
+    ("setting", "amx", "want"),
+    [
+        ("torch", True, False),
+        ("onnx", True, False),
+        ("bf16", False, True),
+        ("auto", True, True),
+        ("auto", False, False),
+    ],
+)
+def test_the_setting_and_the_cpu_choose_bf16(monkeypatch, tmp_path, setting, amx, want):
+    import visdex.models.families.base as fb
+
+    monkeypatch.setenv("VISDEX_CPU_BACKEND", setting)
+    monkeypatch.setattr(fb, "CPUINFO", _cpuinfo(tmp_path, "amx_bf16" if amx else "avx2"))
+    fb.cpu_has_amx_bf16.cache_clear()
+    try:
+        assert cpu_bf16_default() is want
+    finally:
+        fb.cpu_has_amx_bf16.cache_clear()
+
+
+def test_onnx_export_is_not_wanted_where_bf16_runs(monkeypatch, tmp_path):
+    import visdex.models.families.base as fb
+    from visdex.api import _cpu_onnx_wanted
+
+    monkeypatch.setattr(fb, "CPUINFO", _cpuinfo(tmp_path, "amx_bf16"))
+    fb.cpu_has_amx_bf16.cache_clear()
+    try:
+        monkeypatch.setenv("VISDEX_CPU_BACKEND", "auto")
+        assert not _cpu_onnx_wanted("clip-vit-b-32", "cpu", 1000)  # torch bf16 is the faster path there
+        monkeypatch.setenv("VISDEX_CPU_BACKEND", "onnx")
+        assert _cpu_onnx_wanted("clip-vit-b-32", "cpu", 1000)
+    finally:
+        fb.cpu_has_amx_bf16.cache_clear()
+
+
+def test_bad_backend_setting_is_a_clear_error(monkeypatch):
+    from visdex import config
+    from visdex.errors import BadSetting
+
+    monkeypatch.setenv("VISDEX_CPU_BACKEND", "fp8")
+    with pytest.raises(BadSetting, match="VISDEX_CPU_BACKEND.*auto, onnx, torch or bf16"):
+        config.get("cpu_backend")
+
+
+def _pixels(emb, photos, n: int = 6) -> np.ndarray:
+    from PIL import Image
+
+    images = [Image.open(p).convert("RGB") for p in list(photos.values())[:n]]
+    return emb.preprocess.batch(images)
+
+
+def test_bf16_vectors_stay_close_to_fp32_on_a_transformer(monkeypatch, tiny_clip, photos):
+    monkeypatch.setenv("VISDEX_CPU_BACKEND", "bf16")
+    emb = load_embedder(str(tiny_clip), device="cpu")
+    assert uses_cpu_bf16(emb)
+    pixels = _pixels(emb, photos)
+    fast = emb.embed_pixels(pixels)
+    with full_precision(emb):
+        assert not uses_cpu_bf16(emb)
+        exact = emb.embed_pixels(pixels)
+    assert uses_cpu_bf16(emb)  # restored
+    cos = np.sum(fast * exact, axis=1)
+    assert not np.array_equal(fast, exact)  # bf16 really ran
+    assert cos.min() >= 0.999, cos
+
+
+def test_bf16_keeps_real_weights_neighbours_on_real_photos(monkeypatch, photos):
+    """EfficientNet-Lite0's real weights (a CNN: the larger bf16 drift) on scikit-image's photos: every vector
+    within a cosine of 0.99 of fp32 and every photo's nearest neighbour unchanged."""
+    monkeypatch.setenv("VISDEX_CPU_BACKEND", "bf16")
+    emb = load_embedder("effnet-lite0", device="cpu")
+    pixels = _pixels(emb, photos, n=len(photos))
+    fast = emb.embed_pixels(pixels)
+    with full_precision(emb):
+        exact = emb.embed_pixels(pixels)
+    cos = np.sum(fast * exact, axis=1)
+    assert not np.array_equal(fast, exact)
+    assert cos.min() >= 0.99, cos
+
+    def neighbours(v):
+        sims = v @ v.T
+        np.fill_diagonal(sims, -2)
+        return sims.argmax(axis=1)
+
+    assert (neighbours(fast) == neighbours(exact)).all()
