@@ -113,3 +113,24 @@ def test_bf16_keeps_real_weights_neighbours_on_real_photos(monkeypatch, photos):
         return sims.argmax(axis=1)
 
     assert (neighbours(fast) == neighbours(exact)).all()
+
+
+def test_auto_keeps_the_offline_cnns_in_fp32(monkeypatch, tmp_path, tiny_clip):
+    """On an AMX CPU, auto runs transformers in bf16 but not the offline CNNs (their vectors drift more);
+    forcing bf16 runs both."""
+    import visdex.models.families.base as fb
+    from visdex.api import _cpu_onnx_wanted
+
+    monkeypatch.setattr(fb, "CPUINFO", _cpuinfo(tmp_path, "amx_bf16"))
+    fb.cpu_has_amx_bf16.cache_clear()
+    try:
+        monkeypatch.setenv("VISDEX_CPU_BACKEND", "auto")
+        cnn, vit = load_embedder("effnet-lite0", device="cpu"), load_embedder(str(tiny_clip), device="cpu")
+        assert uses_cpu_bf16(vit) and not uses_cpu_bf16(cnn)
+        assert _cpu_onnx_wanted("lite0-minilm", "cpu", 1000)  # its fp32 ONNX towers stay the fast path
+        monkeypatch.setenv("VISDEX_CPU_BACKEND", "bf16")
+        assert uses_cpu_bf16(cnn)
+        with full_precision(cnn):
+            assert not uses_cpu_bf16(cnn)
+    finally:
+        fb.cpu_has_amx_bf16.cache_clear()

@@ -173,8 +173,10 @@ class Embedder(ABC):
     preprocess: Preprocess
     device: str = "cpu"
     #: Image forward passes on a CPU in bfloat16 (torch autocast, fp32 accumulation): None follows the
-    #: ``cpu_backend`` setting and the CPU (see :func:`visdex.models.families.base.cpu_bf16_default`).
+    #: ``cpu_backend`` setting and the CPU (see :func:`visdex.models.families.base.uses_cpu_bf16`).
     cpu_bf16: bool | None = None
+    #: Whether ``cpu_backend=auto`` may choose bf16 for this embedder on an AMX CPU.
+    cpu_bf16_auto: bool = True
 
     @abstractmethod
     def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:

@@ -143,6 +143,9 @@ class _Lite0Base(Embedder):
     """Shared EfficientNet-Lite plumbing: batching, device, autocast (fp16 on CUDA, bf16 on an AMX CPU), classes."""
 
     family = "effnet"
+    # fp32 on the CPU unless bf16 is forced: bf16 activations moved EfficientNet-Lite2's vectors to a cosine of
+    # 0.972 on one of scikit-image's photos (Lite0: 0.998); transformers stay >= 0.9999
+    cpu_bf16_auto = False
 
     def __init__(self, spec: ModelSpec, device: str, batch_size: int | None):
         self.spec = spec

@@ -177,11 +177,18 @@ def cpu_bf16_default() -> bool:
 
 
 def uses_cpu_bf16(emb: Embedder) -> bool:
-    """Whether ``emb``'s next image forward pass runs in bfloat16 on the CPU."""
+    """Whether ``emb``'s next image forward pass runs in bfloat16 on the CPU: its own ``cpu_bf16`` when set
+    (:func:`full_precision`); else ``cpu_backend`` ``bf16``; else ``auto`` on an AMX CPU for an embedder whose
+    ``cpu_bf16_auto`` allows it (the offline CNNs do not: their vectors drift more)."""
     if str(getattr(emb, "device", "cpu")) != "cpu":
         return False
     own = getattr(emb, "cpu_bf16", None)
-    return cpu_bf16_default() if own is None else bool(own)
+    if own is not None:
+        return bool(own)
+    choice = config.get("cpu_backend")
+    if choice == "bf16":
+        return True
+    return choice == "auto" and bool(getattr(emb, "cpu_bf16_auto", True)) and cpu_has_amx_bf16()
 
 
 def cpu_autocast(emb: Embedder):
