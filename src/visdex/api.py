@@ -15,7 +15,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -32,13 +32,14 @@ log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:  # a text search imports neither Pillow nor the ingest pipeline
     from PIL import Image
+    from typing_extensions import TypeIs
 
     from .ingest import IngestReport, Progress
 
     QueryLike = str | os.PathLike | Image.Image
 
 
-def _is_image(query) -> bool:
+def _is_image(query) -> TypeIs[Image.Image]:
     """Whether ``query`` is a PIL image (none can be while Pillow is not imported)."""
     pil = sys.modules.get("PIL.Image")
     return pil is not None and isinstance(query, pil.Image)
@@ -402,7 +403,7 @@ class Index:
         ``"beach.jpg + 'at night' - people"`` (see :mod:`visdex.query`); ``crop`` applies to the image term.
         ``text_vectors``: the text terms' vectors, embedded by the caller (a server batches concurrent queries)."""
         crop = Crop.parse(crop) if isinstance(crop, str) else crop
-        self.require_vectors()
+        fp = self.require_vectors()
         if _is_image(query):
             return self._embed_image(query, crop)
         if isinstance(query, np.ndarray):  # a query vector embedded by the caller (a server, outside its lock)
@@ -416,7 +417,7 @@ class Index:
         text_vecs = dict(text_vectors or {})
         if texts:
             text_vecs.update(zip(texts, self.text_embedder.embed_texts(texts), strict=True))
-        total = np.zeros(self.db.fingerprint.dim, np.float32)
+        total = np.zeros(fp.dim, np.float32)
         for t in parsed.terms:
             vec = text_vecs[t.value] if t.kind == "text" else self._image_vector(t.value, t.crop)
             total += t.weight * vec
@@ -460,7 +461,8 @@ class Index:
         """search_vectors' re-scoring arguments (:mod:`visdex.hubness`); ``on=None``: the model's default."""
         from . import hubness as hb
 
-        if not (hb.default_on(self.db.fingerprint.name) if on is None else on):
+        fp = self.db.fingerprint
+        if fp is None or not (hb.default_on(fp.name) if on is None else on):
             return {}
         if getattr(self, "_hubness_reducer", None) is None:
             self._hubness_reducer = hb.HubnessReducer(self)
@@ -501,15 +503,18 @@ class Index:
                               **self._hubness(hubness, False, k))  # fmt: skip
         return cut_hits(hits, min_score, within)
 
-    def require_vectors(self) -> None:
+    def require_vectors(self) -> Fingerprint:
         """A search needs the index's model, which an index learns with its first vectors: without them
-        there is nothing to search, and no model to load (never the default one from the hub)."""
-        if self.db.fingerprint is None:
+        there is nothing to search, and no model to load (never the default one from the hub). Returns the
+        index's fingerprint."""
+        fp = self.db.fingerprint
+        if fp is None:
             raise IndexEmpty(
                 f"the index at {self.path} is empty: nothing has been indexed into it yet (or its first run was "
                 f"interrupted before any image was saved). Index a folder first: "
                 f"visdex index FOLDER --index {self.path}"
             )
+        return fp
 
     def _allowed(self, where: str | None):
         """The ids matching ``where`` -- or, for a store that filters itself (Milvus), the filter in its terms."""
@@ -605,7 +610,8 @@ def preprocess_hint(model_name: str):
     try:
         raw = json.loads(_hint_path(model_name).read_text())
         fields = {f.name for f in dataclasses.fields(Preprocess)}
-        return Preprocess(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items() if k in fields})
+        kwargs: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items() if k in fields}
+        return Preprocess(**kwargs)
     except (OSError, ValueError, TypeError):
         return None
 
@@ -632,6 +638,9 @@ def _no_gpu(device: str | None) -> bool:
         return True
     apple_gpu = sys.platform == "darwin" and os.uname().machine == "arm64"
     return device == "auto" and not os.path.exists("/proc/driver/nvidia") and not apple_gpu
+
+
+cpu_onnx_wanted = _cpu_onnx_wanted  # public: the server asks it too (server/state.py)
 
 
 def _backend(name: str) -> str:

@@ -287,7 +287,7 @@ class Lite0MiniLMEmbedder(_Lite0Base):
     def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
         from .onnx import conse  # one rule for torch, ONNX and the GPU path
 
-        return conse(self.class_probabilities(pixels), self.class_embeddings, self.top_k, self.temperature)
+        return conse(self.class_probabilities(pixels), self.class_embeddings, self.top_k, self.temperature or 1.0)
 
     def _embed_texts(self, texts: list[str]) -> np.ndarray:
         return self._encode(texts)

@@ -134,7 +134,7 @@ class Family:
 
     def export_tokenizer(self, emb: Embedder):
         """The transformers tokenizer whose ``tokenizer.json`` the torch-free query path loads."""
-        return emb.tokenizer
+        return getattr(emb, "tokenizer", None)
 
     def caption_training(self, emb: Embedder) -> CaptionTraining | None:
         """How ``finetune captions`` trains ``emb``; None when the family cannot (no text tower, or not trainable)."""
