@@ -12,17 +12,15 @@ A ``where`` filter (:mod:`visdex.filters`) narrows both the pages and the facet 
 
 from __future__ import annotations
 
-import json
-import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .errors import BadQuery
-from .filters import _DIRNAME, _TOO_COMPLEX, compile_where
+from .filters import compile_where
+from .store import browse_sql
+from .store.db import IndexDB
 
-# The date a file is shown under: EXIF taken, else mtime, both as ISO 8601 text (sortable as text).
-DATE_SQL = "COALESCE(files.taken_at, strftime('%Y-%m-%dT%H:%M:%S', files.mtime, 'unixepoch'))"
-FOLDER_SQL = f"rtrim({_DIRNAME}, '/')"
 MAX_LIMIT = 1000
 FACET_FIELDS = ("folder", "year", "month", "camera", "format", "tag")
 
@@ -54,19 +52,10 @@ class Facets:
         return {"total": self.total, **self.fields}
 
 
-def _filter(db, where: str | None) -> tuple[str, list]:
+def _filter(db: IndexDB, where: str | None) -> tuple[str, list]:
     if not where or not where.strip():
         return "1", []
     return compile_where(where, catalog=db.kind == "catalog")
-
-
-def _run(db, sql: str, params: list) -> list[tuple]:
-    try:
-        return db.conn.execute(sql, params).fetchall()
-    except sqlite3.OperationalError as e:
-        if not _TOO_COMPLEX.search(str(e)):
-            raise
-        raise BadQuery(f"where: the filter is too complex for SQLite ({e}); use fewer conditions") from None
 
 
 def _parse_cursor(cursor: str) -> tuple[str, int]:
@@ -77,7 +66,7 @@ def _parse_cursor(cursor: str) -> tuple[str, int]:
 
 
 def browse(
-    db,
+    db: IndexDB,
     *,
     where: str | None = None,
     offset: int = 0,
@@ -94,20 +83,11 @@ def browse(
     if db.kind == "catalog":
         return _browse_catalog(db, where, offset, limit, cursor)
     cond, params = _filter(db, where)
-    if ids is not None:  # one parameter however many: a JSON array read by SQLite
-        cond, params = f"({cond}) AND files.id IN (SELECT value FROM json_each(?))", [*params, json.dumps(ids)]
-    base = f"FROM files WHERE files.status = 'ok' AND ({cond})"
-    total = _run(db, f"SELECT COUNT(*) {base}", params)[0][0]
-    page_sql = f"SELECT files.id, files.path, files.size, files.width, files.height, files.format, files.taken_at, " \
-               f"files.camera, files.mtime, {DATE_SQL} AS d {base}"  # fmt: skip
-    page_params = list(params)
-    if cursor:
-        date, ident = _parse_cursor(cursor)
-        page_sql += f" AND ({DATE_SQL} < ? OR ({DATE_SQL} = ? AND files.id < ?))"
-        page_params += [date, date, ident]
+    total = browse_sql.count_files(db, cond, params, ids)
+    before = _parse_cursor(cursor) if cursor else None
+    if before is not None:
         offset = 0
-    page_sql += " ORDER BY d DESC, files.id DESC LIMIT ? OFFSET ?"
-    rows = _run(db, page_sql, [*page_params, limit + 1, offset])
+    rows = browse_sql.page_files(db, cond, params, limit=limit + 1, offset=offset, before=before, ids=ids)
     more = len(rows) > limit
     rows = rows[:limit]
     items = [
@@ -125,19 +105,17 @@ def browse(
     )
 
 
-def _browse_catalog(db, where, offset, limit, cursor) -> BrowsePage:
+def _browse_catalog(db: IndexDB, where: str | None, offset: int, limit: int, cursor: str | None) -> BrowsePage:
     cond, params = _filter(db, where)
-    base = f"FROM items WHERE items.status = 'ok' AND ({cond})"
-    total = _run(db, f"SELECT COUNT(*) {base}", params)[0][0]
-    sql, page_params = f"SELECT items.id, items.key, items.title {base}", list(params)
-    if cursor:
-        _, ident = _parse_cursor(cursor)
-        sql += " AND items.id < ?"
-        page_params.append(ident)
+    total = browse_sql.count_items(db, cond, params)
+    before = _parse_cursor(cursor)[1] if cursor else None
+    if before is not None:
         offset = 0
-    rows = _run(db, sql + " ORDER BY items.id DESC LIMIT ? OFFSET ?", [*page_params, limit + 1, offset])
+    rows = browse_sql.page_items(db, cond, params, limit=limit + 1, offset=offset, before=before)
     more = len(rows) > limit
-    items = [{"id": i, "key": k, "name": t or k, "date": None, "date_source": None} for i, k, t in rows[:limit]]
+    items: list[dict[str, Any]] = [
+        {"id": i, "key": k, "name": t or k, "date": None, "date_source": None} for i, k, t in rows[:limit]
+    ]
     return BrowsePage(
         items,
         total,
@@ -151,36 +129,26 @@ def _quoted(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def facets(db, *, where: str | None = None, limit: int = 50) -> Facets:
+def facets(db: IndexDB, *, where: str | None = None, limit: int = 50) -> Facets:
     """Value counts of folder, year, month (taken), camera, format and tag among the files ``where`` selects.
     Each value carries the ``where`` clause that selects it, for a UI to add."""
-    if db.kind == "catalog":
-        cond, params = _filter(db, where)
-        total = _run(db, f"SELECT COUNT(*) FROM items WHERE status = 'ok' AND ({cond})", params)[0][0]
-        return Facets(total, {f: [] for f in FACET_FIELDS})
     cond, params = _filter(db, where)
-    base = f"FROM files WHERE files.status = 'ok' AND ({cond})"
-    total = _run(db, f"SELECT COUNT(*) {base}", params)[0][0]
-    exprs = {
-        "folder": (FOLDER_SQL, "n DESC, v", lambda v: f"folder = {_quoted(v)}"),
-        "year": ("substr(files.taken_at, 1, 4)", "v DESC", lambda v: f"taken = {v}"),
-        "month": ("substr(files.taken_at, 1, 7)", "v DESC", lambda v: f"taken = {v}"),
-        "camera": ("files.camera", "n DESC, v", lambda v: f"camera = {_quoted(v)}"),
-        "format": ("lower(files.format)", "n DESC, v", lambda v: f"format = {v}"),
+    if db.kind == "catalog":
+        return Facets(browse_sql.count_items(db, cond, params), {f: [] for f in FACET_FIELDS})
+    total = browse_sql.count_files(db, cond, params)
+    clauses = {
+        "folder": lambda v: f"folder = {_quoted(v)}",
+        "year": lambda v: f"taken = {v}",
+        "month": lambda v: f"taken = {v}",
+        "camera": lambda v: f"camera = {_quoted(v)}",
+        "format": lambda v: f"format = {v}",
+        "tag": lambda v: f"tag = {_quoted(v)}",
     }
-    out: dict[str, list[dict]] = {}
-    for name, (expr, order, clause) in exprs.items():
-        rows = _run(
-            db,
-            f"SELECT {expr} AS v, COUNT(*) AS n {base} AND {expr} IS NOT NULL GROUP BY v ORDER BY {order} LIMIT ?",
-            [*params, limit],
-        )
-        out[name] = [{"value": v, "count": n, "where": clause(v)} for v, n in rows]
-    rows = _run(
-        db,
-        f"SELECT tags.label AS v, COUNT(*) AS n FROM tags JOIN files ON files.id = tags.file_id "
-        f"WHERE files.status = 'ok' AND ({cond}) GROUP BY v ORDER BY n DESC, v LIMIT ?",
-        [*params, limit],
-    )
-    out["tag"] = [{"value": v, "count": n, "where": f"tag = {_quoted(v)}"} for v, n in rows]
+    out = {
+        name: [
+            {"value": v, "count": n, "where": clause(v)}
+            for v, n in browse_sql.facet_counts(db, name, cond, params, limit)
+        ]
+        for name, clause in clauses.items()
+    }
     return Facets(total, out)

@@ -193,7 +193,7 @@ def ingest_catalog(
     if text_weight and not emb.supports_text:
         raise BadQuery(f"--text-weight needs a text-and-image model; {ix.model_name!r} embeds images only")
     db, store = ix.db, ix.store
-    known = {r[0]: (r[1], r[2]) for r in db.conn.execute("SELECT key, id, row_hash FROM items")}
+    known = db.item_keys()
     report = CatalogReport()
     todo = []
     for row in rows:
@@ -205,9 +205,9 @@ def ingest_catalog(
     if prune:
         gone = [known[k][0] for k in set(known) - {r.key for r in rows}]
         if gone:
-            with db.transaction() as c:
+            with db.transaction():  # the vectors and the rows go together
                 store.delete(gone)
-                c.executemany("DELETE FROM items WHERE id = ?", [(i,) for i in gone])
+                db.delete_items(gone)
             report.removed = len(gone)
     progress.start(sum(len(r.images) for r, _ in todo))
     workers = default_workers() if workers is None else workers
@@ -264,22 +264,14 @@ def _embed_and_commit(ix, chunk, known, text_weight, workers, progress, report) 
 
 def _commit_items(db, store, chunk, known, vectors, counts, errors, report) -> None:
     now = time.time()
-    with db.transaction() as c:
+    with db.transaction():
         ok_ids, ok_vecs, failed_ids = [], [], []
         for i, (row, h) in enumerate(chunk):
             status = "ok" if counts[i] else "failed"
             error = "; ".join(errors.get(i, [])) or None
             if not row.images:
                 error = "the row lists no images"
-            values = (row.key, row.title, json.dumps(row.attrs, sort_keys=True), json.dumps(row.images), h, status,
-                      error, now)  # fmt: skip
-            item_id = c.execute(
-                "INSERT INTO items (key, title, attrs, images, row_hash, status, error, indexed_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(key) DO UPDATE SET title = excluded.title, "
-                "attrs = excluded.attrs, images = excluded.images, row_hash = excluded.row_hash, "
-                "status = excluded.status, error = excluded.error, indexed_at = excluded.indexed_at RETURNING id",
-                values,
-            ).fetchone()[0]
+            item_id = db.upsert_item(row.key, row.title, row.attrs, row.images, h, status, error, now)
             if status == "ok":
                 ok_ids.append(item_id)
                 ok_vecs.append(vectors[i])

@@ -126,6 +126,12 @@ SETTINGS: tuple[Setting, ...] = (
         None,
         "Token for a Milvus server that requires one (user:password or an API key); never written to the index.",
     ),
+    Setting(
+        "benchmarks",
+        None,
+        "Folder of benchmark results (JSON) that `visdex recommend` takes speeds from "
+        "(default: benchmarks/results of a source checkout).",
+    ),
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}

@@ -23,14 +23,17 @@ Limits, so that every filter either runs or is a :class:`BadQuery`: at most
 from __future__ import annotations
 
 import re
-import sqlite3
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .errors import BadQuery
+
+if TYPE_CHECKING:
+    from .store.db import IndexDB
 
 _TOKEN = re.compile(
     r"""\s*(?:(?P<str>"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')"""
@@ -43,7 +46,6 @@ _DATE = re.compile(r"(\d{4})(?:-(\d{2})(?:-(\d{2})(?:[T ](\d{2})(?::(\d{2})(?::(
 MAX_NESTING = 20
 MAX_CONDITIONS = 10_000
 _FANOUT = 32  # long and / or chains are grouped this wide, so SQLite's expression tree stays shallow
-_TOO_COMPLEX = re.compile(r"too large|too many|too deep|stack overflow|too long", re.I)
 _UNITS = {"b": 1, "kb": 1024, "k": 1024, "mb": 1024**2, "m": 1024**2, "gb": 1024**3, "g": 1024**3}
 _DIRNAME = "rtrim(files.path, replace(files.path, '/', ''))"
 _BASENAME = f"replace(files.path, {_DIRNAME}, '')"
@@ -66,7 +68,9 @@ ITEM_FIELDS: dict[str, tuple[str, str]] = {"key": ("items.key", "text"), "title"
 
 
 @dataclass
-class _Tok:
+class Token:
+    """One token of a filter: its kind ("str", "op", "word"), its text, and its 1-based position."""
+
     kind: str
     value: str
     pos: int
@@ -76,7 +80,7 @@ class _Tok:
 class WhereLeaf:
     """One comparison of a parsed filter: as written, and compiled to SQL (``sql`` with its ``params``)."""
 
-    field: _Tok
+    field: Token
     op: str  # "=", "!=", "<", "<=", ">", ">=", "~", or "in"
     values: list[str]
     sql: str
@@ -87,14 +91,14 @@ class WhereLeaf:
 WhereNode = tuple
 
 
-def _lex(expr: str) -> list[_Tok]:
-    toks: list[_Tok] = []
+def _lex(expr: str) -> list[Token]:
+    toks: list[Token] = []
     pos = 0
     while pos < len(expr) and not _REST_IS_BLANK.match(expr, pos):
         home = _HOME_PATH.match(expr, pos)
         if home and toks and toks[-1].kind == "op" and toks[-1].value != ")":
             # "~/..." where a value goes is a path under the home directory, not the glob operator
-            toks.append(_Tok("word", home.group("path"), home.start("path") + 1))
+            toks.append(Token("word", home.group("path"), home.start("path") + 1))
             pos = home.end()
             continue
         m = _TOKEN.match(expr, pos)
@@ -104,7 +108,7 @@ def _lex(expr: str) -> list[_Tok]:
         val = m.group(kind)
         if kind == "str":
             val = re.sub(r"\\(.)", r"\1", val[1:-1], flags=re.S)
-        toks.append(_Tok(kind, val, m.start(kind) + 1))
+        toks.append(Token(kind, val, m.start(kind) + 1))
         pos = m.end()
     return toks
 
@@ -118,10 +122,10 @@ class _Parser:
         self.params: list = []
         self.depth = self.conditions = 0
 
-    def peek(self) -> _Tok | None:
+    def peek(self) -> Token | None:
         return self.toks[self.i] if self.i < len(self.toks) else None
 
-    def take(self) -> _Tok:
+    def take(self) -> Token:
         tok = self.peek()
         if tok is None:
             raise BadQuery(f"where: {self.expr!r} ends too early")
@@ -193,7 +197,7 @@ class _Parser:
         cond = f"({self.compare(sql, kind, op.value, raw, ftok)})"
         return WhereLeaf(ftok, op.value, [raw], cond, self.params[start:])
 
-    def count(self, n: int, ftok: _Tok) -> None:
+    def count(self, n: int, ftok: Token) -> None:
         self.conditions += n
         if self.conditions > MAX_CONDITIONS:
             raise BadQuery(
@@ -201,7 +205,7 @@ class _Parser:
                 "filter on a folder, a tag or a range instead"
             )
 
-    def value(self, raw: str, kind: str, ftok: _Tok, op: str = "=") -> str:
+    def value(self, raw: str, kind: str, ftok: Token, op: str = "=") -> str:
         """A value as compared: ``~/`` expanded for paths and folders, dates checked (a glob is taken as written)."""
         if kind in ("folder", "text") and ftok.value.lower() in ("path", "folder") and raw.startswith("~/"):
             return str(Path(raw).expanduser())
@@ -224,7 +228,7 @@ class _Parser:
             if sep.value != ",":
                 raise BadQuery(f"where: expected ',' or ')' at position {sep.pos}")
 
-    def field(self, tok: _Tok) -> tuple[str, str]:
+    def field(self, tok: Token) -> tuple[str, str]:
         name = tok.value.lower()
         if self.catalog:
             if name in ITEM_FIELDS:
@@ -238,10 +242,10 @@ class _Parser:
             raise BadQuery(f"where: unknown field {tok.value!r} at position {tok.pos}; fields: {known}")
         return FILE_FIELDS[name]
 
-    def compare_in(self, sql: str, kind: str, values: list[str], ftok: _Tok) -> str:
+    def compare_in(self, sql: str, kind: str, values: list[str], ftok: Token) -> str:
         """``field in (...)`` as SQL's IN, for the kinds whose ``=`` is a plain comparison."""
         if kind in ("number", "size"):
-            self.params += [_number(v, kind, ftok) for v in values]
+            self.params += [parse_number(v, kind, ftok) for v in values]
             return f"{sql} IN ({', '.join('?' * len(values))})"
         self.params += values
         marks = ", ".join(["lower(?)"] * len(values))
@@ -249,7 +253,7 @@ class _Parser:
             return f"EXISTS (SELECT 1 FROM tags WHERE tags.file_id = files.id AND lower(label) IN ({marks}))"
         return f"lower({sql}) IN ({marks})"
 
-    def compare(self, sql: str, kind: str, op: str, raw: str, ftok: _Tok) -> str:
+    def compare(self, sql: str, kind: str, op: str, raw: str, ftok: Token) -> str:
         sqlop = "<>" if op == "!=" else op
         if kind == "tag":
             if op not in ("=", "!=", "~"):
@@ -262,7 +266,7 @@ class _Parser:
             self.params.append(raw)
             return f"lower({sql}) GLOB lower(?)"
         if kind in ("number", "size"):
-            self.params.append(_number(raw, kind, ftok))
+            self.params.append(parse_number(raw, kind, ftok))
             return f"{sql} {sqlop} ?"
         if kind == "folder" and op in ("=", "!="):
             folder = str(Path(raw).resolve()) if "/" in raw else raw
@@ -276,7 +280,7 @@ class _Parser:
         if kind == "date" and op in ("=", "!="):
             self.params.append(raw + "*")
             return f"{sql} {'NOT ' if op == '!=' else ''}GLOB ?"
-        if kind == "attr" and _is_number(raw):
+        if kind == "attr" and is_number(raw):
             self.params.append(float(raw))
             return f"CAST({sql} AS REAL) {sqlop} ?"
         self.params.append(raw)
@@ -285,11 +289,11 @@ class _Parser:
         return f"{sql} {sqlop} ?"
 
 
-def _is_number(text: str) -> bool:
+def is_number(text: str) -> bool:
     return re.fullmatch(r"[-+]?\d+(\.\d+)?", text) is not None
 
 
-def _date(raw: str, tok: _Tok) -> str:
+def _date(raw: str, tok: Token) -> str:
     """A date as stored (ISO 8601, ``T`` between day and time), or the prefix of one: ``2023``, ``2023-05``,
     ``2023-05-20 18:00``; anything else is a BadQuery, not a comparison that quietly matches nothing."""
     m = _DATE.fullmatch(raw.strip())
@@ -312,7 +316,7 @@ def _join(parts: list[str], op: str) -> str:
     return f" {op} ".join(parts)
 
 
-def _number(raw: str, kind: str, tok: _Tok) -> float:
+def parse_number(raw: str, kind: str, tok: Token) -> float:
     m = re.fullmatch(r"([-+]?\d+(?:\.\d+)?)\s*([a-zA-Z]*)", raw)
     unit = (m.group(2).lower() if m else "") or "b"
     if not m or (kind == "number" and m.group(2)) or unit not in _UNITS:
@@ -350,17 +354,14 @@ def compile_where(expr: str, *, catalog: bool = False) -> tuple[str, list]:
     return _sql(parse_where(expr, catalog=catalog), params), params
 
 
-def allowed_ids(db, expr: str) -> np.ndarray:
+def allowed_ids(db: IndexDB, expr: str) -> np.ndarray:
     """Ids of the indexed files (or catalog items) that match ``expr``."""
+    from .store.browse_sql import matching_ids
+
     catalog = db.kind == "catalog"
     sql, params = compile_where(expr, catalog=catalog)
-    table = "items" if catalog else "files"
-    try:
-        rows = db.conn.execute(f"SELECT id FROM {table} WHERE status = 'ok' AND ({sql})", params)
-        return np.fromiter((r[0] for r in rows), np.int64)
-    except sqlite3.OperationalError as e:
-        if not _TOO_COMPLEX.search(str(e)):
-            raise
-        raise BadQuery(
-            f"where: the filter is too complex for SQLite ({e}); use fewer conditions or less nesting"
-        ) from None
+    return matching_ids(db, sql, params, catalog=catalog)
+
+
+# The names store/milvus_where.py imports until it moves to the public ones (issue 11).
+_Tok, _is_number, _number = Token, is_number, parse_number

@@ -82,11 +82,10 @@ def migrate_store(ix, to: str, progress: Callable[[int, int], None] | None = Non
             raise
         _switch(ix, target, dst.collection, source_url)
     else:
-        with ix.db.transaction() as c:  # the vectors and the switch commit together
-            c.execute("DELETE FROM vectors")
+        with ix.db.transaction():  # the vectors and the switch commit together
+            ix.db.delete_all_vectors()
             for ids, vecs in source.iter_vectors(CHUNK):
-                c.executemany("INSERT INTO vectors VALUES (?, ?)",
-                              [(int(i), v.tobytes()) for i, v in zip(ids, vecs, strict=True)])  # fmt: skip
+                ix.db.insert_vectors([(int(i), v.tobytes()) for i, v in zip(ids, vecs, strict=True)])
                 report.vectors += len(ids)
                 if progress:
                     progress(report.vectors, total)
@@ -98,15 +97,15 @@ def migrate_store(ix, to: str, progress: Callable[[int, int], None] | None = Non
 
 def _switch(ix, target, collection: str | None, source_url: str) -> None:
     """One transaction: record the new store; the outbox comes (to Milvus) or goes (to local)."""
-    with ix.db.transaction() as c:
+    with ix.db.transaction():
         if isinstance(target, MilvusSpec):
             if source_url == LOCAL:
-                c.execute("DELETE FROM vectors")
+                ix.db.delete_all_vectors()
             record_store(ix.db, target, collection)
             if collection is not None:
                 ix.db.set_meta(META_CREATED, collection)
+            uninstall_outbox(ix.db)  # an empty outbox: changes queued for the old collection are in the copy
             install_outbox(ix.db)
-            c.execute("DELETE FROM milvus_outbox")  # changes queued for the old collection are in the copy
         else:
             uninstall_outbox(ix.db)
             record_store(ix.db, LOCAL)
@@ -126,4 +125,4 @@ def _cleanup(ix, source, report: MigrateReport) -> None:
     for name in (FAISS_NAME, FAISS_NAME + ".json"):
         with contextlib.suppress(OSError):
             (ix.path / name).unlink()
-    ix.db.conn.execute("VACUUM")  # give back the space the vectors took in the SQLite file
+    ix.db.vacuum()  # give back the space the vectors took in the SQLite file

@@ -368,8 +368,10 @@ def _ann_record(out: Benchmarks, index: str, node: dict, latency: float, src: st
 
 
 def default_benchmarks_dir() -> Path | None:
-    """``benchmarks/results`` of a source checkout, or ``$VISDEX_BENCHMARKS``; None when neither exists."""
-    env = os.environ.get("VISDEX_BENCHMARKS")
+    """``$VISDEX_BENCHMARKS``, else ``benchmarks/results`` of a source checkout; None when neither exists."""
+    from . import config
+
+    env = config.get("benchmarks")
     for cand in ([Path(env)] if env else []) + [Path(__file__).resolve().parents[2] / "benchmarks" / "results"]:
         if cand.is_dir():
             return cand

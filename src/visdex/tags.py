@@ -14,10 +14,14 @@ from __future__ import annotations
 import string
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .errors import BadQuery
+
+if TYPE_CHECKING:
+    from .store.db import IndexDB
 
 TEMPERATURE = 0.03
 DEFAULT_TEMPLATE = "a photo of {}"
@@ -101,9 +105,7 @@ def tag_index(
     if progress is not None:
         progress.start(len(ids))
     db = ix.db
-    with db.transaction() as c:
-        marks = ",".join("?" * len(labels))
-        c.execute(f"DELETE FROM tags WHERE label IN ({marks})", labels)
+    db.delete_tags(labels)
     for start in range(0, len(ids), CHUNK):
         chunk = ids[start : start + CHUNK]
         scores = label_scores(ix.store.get(chunk), label_vecs)
@@ -114,24 +116,12 @@ def tag_index(
                 if s[j] >= min_score:
                     rows.append((int(fid), labels[j], float(s[j])))
                     report.counts[labels[j]] += 1
-        with db.transaction() as c:
-            c.executemany(
-                "INSERT INTO tags VALUES (?, ?, ?) ON CONFLICT(file_id, label) DO UPDATE SET score = excluded.score",
-                rows,
-            )
+        db.upsert_tags(rows)
         if progress is not None:
             progress.advance(len(chunk))
     return report
 
 
-def tags_for(db, ids: Sequence[int]) -> dict[int, list[tuple[str, float]]]:
+def tags_for(db: IndexDB, ids: Sequence[int]) -> dict[int, list[tuple[str, float]]]:
     """Stored tags of the given file ids, best first."""
-    out: dict[int, list[tuple[str, float]]] = {int(i): [] for i in ids}
-    ids = [int(i) for i in ids]
-    for start in range(0, len(ids), 900):
-        chunk = ids[start : start + 900]
-        marks = ",".join("?" * len(chunk))
-        sql = f"SELECT file_id, label, score FROM tags WHERE file_id IN ({marks}) ORDER BY score DESC"
-        for fid, label, score in db.conn.execute(sql, chunk):
-            out[fid].append((label, score))
-    return out
+    return db.tags_of(ids)

@@ -31,7 +31,6 @@ import json
 import os
 import secrets
 import shutil
-import sqlite3
 import time
 from collections.abc import Iterable, Sequence
 from contextlib import suppress
@@ -42,8 +41,8 @@ import numpy as np
 
 from .errors import BadQuery, DiskFull, NotFound, StoreError
 from .store.db import FileRow, is_disk_full
+from .store.trash_journal import JOURNAL_NAME, Journal, batch_dir
 
-JOURNAL_NAME = "trash.db"
 TRASH_DIR_NAME = ".visdex-trash"
 PARTIAL_SUFFIX = ".visdex-partial"
 #: Member kinds (``DupeMember.kind``) that are copies and may be moved; others (a "similar shot") are look-alikes
@@ -52,16 +51,6 @@ PARTIAL_SUFFIX = ".visdex-partial"
 REMOVABLE_KINDS = ("exact", "copy")
 _CHUNK = 1 << 20
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS batches (
-    id TEXT PRIMARY KEY, created_at REAL NOT NULL, state TEXT NOT NULL, fingerprint TEXT, undone_at REAL
-);
-CREATE TABLE IF NOT EXISTS entries (
-    batch TEXT NOT NULL REFERENCES batches(id), seq INTEGER NOT NULL, file_id INTEGER NOT NULL,
-    src BLOB NOT NULL, dst BLOB NOT NULL, keeper BLOB, size INTEGER NOT NULL, row TEXT NOT NULL, vec BLOB,
-    tags TEXT NOT NULL DEFAULT '[]', state TEXT NOT NULL, error TEXT, PRIMARY KEY (batch, seq)
-);
-"""
 # batch states: moving (interrupted if seen outside a run) -> moved -> undoing -> undone
 # entry states: pending -> moved | kept (never left its place) | failed; moved -> restored | conflict
 
@@ -213,90 +202,6 @@ class BatchInfo:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-# -- the journal ---------------------------------------------------------------------------------
-class Journal:
-    """The trash journal of one index (``trash.db``): owns its SQL. Commits are fsynced (synchronous FULL):
-    an entry is on disk before its file moves."""
-
-    def __init__(self, index_dir: Path):
-        self.path = Path(index_dir) / JOURNAL_NAME
-        try:
-            self.conn = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
-            self.conn.execute("PRAGMA synchronous=FULL")
-            self.conn.executescript(_SCHEMA)
-        except sqlite3.OperationalError as e:
-            if "full" in str(e).lower():
-                raise DiskFull(f"no space left for the trash journal {self.path}") from e
-            raise StoreError(f"cannot open the trash journal {self.path}: {e}") from e
-
-    def _write(self, sql_rows: list[tuple[str, Sequence]]) -> None:
-        try:
-            self.conn.execute("BEGIN IMMEDIATE")
-            for sql, rows in sql_rows:
-                self.conn.executemany(sql, rows)
-            self.conn.execute("COMMIT")
-        except sqlite3.Error as e:
-            if self.conn.in_transaction:
-                self.conn.execute("ROLLBACK")
-            if "full" in str(e).lower():
-                raise DiskFull(f"no space left for the trash journal {self.path}; nothing was moved") from e
-            raise
-
-    def add_batch(self, batch: str, fingerprint: str | None, entries: list[tuple]) -> None:
-        self._write([
-            ("INSERT INTO batches (id, created_at, state, fingerprint) VALUES (?, ?, 'moving', ?)",
-             [(batch, time.time(), fingerprint)]),
-            ("INSERT INTO entries (batch, seq, file_id, src, dst, keeper, size, row, vec, tags, state) "
-             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending')", entries),
-        ])  # fmt: skip
-
-    def set_states(self, batch: str, states: list[tuple[int, str, str | None]], batch_state: str | None = None) -> None:
-        work = [("UPDATE entries SET state = ?, error = ? WHERE batch = ? AND seq = ?",
-                 [(st, why, batch, seq) for seq, st, why in states])]  # fmt: skip
-        if batch_state is not None:
-            undone = time.time() if batch_state == "undone" else None
-            work.append(("UPDATE batches SET state = ?, undone_at = COALESCE(?, undone_at) WHERE id = ?",
-                         [(batch_state, undone, batch)]))  # fmt: skip
-        self._write(work)
-
-    def entries(self, batch: str) -> list[dict]:
-        cols = ("seq", "file_id", "src", "dst", "keeper", "size", "row", "vec", "tags", "state")
-        sql = f"SELECT {', '.join(cols)} FROM entries WHERE batch = ? ORDER BY seq"
-        out = []
-        for r in self.conn.execute(sql, (batch,)):
-            e = dict(zip(cols, r, strict=True))
-            e["src"], e["dst"] = os.fsdecode(e["src"]), os.fsdecode(e["dst"])
-            out.append(e)
-        return out
-
-    def batches(self, states: Sequence[str] | None = None) -> list[tuple[str, float, str, str | None]]:
-        sql = "SELECT id, created_at, state, fingerprint FROM batches"
-        if states:
-            sql += f" WHERE state IN ({','.join('?' * len(states))})"
-        return list(self.conn.execute(sql + " ORDER BY created_at DESC, id DESC", tuple(states or ())))
-
-    def summary(self, batch: str) -> tuple[int, int, int, list[str]]:
-        """(files in the trash, their bytes, restored, trash folders) of a batch."""
-        moved, size, restored, dsts = 0, 0, 0, set()
-        for st, n, b, dst in self.conn.execute("SELECT state, 1, size, dst FROM entries WHERE batch = ?", (batch,)):
-            if st in ("moved", "conflict"):
-                moved, size = moved + n, size + b
-                dsts.add(_batch_dir(os.fsdecode(dst), batch))
-            restored += st == "restored"
-        return moved, size, restored, sorted(dsts)
-
-    def close(self) -> None:
-        with suppress(sqlite3.Error):
-            self.conn.close()
-
-
-def _batch_dir(dst: str, batch: str) -> str:
-    p = Path(dst)
-    while p.name != batch and p.parent != p:
-        p = p.parent
-    return str(p)
 
 
 # -- the public operations -----------------------------------------------------------------------
@@ -486,7 +391,7 @@ def _undo(ix, journal: Journal, batch: str, fingerprint: str | None) -> UndoRepo
     _restore_rows(ix, back)  # one transaction; interrupted before it, a rerun finds the files in place and does it
     journal.set_states(batch, states, "undone")
     for e in entries:  # the batch's empty folders go, and an emptied .visdex-trash (a folder the user named stays)
-        top = Path(_batch_dir(e["dst"], batch))
+        top = Path(batch_dir(e["dst"], batch))
         _prune_empty(Path(e["dst"]).parent, top.parent if top.parent.name == TRASH_DIR_NAME else top)
     return report
 

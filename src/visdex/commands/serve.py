@@ -7,7 +7,11 @@ from pathlib import Path
 import typer
 
 from ..cli import IndexOpt, _state, app, err, out
-from ..server.app import is_loopback  # light: the server's heavy imports wait for create_app
+from ..server.app import (  # light: the server's heavy imports wait for create_app
+    DEFAULT_MAX_UPLOAD_BYTES,
+    DEFAULT_MAX_UPLOAD_PIXELS,
+    is_loopback,
+)
 
 __all__ = ["is_loopback", "serve"]
 
@@ -18,11 +22,15 @@ def serve(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to bind; 0.0.0.0 exposes it to the network."),
     port: int = typer.Option(8765, "--port", "-p", min=0, max=65535, help="Port to listen on."),
     token: str | None = typer.Option(
-        None, "--token", envvar="VISDEX_TOKEN", help="Require 'Authorization: Bearer TOKEN' on every API request."
+        None, "--token", help="Require 'Authorization: Bearer TOKEN' on every API request. [env: VISDEX_TOKEN]"
     ),
     device: str | None = typer.Option(None, "--device", help="auto, cpu, cuda, mps."),
-    max_upload_mb: float = typer.Option(25, "--max-upload-mb", min=0.001, help="Largest request body accepted."),
-    max_upload_pixels: int = typer.Option(50_000_000, "--max-upload-pixels", min=1, help="Largest uploaded image."),
+    max_upload_mb: float = typer.Option(
+        DEFAULT_MAX_UPLOAD_BYTES / 2**20, "--max-upload-mb", min=0.001, help="Largest request body accepted."
+    ),
+    max_upload_pixels: int = typer.Option(
+        DEFAULT_MAX_UPLOAD_PIXELS, "--max-upload-pixels", min=1, help="Largest uploaded image."
+    ),
     allow_host: list[str] | None = typer.Option(
         None,
         "--allow-host",
@@ -49,7 +57,7 @@ def serve(
         from ..errors import MissingDependency
 
         raise MissingDependency("uvicorn", extra="server", purpose="visdex serve") from e
-    token = token or config.get("token")
+    token = token or config.get("token")  # the environment's, read once in config
     for origin in cors or ():
         if origin != "*" and not origin.startswith(("http://", "https://")):
             raise typer.BadParameter(f"{origin!r} is not an origin: give scheme://host[:port]", param_hint="--cors")

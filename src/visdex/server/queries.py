@@ -273,8 +273,7 @@ def item_json(ix, item_id: int) -> dict:
 def tag_counts(ix) -> list[dict]:
     if ix.db.kind == "catalog":
         return []
-    rows = ix.db.conn.execute("SELECT label, COUNT(*) FROM tags GROUP BY label ORDER BY COUNT(*) DESC, label")
-    return [{"label": label, "count": n} for label, n in rows]
+    return [{"label": label, "count": n} for label, n in ix.db.tag_counts()]
 
 
 def to_dict(obj: Any) -> dict:

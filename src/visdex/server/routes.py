@@ -76,7 +76,7 @@ HUBNESS_DOC = "Re-rank the top candidates by CSLS hubness reduction (true / fals
 Hubness = Annotated[bool | None, Query(description=HUBNESS_DOC)]
 
 
-def _served(request: Request):
+def served(request: Request):
     return request.app.state.served
 
 
@@ -84,7 +84,7 @@ def _hits_response(request: Request, hits, took_ms: float | None = None) -> Resp
     """Search results, encoded here: FastAPI's validation and encoding of a returned dict cost more than the
     search on a hot path (the OpenAPI schema still comes from the route's annotation)."""
     return queries.json_response(
-        {"count": len(hits), "results": queries.hits_json(_served(request), hits), "took_ms": took_ms}
+        {"count": len(hits), "results": queries.hits_json(served(request), hits), "took_ms": took_ms}
     )
 
 
@@ -110,8 +110,8 @@ def search_get(
     (`id=12&q=+ at night - people`), a `crop` region of the image, a `where` filter."""
     req = queries.SearchRequest(q, None, id, crop, image_weight, where, k, min_score, within, hubness)
     if offset or collapse:  # pages and tiles: see queries.search_page
-        return queries.search_page(_served(request), request.app.state.settings, req, offset, collapse)
-    hits, took = queries.run_search(_served(request), request.app.state.settings, req)
+        return queries.search_page(served(request), request.app.state.settings, req, offset, collapse)
+    hits, took = queries.run_search(served(request), request.app.state.settings, req)
     return _hits_response(request, hits, took)
 
 
@@ -135,8 +135,8 @@ def search_post(
     data = image.file.read() if image is not None else None
     req = queries.SearchRequest(q, data, id, crop or None, image_weight, where or None, k, min_score, within, hubness)
     if offset or collapse:
-        return queries.search_page(_served(request), request.app.state.settings, req, offset, collapse)
-    hits, took = queries.run_search(_served(request), request.app.state.settings, req)
+        return queries.search_page(served(request), request.app.state.settings, req, offset, collapse)
+    hits, took = queries.run_search(served(request), request.app.state.settings, req)
     return _hits_response(request, hits, took)
 
 
@@ -152,9 +152,9 @@ def similar(
 ) -> dict:
     """The items most like an indexed one (itself left out)."""
     queries.known_id(item_id)
-    queries.check_where(_served(request), where)
+    queries.check_where(served(request), where)
     hits, took = queries.timed(
-        lambda: _served(request).call(
+        lambda: served(request).call(
             lambda ix: ix.similar(item_id, k=k, where=where, min_score=min_score, within=within, hubness=hubness)
         )
     )
@@ -164,17 +164,10 @@ def similar(
 @api.get("/items/{item_id}", tags=["search"], summary="One indexed item: its metadata and tags")
 def item(request: Request, item_id: int) -> dict:
     queries.known_id(item_id)
-    return _served(request).call(lambda ix: queries.item_json(ix, item_id))
+    return served(request).call(lambda ix: queries.item_json(ix, item_id))
 
 
 # -- analyses: computed in the background, once per index state (see server/background.py) --
-def _library(module: str, name: str):
-    """A function of the library that may not be installed in this build; absent -> 501."""
-    from .background import _library as find
-
-    return find(module, name)
-
-
 WAIT_DOC = "Seconds to wait for a result still being computed before answering 202 with its progress."
 Wait = Annotated[float, Query(ge=0, le=60, **FINITE, description=WAIT_DOC)]
 ANALYSIS_WAIT = 1.0  # a small index's analyses are ready within it: one request, no polling
@@ -191,7 +184,7 @@ def analysis(request: Request, made: tuple, wait: float):
     from .background import Pending
 
     key, job = made
-    found = _served(request).analysis(key, job, wait=wait)
+    found = served(request).analysis(key, job, wait=wait)
     if isinstance(found, Pending):
         return JSONResponse({"status": "computing", "progress": found.progress}, status_code=202)
     return found
@@ -257,12 +250,12 @@ def map_points(
 @api.get("/analyses", tags=["analysis"], summary="The background analyses: which are ready, which computing")
 def analyses(request: Request) -> dict:
     """`{"generation": n, "jobs": {"map auto 0": {"status": "computing", "progress": 0.4, "seconds": null}}}`."""
-    return _served(request).background.status()
+    return served(request).background.status()
 
 
 @api.get("/tags", tags=["tags"], summary="Zero-shot labels in the index and how many images have each")
 def tag_counts(request: Request) -> dict:
-    return {"tags": _served(request).call(queries.tag_counts)}
+    return {"tags": served(request).call(queries.tag_counts)}
 
 
 @api.post("/tags", tags=["tags"], summary="Label every image zero-shot with the best of the given labels")
@@ -283,13 +276,13 @@ def tag_images(
 
     names = queries.check_labels(labels)
     queries.check_template(template)
-    report = _served(request).call(lambda ix: tag_index(ix, names, top=top, min_score=min_score, template=template))
+    report = served(request).call(lambda ix: tag_index(ix, names, top=top, min_score=min_score, template=template))
     return report.to_dict()
 
 
 @api.get("/status", tags=["index"], summary="The index: model, counts, failures")
 def status(request: Request) -> dict:
-    st = _served(request).call(lambda ix: ix.status(max_failures=50)).to_dict()
+    st = served(request).call(lambda ix: ix.status(max_failures=50)).to_dict()
     settings = request.app.state.settings
     st["server"] = {
         "auth": bool(settings.token),
@@ -306,7 +299,7 @@ CACHE_CONTROL = "private, max-age=3600"
 
 def _source(request: Request, item_id: int) -> thumbs.ThumbSource:
     queries.known_id(item_id)
-    return _served(request).files(lambda db: thumbs.source_in_db(db, item_id))
+    return served(request).files(lambda db: thumbs.source_in_db(db, item_id))
 
 
 @files.get("/files/{item_id}/thumb", summary="Thumbnail of an indexed image (cached on disk)")
@@ -324,7 +317,7 @@ def thumbnail(
     headers = {"ETag": f'W/"{src.key}-{size}-{fmt}"', "Cache-Control": CACHE_CONTROL}
     if queries.not_modified(request.headers.get("if-none-match"), headers["ETag"]):
         return Response(status_code=304, headers=headers)
-    path = thumbs.render_thumbnail(src, _served(request).path / thumbs.THUMBS_DIR, size, fmt)  # outside any lock
+    path = thumbs.render_thumbnail(src, served(request).path / thumbs.THUMBS_DIR, size, fmt)  # outside any lock
     return FileResponse(path, media_type=thumbs.FORMATS[fmt][2], headers=headers)
 
 

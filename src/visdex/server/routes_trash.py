@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field, model_validator
 
 from .. import trash
 from ..errors import BadQuery, IndexBusy
-from .routes import _served, require_token
+from .routes import require_token, served
 
 router = APIRouter(prefix="/api/trash", dependencies=[Depends(require_token)], tags=["trash"])
 _writing = threading.Lock()  # one move or undo at a time in this process (the writer lock is per process)
@@ -126,7 +126,7 @@ def _suggested(request: Request, body: MoveRequest) -> list | None:
     from .background import Pending, dupes_job
 
     key, job = dupes_job(body.threshold, body.exact_only)
-    groups = _served(request).analysis(key, job, wait=120)  # the background's groups (usually ready by now)
+    groups = served(request).analysis(key, job, wait=120)  # the background's groups (usually ready by now)
     if isinstance(groups, Pending):
         raise IndexBusy(f"the duplicates are still being computed ({groups.progress:.0%}); try again shortly")
     return groups
@@ -153,7 +153,7 @@ def _writer(request: Request):
     if not _writing.acquire(blocking=False):
         raise IndexBusy("index busy: another move or undo is under way; try again when it is done")
     try:
-        ix = open_index(_served(request).path, create=False)
+        ix = open_index(served(request).path, create=False)
         try:
             ix.db.hold_writer()
         except BaseException:
@@ -177,7 +177,7 @@ def preview(request: Request, body: Annotated[MoveRequest, Body()]) -> TrashPrev
     """Nothing moves. `groups` names each keeper and the files to move; `suggested` takes every duplicate group
     with its suggested keeper (only copies are offered: look-alikes are left for a person, in `skipped`)."""
     groups = _suggested(request, body)
-    return _served(request).call(lambda ix: _preview_json(_plan(ix, body, groups), _where(ix, body)))
+    return served(request).call(lambda ix: _preview_json(_plan(ix, body, groups), _where(ix, body)))
 
 
 @router.post("/apply", summary="Move files to the trash (one batch, undoable); the index follows")
@@ -199,7 +199,7 @@ def apply(request: Request, body: Annotated[MoveRequest, Body()]) -> MoveResult:
 @router.get("/batches", summary="The batches of moved files, newest first")
 def batches(request: Request) -> TrashBatches:
     # the served index is a reader: an interrupted batch is shown as such and finished by the next move or undo
-    found = _served(request).call(lambda ix: trash.list_batches(ix, finish_interrupted=False))
+    found = served(request).call(lambda ix: trash.list_batches(ix, finish_interrupted=False))
     return {"count": len(found), "batches": [b.to_dict() for b in found]}
 
 

@@ -252,9 +252,9 @@ class ServedIndex:
         uploads on a CPU, when there are some; else None (the model itself embeds uploads). ONNX Runtime
         runs a whole pass without the GIL; torch re-takes it at every layer, and sixteen request threads
         make each take a wait."""
-        from ..api import _cpu_onnx_wanted
+        from ..api import cpu_onnx_wanted
 
-        if emb.device != "cpu" or not _cpu_onnx_wanted(self.ix.model_name, self.device, 1):
+        if emb.device != "cpu" or not cpu_onnx_wanted(self.ix.model_name, self.device, 1):
             return None
         from ..models.onnx import load_reference_onnx
 

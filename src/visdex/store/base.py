@@ -12,6 +12,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
+# HNSW graph parameters (FAISS and Milvus alike): links per node, build and search beam widths (the search beam
+# grows to 4k for larger k)
+HNSW_M, HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH = 32, 80, 512
+
 
 class VectorStore(ABC):
     dim: int

@@ -144,7 +144,7 @@ class IndexDB:
             try:
                 self.dir.mkdir(parents=True, exist_ok=True)
             except OSError as e:
-                raise _os_error(e, f"cannot create the index folder {self.dir}") from e
+                raise os_error(e, f"cannot create the index folder {self.dir}") from e
         self.readonly = False  # True: opened read-only (a read-only folder or mount, or a full disk)
         self._writer = False  # holds the index's writer lock (see hold_writer)
         self._on_commit: list[Callable[[], None]] = []
@@ -159,7 +159,7 @@ class IndexDB:
                 self._open()
                 return
             except sqlite3.DatabaseError as e:
-                busy = isinstance(e, sqlite3.OperationalError) and _code(e) in (
+                busy = isinstance(e, sqlite3.OperationalError) and sqlite_code(e) in (
                     sqlite3.SQLITE_BUSY,
                     sqlite3.SQLITE_LOCKED,
                 )
@@ -177,7 +177,7 @@ class IndexDB:
                 self.conn.execute("PRAGMA journal_mode=WAL")
             except sqlite3.OperationalError as e:
                 # A full disk cannot even hold WAL's shared-memory file: still answer reads.
-                if not self.path.exists() or _code(e) not in (sqlite3.SQLITE_IOERR, sqlite3.SQLITE_FULL,
+                if not self.path.exists() or sqlite_code(e) not in (sqlite3.SQLITE_IOERR, sqlite3.SQLITE_FULL,
                                                                  sqlite3.SQLITE_CANTOPEN):  # fmt: skip
                     raise
                 log.warning("opening %s read-only: %s", self.path, e)
@@ -240,7 +240,7 @@ class IndexDB:
             except BaseException as e:
                 if self.conn.in_transaction:
                     self.conn.execute("ROLLBACK")
-                if isinstance(e, sqlite3.OperationalError) and _code(e) == sqlite3.SQLITE_FULL:
+                if isinstance(e, sqlite3.OperationalError) and sqlite_code(e) == sqlite3.SQLITE_FULL:
                     raise DiskFull(f"no space left to create the index at {self.dir}") from e
                 raise
 
@@ -296,7 +296,7 @@ class IndexDB:
 
     def _translate(self, e: sqlite3.Error) -> Exception:
         """SQLite's errors that a user can act on, as visdex errors; others unchanged."""
-        code = _code(e)
+        code = sqlite_code(e)
         if code == sqlite3.SQLITE_FULL:
             return DiskFull(f"no space left on the disk of {self.dir}: the last change was rolled back, everything "
                             "committed before it is kept; free some space and run the command again")  # fmt: skip
@@ -502,6 +502,71 @@ class IndexDB:
         with self.transaction() as c:
             c.executemany("INSERT OR REPLACE INTO tags VALUES (?, ?, ?)", [(file_id, lb, s) for lb, s in tags])
 
+    def delete_tags(self, labels: Sequence[str]) -> None:
+        """Forget every file's score of these labels (before they are scored again)."""
+        with self.transaction() as c:
+            c.execute(f"DELETE FROM tags WHERE label IN ({','.join('?' * len(labels))})", list(labels))
+
+    def upsert_tags(self, rows: Sequence[tuple[int, str, float]]) -> None:
+        """(file id, label, score) rows; a label scored again for a file replaces its score."""
+        with self.transaction() as c:
+            c.executemany("INSERT INTO tags VALUES (?, ?, ?) ON CONFLICT(file_id, label) DO UPDATE SET "
+                          "score = excluded.score", rows)  # fmt: skip
+
+    def tags_of(self, ids: Sequence[int]) -> dict[int, list[tuple[str, float]]]:
+        """file id -> its (label, score) tags, best first (an empty list for a file without tags)."""
+        out: dict[int, list[tuple[str, float]]] = {int(i): [] for i in ids}
+        keys = list(out)
+        for start in range(0, len(keys), 900):  # SQLite's host-parameter limit
+            chunk = keys[start : start + 900]
+            sql = f"SELECT file_id, label, score FROM tags WHERE file_id IN ({','.join('?' * len(chunk))}) " \
+                  "ORDER BY score DESC"  # fmt: skip
+            for fid, label, score in self.conn.execute(sql, chunk):
+                out[fid].append((label, score))
+        return out
+
+    def tag_counts(self) -> list[tuple[str, int]]:
+        """(label, files tagged with it), most common first."""
+        sql = "SELECT label, COUNT(*) FROM tags GROUP BY label ORDER BY COUNT(*) DESC, label"
+        return [(label, n) for label, n in self.conn.execute(sql)]
+
+    # -- catalog items ----------------------------------------------------------------------
+    def item_keys(self) -> dict[str, tuple[int, str | None]]:
+        """key -> (id, row hash) of every catalog item, failed ones too."""
+        return {k: (i, h) for k, i, h in self.conn.execute("SELECT key, id, row_hash FROM items")}
+
+    def delete_items(self, ids: Sequence[int]) -> None:
+        with self.transaction() as c:
+            c.executemany("DELETE FROM items WHERE id = ?", [(int(i),) for i in ids])
+
+    def upsert_item(self, key: str, title: str | None, attrs: dict, images: Sequence[str], row_hash: str,
+                    status: str, error: str | None, indexed_at: float) -> int:  # fmt: skip
+        """Insert or update a catalog item by key; returns its id (kept across updates)."""
+        values = (key, title, json.dumps(attrs, sort_keys=True), json.dumps(list(images)), row_hash, status, error,
+                  indexed_at)  # fmt: skip
+        with self.transaction() as c:
+            return c.execute(
+                "INSERT INTO items (key, title, attrs, images, row_hash, status, error, indexed_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(key) DO UPDATE SET title = excluded.title, "
+                "attrs = excluded.attrs, images = excluded.images, row_hash = excluded.row_hash, "
+                "status = excluded.status, error = excluded.error, indexed_at = excluded.indexed_at RETURNING id",
+                values,
+            ).fetchone()[0]
+
+    # -- the vectors table, written directly (visdex.migrate moves vectors in from another store) ----------
+    def delete_all_vectors(self) -> None:
+        with self.transaction() as c:
+            c.execute("DELETE FROM vectors")
+
+    def insert_vectors(self, rows: Iterable[tuple[int, bytes]]) -> None:
+        """(id, float32 vector bytes) rows; the caller bumps the generation (the ANN file is rebuilt from them)."""
+        with self.transaction() as c:
+            c.executemany("INSERT INTO vectors VALUES (?, ?)", rows)
+
+    def vacuum(self) -> None:
+        """Give the space of deleted rows back to the file system (rewrites the file; outside a transaction)."""
+        self.conn.execute("VACUUM")
+
     # -- a rebuild's vectors, built aside (see visdex.rebuild) -------------------------------
     # One row per file or item re-embedded so far with the new model, stamped with what the row was when it
     # was read (size + mtime, or a catalog row's hash) so a resumed rebuild re-embeds whatever changed since.
@@ -637,7 +702,7 @@ def _split_sql(script: str) -> list[str]:
 _FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
-def _code(e: sqlite3.Error) -> int:
+def sqlite_code(e: sqlite3.Error) -> int:
     """The primary SQLite result code of an error (SQLITE_FULL, SQLITE_IOERR...), -1 when unknown."""
     return getattr(e, "sqlite_errorcode", -1) & 0xFF if getattr(e, "sqlite_errorcode", None) is not None else -1
 
@@ -646,7 +711,7 @@ def is_disk_full(e: BaseException) -> bool:
     return isinstance(e, OSError) and e.errno in _FULL_ERRNOS
 
 
-def _os_error(e: OSError, what: str) -> Exception:
+def os_error(e: OSError, what: str) -> Exception:
     if is_disk_full(e):
         return DiskFull(f"{what}: {e.strerror} (free some space and run the command again)")
     return StoreError(f"{what}: {e.strerror or e}")
@@ -676,7 +741,7 @@ def _lock_dir(directory: Path) -> None:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as e:
-            raise _os_error(e, f"cannot open the writer lock {path}") from e
+            raise os_error(e, f"cannot open the writer lock {path}") from e
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
@@ -686,7 +751,7 @@ def _lock_dir(directory: Path) -> None:
                 who = f"pid {holder}" if holder else "pid unknown"
                 raise IndexBusy(f"index busy: another visdex process ({who}) is writing to {key}; wait for it to "
                                 "finish (searches keep working meanwhile)") from None  # fmt: skip
-            raise _os_error(e, f"cannot lock {path}") from e
+            raise os_error(e, f"cannot lock {path}") from e
         with suppress(OSError):  # only for the message above: a full disk must not stop the writer
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)

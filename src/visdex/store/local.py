@@ -54,8 +54,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from ..errors import BadQuery, MissingDependency
-from .base import VectorStore, as_ids, empty_results, pad_results
-from .db import IndexDB, _os_error
+from .base import HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH, HNSW_M, VectorStore, as_ids, empty_results, pad_results
+from .db import IndexDB, os_error
 from .hnsw import HNSWLIB_EF_CONSTRUCTION, HNSWLIB_M, HnswlibGraph, read_index, resolve_engine, write_index
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,6 @@ ANN_KINDS = ("auto", "flat", "hnsw", "ivfpq") + tuple(f"{b}-{q}" for b in ("auto
 AUTO_HNSW_FROM = 100_000
 IVFPQ_MIN = 10_000
 EXACT_FILTER_MAX = 20_000
-HNSW_M, HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH = 32, 80, 512
 RETRAIN_GROWTH = 2.0  # re-train sq8 / IVF-PQ once the store holds this many times the training-time count
 SQ_TRAIN_MAX = 100_000
 DEAD_LABEL = 1 << 62  # HNSW nodes of deleted / replaced vectors are relabelled DEAD_LABEL + their position
@@ -372,7 +371,7 @@ class LocalVectorStore(VectorStore):
             os.replace(meta_tmp, self.meta_path)
             tmps.clear()
         except OSError as e:
-            raise _os_error(e, f"cannot save the vector index {self.faiss_path} (the index itself is intact)") from e
+            raise os_error(e, f"cannot save the vector index {self.faiss_path} (the index itself is intact)") from e
         finally:
             for t in tmps:
                 with suppress(OSError):
