@@ -643,9 +643,6 @@ def _no_gpu(device: str | None) -> bool:
 cpu_onnx_wanted = _cpu_onnx_wanted  # public: the server asks it too (server/state.py)
 
 
-cpu_onnx_wanted = _cpu_onnx_wanted  # public: the server asks it too (server/state.py)
-
-
 def _backend(name: str) -> str:
     from .models.onnx import split_backend
 
