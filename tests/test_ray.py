@@ -4,6 +4,7 @@ seconds to start). The driver plans and writes; Ray Data decodes and embeds. Rea
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import sqlite3
@@ -86,6 +87,28 @@ def test_ray_engine_indexes_like_the_local_pipeline(capsys, cluster, tmp_path, f
         np.testing.assert_allclose(a[path], b[path], atol=1e-5)
     with open_index(tmp_path / "ray", create=False) as ix:
         assert [p for p, _ in ix.status().failures] == [str(folder / "broken.jpg")]
+
+
+def _ray_lines(stderr: str) -> list[str]:
+    """Lines of Ray's own logging (its loggers, raylet / GCS / core worker messages) in a CLI's stderr."""
+    pattern = re.compile(r"\bray\b|raylet|gcs|core_worker|worker\.py|\[\d{4}-\d\d-\d\d |INFO |WARNING ", re.I)
+    return [line for line in stderr.splitlines() if pattern.search(line) and not line.startswith("Ray's log: ")]
+
+
+def test_cli_with_ray_shows_no_ray_log_lines(cluster, tmp_path, folder, tiny_clip):
+    """A driver process (as a user runs it, joining the cluster): stderr holds visdex's lines only; Ray's went to a
+    file that the CLI names once, at the end. (Before: Ray's 'Connecting to existing Ray cluster...' and Ray Data's
+    plan and progress lines.)"""
+    run = subprocess.run([sys.executable, "-m", "visdex", "index", folder, "--index", tmp_path / "ix", "--model",
+                          tiny_clip, "--engine", "ray", "--ray-address", cluster, "--batch-size", "4"],
+                         env=_env(), capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert "10 new" in run.stdout
+    assert _ray_lines(run.stderr) == [], run.stderr
+    named = [line for line in run.stderr.splitlines() if line.startswith("Ray's log: ")]
+    assert len(named) == 1, run.stderr
+    log = Path(named[0].removeprefix("Ray's log: ").strip())
+    assert log.is_file() and "ray" in log.read_text().lower()  # Ray's lines are kept, in the file
 
 
 @pytest.mark.slow

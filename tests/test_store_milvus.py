@@ -14,8 +14,10 @@ pytest.importorskip("pymilvus", reason="pymilvus is not installed: pip install '
 pytest.importorskip("milvus_lite", reason="milvus-lite is not installed: pip install 'visdex[milvus]'")
 
 from visdex import open_index  # noqa: E402
-from visdex.errors import BadQuery, MissingDependency, StoreError  # noqa: E402
+from visdex.errors import BadQuery, BadSetting, MissingDependency, StoreError  # noqa: E402
 from visdex.filters import allowed_ids  # noqa: E402
+from visdex.interop import import_clip_retrieval  # noqa: E402
+from visdex.models.base import l2_normalize  # noqa: E402
 from visdex.store import milvus  # noqa: E402
 from visdex.store.backends import parse_store  # noqa: E402
 from visdex.store.db import IndexDB  # noqa: E402
@@ -277,8 +279,8 @@ def test_lost_collection_is_an_error_not_an_empty_index(tmp_path, lite):
 @pytest.mark.parametrize(("ann", "kind", "params"), [
     ("flat", "FLAT", {}),
     ("hnsw", "HNSW", {"M": 32, "efConstruction": 80}),
-    ("hnsw-sq8", "IVF_SQ8", {"nlist": 1024}),
-    ("ivfpq", "IVF_PQ", {"nlist": 1024, "m": 16, "nbits": 8}),
+    ("hnsw-sq8", "IVF_SQ8", {"nlist": 32}),  # sized for the 300 vectors: 2 sqrt(300) -> 32
+    ("ivfpq", "IVF_PQ", {"nlist": 32, "m": 16, "nbits": 8}),
     ("diskann", "DISKANN", {}),
 ])  # fmt: skip
 def test_index_type_follows_ann_and_status_reports_it(tmp_path, lite, ann, kind, params, monkeypatch):
@@ -341,3 +343,244 @@ def test_filtered_search_prunes_to_the_roots_partitions(tmp_path, lite):
         hits = ix.search("a photo", k=10, where=f"path ~ '{a}/*'")
         assert hits and all(h.path.startswith(a + "/") for h in hits)
         assert milvus.root_clause("folder = 'trip'", [a], False) is None  # relative: says nothing about roots
+
+
+# -- index sizing: IVF nlist / nprobe from the collection's size, DISKANN past the RAM budget ----------------------
+def _spy_add_index(monkeypatch) -> list:
+    from pymilvus.milvus_client.index import IndexParams
+
+    sent = []
+    add_index = IndexParams.add_index
+
+    def spy(self, field, **kw):
+        sent.append((kw["index_type"], kw["params"]))
+        return add_index(self, field, **kw)
+
+    monkeypatch.setattr(IndexParams, "add_index", spy)
+    return sent
+
+
+def test_ivf_lists_follow_the_collection_size_and_grow_with_it(tmp_path, lite, monkeypatch):
+    """nlist by the embedded store's rule for the rows there are (2 sqrt(n), a power of two), re-built once the
+    collection doubled; the search sends the nprobe that goes with the nlist built."""
+    sent = _spy_add_index(monkeypatch)
+    store = MilvusVectorStore(IndexDB(tmp_path / "ix"), 16, lite, ann="ivf-sq8")
+    vecs = rand_vecs(2100, 16)
+    store.upsert(np.arange(100), vecs[:100])
+    store.flush()  # made for the 100 rows waiting
+    assert sent == [("IVF_SQ8", {"nlist": 16})] == [("IVF_SQ8", milvus.index_params("IVF_SQ8", 16, 100))]
+    store.upsert(np.arange(100, 2100), vecs[100:])
+    store.flush()  # 21x the rows it was sized for: re-built
+    assert sent[1:] == [("IVF_SQ8", {"nlist": 128})] and store.info()["index_params"] == {"nlist": 128}
+    assert store.fit_index() is False  # the right size now: left alone
+    searched = []
+    real_search = store.index.search
+    monkeypatch.setattr(store.index, "search", lambda *a, **kw: searched.append(kw["search_params"]) or
+                        real_search(*a, **kw))  # fmt: skip
+    _, ids = store.search(vecs[:1], 5)
+    assert searched == [{"metric_type": "IP", "params": {"nprobe": 32}}] and 0 in ids[0]
+    assert store.count() == 2100
+
+
+def test_ivf_and_diskann_parameters_for_large_collections(tmp_path, monkeypatch):
+    """What a Milvus server would be sent for collections too large to build here."""
+    assert milvus.ivf_lists(10_000, 512) == (256, 32)
+    assert milvus.ivf_lists(10**8, 512) == (1024, 32)  # capped at one segment's rows (1 GB of 512-d vectors)
+    assert milvus.ivf_lists(10**8, 64) == (4096, 128)  # 64-d: 4M rows a segment
+    assert milvus.search_params("IVF_PQ", 10, nlist=4096) == {"nprobe": 128}
+    assert milvus.index_params("IVF_PQ", 512, 10**7) == {"nlist": 1024, "m": 64, "nbits": 8}
+    gib = 1024**3
+    assert milvus.auto_index(10**6, 512, 64 * gib) == "HNSW"
+    assert milvus.auto_index(10**8, 512, 64 * gib) in ("IVF_SQ8", "IVF_PQ")
+    assert milvus.auto_index(10**9, 512, 8 * gib) == "DISKANN"
+    # --ann auto on a server: the plan for the rows announced, with VISDEX_MILVUS_MEMORY as the budget
+    monkeypatch.setenv("VISDEX_MILVUS_MEMORY", "8GB")
+    server = MilvusVectorStore(IndexDB(tmp_path / "ix"), 512, "milvus://db.example:19530")
+    assert server._index_plan(10**9) == ("DISKANN", {})
+    assert server._index_plan(10**5) == ("HNSW", {"M": 32, "efConstruction": 80})
+    monkeypatch.setenv("VISDEX_MILVUS_MEMORY", "lots")
+    with pytest.raises(BadSetting, match="VISDEX_MILVUS_MEMORY"):
+        server._index_plan(10)
+
+
+# -- bulk insert ------------------------------------------------------------------------------------------------
+class FakeMilvusImport:
+    """Milvus' import REST API (create / describe / list) in front of a milvus-lite collection: a job reads the
+    staged Parquet files from the bucket and inserts their rows, as a server's import does. A job says
+    'Importing' at its first describe, 'Completed' after. ``refuse``: every create answers an error code."""
+
+    def __init__(self, client, bucket: str, refuse: bool = False):
+        import http.server
+        import threading
+
+        self.client, self.bucket, self.refuse = client, bucket, refuse
+        self.calls: list[tuple[str, dict, str | None]] = []
+        self.jobs: dict[str, list[str]] = {}
+        fake = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 - http.server's name
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                endpoint = self.path.rsplit("/", 1)[-1]
+                fake.calls.append((self.path, body, self.headers.get("Authorization")))
+                answer = json.dumps(getattr(fake, endpoint)(body)).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def create(self, body: dict) -> dict:
+        import fsspec
+        import pyarrow.parquet as pq
+
+        if self.refuse:
+            return {"code": 1100, "message": "import is disabled on this server"}
+        for [f] in body["files"]:
+            with fsspec.open(f"{self.bucket}/{f}", "rb") as fh:
+                rows = pq.read_table(fh).to_pylist()
+            for r in rows:
+                r.update({k: json.loads(r[k]) for k in ("attrs", "attrs_num") if r[k] is not None})
+            self.client.insert(body["collectionName"], rows)
+        job = str(len(self.jobs) + 1)
+        self.jobs[job] = ["Importing", "Completed"]
+        return {"code": 0, "data": {"jobId": job}}
+
+    def describe(self, body: dict) -> dict:
+        states = self.jobs[body["jobId"]]
+        return {"code": 0, "data": {"jobId": body["jobId"], "state": states.pop(0) if len(states) > 1 else states[0]}}
+
+    def list(self, body: dict) -> dict:
+        return {"code": 0, "data": {"records": [{"jobId": j, "state": s.pop(0) if len(s) > 1 else s[0]}
+                                                for j, s in self.jobs.items()]}}  # fmt: skip
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _clip_retrieval_folder(path, vecs: np.ndarray, names: list[str]) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (path / "img_emb").mkdir(parents=True)
+    (path / "metadata").mkdir()
+    np.save(path / "img_emb" / "img_emb_0.npy", vecs.astype(np.float16))
+    pq.write_table(pa.table({"image_path": names, "caption": [f"c {n}" for n in names], "url": [None] * len(names)}),
+                   path / "metadata" / "metadata_0.parquet")  # fmt: skip
+
+
+@pytest.fixture
+def bulk(lite, monkeypatch):
+    """A fake import API over the module's milvus-lite, staging in fsspec's memory file system."""
+    fsspec = pytest.importorskip("fsspec")
+    from visdex.store import milvus_bulk
+
+    monkeypatch.setattr(milvus, "BULK_MIN", 20)
+    monkeypatch.setattr(milvus, "FILE_ROWS", 16)
+    monkeypatch.setattr(milvus_bulk, "POLL_S", 0.01)
+    mem = fsspec.filesystem("memory")
+    if mem.exists("/milvus-bucket"):
+        mem.rm("/milvus-bucket", recursive=True)
+    fake = FakeMilvusImport(milvus.connect(parse_milvus_url(lite)), "memory://milvus-bucket")
+    yield fake, milvus_bulk.BulkImporter(fake.url, "memory://milvus-bucket/visdex-bulk", token="root:Milvus")
+    fake.close()
+
+
+def _distinct_and_rows(store) -> tuple[int, int]:
+    rows = store.index.query(store.collection, filter="", output_fields=["id"], limit=16_384)
+    return len({r["id"] for r in rows}), len(rows)
+
+
+def test_import_into_milvus_runs_one_bulk_import_job(tmp_path, lite, bulk, tiny_clip):
+    """New vectors go as staged Parquet files in one import job (the parameters Milvus' API documents); a second
+    import of the same rows plus new ones upserts the known ids and imports only the new: nothing twice."""
+    fake, importer = bulk
+    rng = np.random.default_rng(0)
+    vecs = rng.normal(size=(50, 16)).astype(np.float32)
+    names = [f"/data/p/{i:03d}.jpg" for i in range(50)]
+    _clip_retrieval_folder(tmp_path / "a", vecs[:40], names[:40])
+    with open_index(tmp_path / "ix", model=str(tiny_clip), store=lite) as ix:
+        ix.store.bulk = importer
+        assert import_clip_retrieval(ix, tmp_path / "a").new == 40
+        creates = [body for path, body, _ in fake.calls if path.endswith("/create")]
+        assert len(creates) == 1 and creates[0]["collectionName"] == ix.store.collection
+        assert [len(f) for f in creates[0]["files"]] == [1, 1, 1]  # 40 rows in files of 16
+        assert all(f[0].startswith("visdex-bulk/") and f[0].endswith(".parquet") for f in creates[0]["files"])
+        assert {auth for *_, auth in fake.calls} == {"Bearer root:Milvus"}
+        assert [p.rsplit("/", 1)[1] for p, *_ in fake.calls].count("describe") == 2  # polled until Completed
+        assert ix.store.pending() == 0 and _distinct_and_rows(ix.store) == (40, 40)
+        assert __import__("fsspec").filesystem("memory").find("/milvus-bucket") == []  # staged files removed
+        _clip_retrieval_folder(tmp_path / "b", vecs[10:50], names[10:50])  # 30 known, 10 new (< BULK_MIN)
+        report = import_clip_retrieval(ix, tmp_path / "b")
+        assert (report.new, report.updated) == (10, 30)
+        assert len([c for c in fake.calls if c[0].endswith("/create")]) == 1  # too few new ones: upserts
+        assert _distinct_and_rows(ix.store) == (50, 50)
+        got = ix.store.get([ix.db.file_by_path(n).id for n in names])
+        np.testing.assert_allclose(got, l2_normalize(vecs.astype(np.float16).astype(np.float32)), atol=1e-6)
+        hits = ix.store.search(got[:1], 1)[1][0]
+        assert hits[0] == ix.db.file_by_path(names[0]).id
+
+
+def test_a_server_that_refuses_bulk_import_gets_upserts(tmp_path, lite, bulk, tiny_clip):
+    fake, importer = bulk
+    fake.refuse = True
+    rng = np.random.default_rng(1)
+    _clip_retrieval_folder(tmp_path / "a", rng.normal(size=(30, 16)).astype(np.float32),
+                           [f"/data/q/{i}.jpg" for i in range(30)])  # fmt: skip
+    with open_index(tmp_path / "ix", model=str(tiny_clip), store=lite) as ix:
+        ix.store.bulk = importer
+        assert import_clip_retrieval(ix, tmp_path / "a").new == 30
+        assert [p.rsplit("/", 1)[1] for p, *_ in fake.calls] == ["create", "list"]  # refused; no job left to wait for
+        assert ix.store.pending() == 0 and _distinct_and_rows(ix.store) == (30, 30)
+        assert ix.db.get_meta(milvus.META_IMPORT) is None
+
+
+def test_an_import_job_left_by_a_killed_process_is_waited_for(tmp_path, lite, bulk):
+    """A process killed while its job ran leaves the job recorded: the next push waits until the server says no
+    job of the collection runs, then upserts what is left in the outbox."""
+    fake, importer = bulk
+    db = IndexDB(tmp_path / "ix")
+    store = MilvusVectorStore(db, 8, lite, bulk=importer)
+    store.upsert(np.arange(5), rand_vecs(5, 8))
+    store.flush()
+    fake.jobs["7"] = ["Pending", "Importing", "Importing", "Completed"]
+    db.set_meta(milvus.META_IMPORT, json.dumps({"collection": store.collection, "files": []}))
+    store.upsert([5], rand_vecs(1, 8, seed=3))
+    assert store.count() == 6
+    assert [p.rsplit("/", 1)[1] for p, *_ in fake.calls] == ["list"] * 4
+    assert db.get_meta(milvus.META_IMPORT) is None
+
+
+def test_import_into_milvus_lite_uses_batched_upserts(capsys, tmp_path, built_local, tiny_clip, lite, monkeypatch):
+    """milvus-lite runs no import jobs: `visdex import` into a milvus-lite index upserts in batches, even with a
+    stage set; the vectors are those exported."""
+    monkeypatch.setenv("VISDEX_MILVUS_BULK_STAGE", "memory://milvus-bucket/visdex-bulk")
+    monkeypatch.setenv("VISDEX_STORE", lite)
+    out = tmp_path / "emb"
+    assert run_cli(capsys, "export", out, "--index", built_local, "--dtype", "float32")[0] == 0
+    code, stdout, err = run_cli(capsys, "import", out, "--model", tiny_clip, "--index", tmp_path / "mil")
+    assert code == 0 and " new" in stdout, err
+    with open_index(built_local) as a, open_index(tmp_path / "mil") as b:
+        assert "milvus" in b.status().store["backend"] and b.store.bulk is None
+        ids_a, ids_b = a.store.ids(), b.store.ids()
+        pa_, pb = a.db.files_by_ids(ids_a), b.db.files_by_ids(ids_b)
+        va = dict(zip([pa_[i].path for i in ids_a], a.store.get(ids_a), strict=True))
+        vb = dict(zip([pb[i].path for i in ids_b], b.store.get(ids_b), strict=True))
+        assert sorted(va) == sorted(vb) and len(va) == len(a)
+        for p in va:
+            np.testing.assert_allclose(va[p], vb[p], atol=1e-6)
+
+
+@pytest.fixture
+def built_local(tmp_path, folder, tiny_clip):
+    with open_index(tmp_path / "src-ix", model=str(tiny_clip)) as ix:
+        ix.add([folder])
+    return tmp_path / "src-ix"

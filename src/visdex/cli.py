@@ -277,6 +277,8 @@ def index(
     )
     if report.failed:
         out.print(f"{report.failed} file(s) could not be read; `visdex status` lists them with reasons.")
+            if runner.log_path is not None and not quiet:  # Ray's own log lines went there, not to the terminal
+                err.print(f"[dim]Ray's log: {escape(str(runner.log_path))}[/]", highlight=False)
 
 
 def _label(hit) -> str:

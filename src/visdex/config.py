@@ -127,6 +127,13 @@ SETTINGS: tuple[Setting, ...] = (
         "Token for a Milvus server that requires one (user:password or an API key); never written to the index.",
     ),
     Setting(
+        "milvus_bulk_stage",
+        None,
+        "Bulk insert for `visdex import` into a Milvus server: an fsspec URL in the bucket the server reads "
+        "(s3://BUCKET/prefix) to stage Parquet files in; unset: batched upserts.",
+    ),
+    Setting("milvus_memory", "64GB", "RAM of the Milvus query nodes: --ann auto picks IVF codes or DISKANN past it."),
+    Setting(
         "benchmarks",
         None,
         "Folder of benchmark results (JSON) that `visdex recommend` takes speeds from "

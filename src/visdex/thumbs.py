@@ -3,7 +3,9 @@
 Thumbnails are derived data: deleting ``thumbs/`` only costs the time to make them again.
 They are EXIF-rotated (the way a viewer shows the photo), fit in a ``size`` x ``size`` box
 and are named by the file's content hash, so an edited file gets a new thumbnail and two
-copies of one photo share one.
+copies of one photo share one. An item that is no local file -- a sample inside a WebDataset
+shard (``SHARD#MEMBER``) or an fsspec URL (``file://``, ``memory://``, ``s3://``) -- is read
+through :mod:`visdex.sources` (:func:`is_remote`, :func:`remote_bytes`).
 
 >>> from visdex.thumbs import thumbnail
 >>> thumbnail(ix, 12, size=256)                                   # doctest: +SKIP
@@ -21,7 +23,7 @@ from pathlib import Path
 from PIL import Image
 
 from . import config
-from .errors import BadQuery, NotFound
+from .errors import BadImage, BadQuery, NotFound
 
 #: The sizes served; any other is refused, so a client cannot fill the disk with variants.
 SIZES = (64, 128, 256, 512, 1024)
@@ -76,6 +78,23 @@ def original_path(ix, file_id: int) -> Path:
     return existing_file(source_in_db(ix.db, file_id))
 
 
+def is_remote(src: ThumbSource) -> bool:
+    """Whether ``src`` lives inside a WebDataset shard or behind a URL (its bytes come from :func:`remote_bytes`)."""
+    from .sources import is_remote as remote
+
+    return remote(src.path)
+
+
+def remote_bytes(src: ThumbSource) -> bytes:
+    """The bytes of a shard sample or URL item; NotFound when they cannot be read any more."""
+    from .sources import read_bytes
+
+    try:
+        return read_bytes(src.path)
+    except BadImage as e:
+        raise NotFound(f"the image of item {src.id} cannot be read: {e}") from None
+
+
 def existing_file(src: ThumbSource) -> Path:
     """The file behind ``src``; NotFound if it has gone since it was indexed."""
     p = Path(src.path)
@@ -94,9 +113,9 @@ def render_thumbnail(src: ThumbSource, cache_dir: str | os.PathLike, size: int =
     out = Path(cache_dir) / str(size) / f"{src.key}{suffix}"
     if out.is_file():
         return out
-    existing_file(src)
+    data = remote_bytes(src) if is_remote(src) else existing_file(src)
     # draft_size: JPEGs decode at 1/2..1/8 scale straight away, so a 24 MP photo costs milliseconds
-    img = decode_image(src.path, max_pixels=config.get("max_pixels"), draft_size=size).image
+    img = decode_image(data, max_pixels=config.get("max_pixels"), draft_size=size).image
     img.thumbnail((size, size), Image.Resampling.LANCZOS)
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".tmp")

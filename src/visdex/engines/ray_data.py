@@ -13,6 +13,10 @@ which writes each batch in one transaction (file rows + vectors, upserts by path
 changes nothing, so a Ray task retried after a worker died, or a run started again after the driver was
 killed, neither loses nor duplicates anything.
 
+Ray's own log lines (cluster start-up, Ray Data's plans and progress) go to a file, :attr:`RayEngine.log_path`
+(``ray-logs/`` in visdex's cache dir; workers' logs stay in the Ray session's ``logs/`` folder), so a terminal
+shows visdex's bar and errors only.
+
 >>> from visdex import open_index                                              # doctest: +SKIP
 >>> with open_index("ix", model="clip-vit-b-32") as ix:                        # doctest: +SKIP
 ...     ix.add(["/data/photos"], engine=RayEngine(address="auto", gpus_per_worker=1))
@@ -22,8 +26,12 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
+import time
 import warnings
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 
@@ -37,6 +45,8 @@ log = logging.getLogger(__name__)
 DECODE_BATCH = 16  # files per decode task: amortises task overhead, keeps blocks small (224^2 crops)
 TEXT_FIELDS = ("error", "hash", "format", "taken_at", "camera")
 RETRIES = 3  # a decode task or an actor's call retried after its worker died (then the run stops)
+LOG_DIR = "ray-logs"  # under the cache dir (VISDEX_CACHE_DIR): the driver's Ray log lines, one file per run
+RAY_LOGGERS = ("ray", "ray.data", "ray.train", "ray.tune", "ray.serve")  # those Ray gives handlers of their own
 
 
 class RayEngineError(VisdexError):
@@ -84,11 +94,14 @@ def decode_batch(batch: dict[str, np.ndarray], preprocess: Preprocess, max_pixel
 class EmbedActor:
     """Ray actor: loads the model once (on its GPU, or the CPU), embeds the decoded crops of each batch."""
 
-    def __init__(self, model: str, device: str, fingerprint: str, threads: int | None = None):
+    def __init__(self, model: str, device: str, fingerprint: str, threads: int | None = None,
+                 cpu_backend: str | None = None):  # fmt: skip
         from ..models import load_embedder
 
         if threads and device == "cpu":  # Ray sets OMP_NUM_THREADS to the actor's num_cpus (1): the model gets
             import torch  # the node's cores that decoding leaves, as the local pipeline's model thread does
+        if cpu_backend:  # the driver's choice (fp32 / bf16), not the node's environment: the same vectors as locally
+            os.environ["VISDEX_CPU_BACKEND"] = cpu_backend
 
             torch.set_num_threads(threads)
         self.embedder = load_embedder(model, device=device)
@@ -132,27 +145,69 @@ class RayEngine:
         self._started = False
 
     def connect(self):
+        self.log_path: Path | None = None  # where Ray's driver-side log lines went (set on connect)
+        self._stderr = _StderrToFile()
         ray = _ray()
         if not ray.is_initialized():
             try:
-                ray.init(address=self.address, log_to_driver=False, include_dashboard=False,
-                         logging_level=logging.WARNING, **self.init)  # fmt: skip
+        self._log_to_file()
+        self._stderr.start(self.log_path)
+                # configure_logging=False: Ray would put its stderr handler back on its loggers; it still clears
+                # theirs, so what it says while starting goes to the log through sys.stderr
+                with self._log_as_stderr():
+                    ray.init(address=self.address, log_to_driver=False, include_dashboard=False,
+                             configure_logging=False, **self.init)  # fmt: skip
             except (ConnectionError, RuntimeError, ValueError) as e:
                 raise RayEngineError(f"cannot reach the Ray cluster at {self.address or 'a new local one'}: {e}") from e
             self._started = True
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False  # the driver draws visdex's own bar
         ctx.print_on_execution_start = False
-        logging.getLogger("ray.data").setLevel(logging.ERROR)
+        self._log_to_file()  # again: initialising may have added console handlers
         return ray
 
     def close(self) -> None:
-        """Stop the local cluster this engine started (a cluster it joined keeps running)."""
+        """Stop the local cluster this engine started (a cluster it joined keeps running); the terminal gets
+        file descriptor 2 back."""
+    @contextmanager
+    def _log_as_stderr(self) -> Iterator[None]:
+        old = sys.stderr
+        with open(str(self.log_path), "a", encoding="utf-8") as f:
+            sys.stderr = f
+            try:
+                yield
+            finally:
+                sys.stderr = old
+
+    def _log_to_file(self) -> None:
+        """Ray's loggers write to :attr:`log_path` instead of the terminal (their errors reach the user as the
+        exceptions visdex raises)."""
+        folder = Path(config.get("cache_dir")) / LOG_DIR
+        if self.log_path is None:
+            folder.mkdir(parents=True, exist_ok=True)
+            self.log_path = folder / f"driver-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+        mine = str(self.log_path)
+        for name in RAY_LOGGERS:
+            logger = logging.getLogger(name)
+            for h in list(logger.handlers):
+                theirs = getattr(h, "baseFilename", None)
+                stderr = isinstance(h, logging.StreamHandler) and theirs is None  # Ray's PlainRayHandler
+                if stderr or (theirs is not None and theirs != mine and theirs.startswith(str(folder))):
+                    logger.removeHandler(h)  # (an earlier engine's file: closed, this run has its own)
+                    h.close()
+            if not any(getattr(h, "baseFilename", None) == mine for h in logger.handlers):
+                handler = logging.FileHandler(mine, encoding="utf-8", delay=True)
+                handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+                handler.setLevel(logging.INFO)  # Ray Data logs its DEBUG lines (whole configs) too
+                logger.addHandler(handler)
+            logger.propagate = False
+
         if self._started:
             _ray().shutdown()
             self._started = False
 
     def plan(self, ray) -> tuple[int, float, str, int]:
+        self._stderr.stop()
         """(actors, GPUs per actor, device, batch size) for the cluster as it is now. On CPUs, half the cluster's
         cores go to model actors (each with ``cpus_per_worker`` slots) and half to decode tasks."""
         resources = ray.cluster_resources()
@@ -186,7 +241,8 @@ class RayEngine:
                             compute=ray.data.ActorPoolStrategy(size=actors), num_gpus=gpus,
                             num_cpus=self.cpus_per_worker, max_restarts=RETRIES, max_task_retries=RETRIES,
                             fn_constructor_kwargs={"model": embedder.name, "device": device, "threads": threads,
-                                                   "fingerprint": embedder.fingerprint().to_json()})  # fmt: skip
+                                                   "fingerprint": embedder.fingerprint().to_json(),
+                                                   "cpu_backend": config.get("cpu_backend")})  # fmt: skip
         try:
             # re-sliced to model batches: each one is one transaction on the driver (and one step of the bar)
             for b in ds.iter_batches(batch_size=size, batch_format="numpy"):
@@ -200,6 +256,44 @@ class RayEngine:
 
 def _results(b: dict[str, np.ndarray], todo: Sequence[FileInfo]) -> tuple[list, np.ndarray | None]:
     from ..ingest import _Failed, _Loaded
+class _StderrToFile:
+    """Ray's C++ core worker in this process prints its errors and advisories to file descriptor 2 itself (no
+    Python logger to re-route): while the engine is connected, fd 2 goes to the log file and ``sys.stderr`` to a
+    duplicate of the terminal, so visdex's bar and messages still show. Only when ``sys.stderr`` is fd 2 (not
+    under a test's capture or a caller's own stream)."""
+
+    def __init__(self) -> None:
+        self.saved: int | None = None
+        self.old = None
+
+    def start(self, path: Path | None) -> None:
+        if self.saved is not None or path is None:
+            return
+        try:
+            if sys.stderr is None or sys.stderr.fileno() != 2:
+                return
+        except (AttributeError, OSError, ValueError):  # a capture object has no descriptor
+            return
+        sys.stderr.flush()
+        self.saved = os.dup(2)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        os.dup2(fd, 2)
+        os.close(fd)
+        self.old = sys.stderr
+        sys.stderr = os.fdopen(os.dup(self.saved), "w", buffering=1, encoding=self.old.encoding,
+                               errors=self.old.errors)  # fmt: skip
+
+    def stop(self) -> None:
+        if self.saved is None:
+            return
+        ours, sys.stderr = sys.stderr, self.old
+        ours.flush()
+        os.dup2(self.saved, 2)
+        os.close(self.saved)
+        ours.close()
+        self.saved = self.old = None
+
+
 
     batch, vectors = [], []
     for j, i in enumerate(b["i"]):

@@ -10,6 +10,7 @@ the field) before the library sees it, and the OpenAPI docs show the ranges.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Body, Depends, File, Form, Query, Request, Response, UploadFile
@@ -324,7 +325,14 @@ def thumbnail(
 @files.get("/files/{item_id}/original", summary="The original file of an indexed image")
 @files.head("/files/{item_id}/original", include_in_schema=False)
 def original(request: Request, item_id: int) -> Response:
-    path = thumbs.existing_file(_source(request, item_id))
+    src = _source(request, item_id)
+    if thumbs.is_remote(src):  # a WebDataset sample or a URL: its bytes, tagged by content hash
+        headers = {"ETag": f'"{src.key}"', "Cache-Control": CACHE_CONTROL, "X-Content-Type-Options": "nosniff"}
+        if queries.not_modified(request.headers.get("if-none-match"), headers["ETag"]):
+            return Response(status_code=304, headers=headers)
+        media = queries.media_type(Path(src.path)) or "application/octet-stream"
+        return Response(thumbs.remote_bytes(src), media_type=media, headers=headers)
+    path = thumbs.existing_file(src)
     media = queries.media_type(path)
     if media is None:
         raise NotFound(f"item {item_id} is not an image file")

@@ -18,11 +18,13 @@ changes first, so reads see every committed write.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import threading
 import uuid
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -32,6 +34,7 @@ import numpy as np
 from ..errors import BadQuery, MissingDependency, StoreError
 from .base import VectorStore, as_ids, empty_results, pad_results
 from .db import IndexDB
+from .milvus_bulk import BULK_MIN, FILE_ROWS, BulkImporter, BulkUnsupported
 from .milvus_where import INT_FIELDS, JSON_FIELDS, VARCHAR_FIELDS, scalar_fields
 
 log = logging.getLogger(__name__)
@@ -39,15 +42,21 @@ log = logging.getLogger(__name__)
 META_STORE = "store"  # "local" (or absent) / the store's URL without credentials
 META_COLLECTION = "milvus_collection"
 META_CREATED = "milvus_created"  # the collection this index created: if it goes missing, vectors were lost
+META_INDEX = "milvus_index"  # JSON: the collection's vector index as built (type, params, rows it was sized for)
+META_IMPORT = "milvus_import"  # JSON: an import job may be running (staged files); waited for before other writes
 OUTBOX = "milvus_outbox"
 CONNECT_TIMEOUT = 10.0
 DEFAULT_PORT = 19530
 PUSH_AT = 1024  # pending changes that make a commit push them at once (else: at flush or the next read)
 PUSH_BATCH = 2048
+BULK_AT = 1_000_000  # inside bulk_load(): pending changes that make a commit push them (~2 GB of 512-d vectors)
 ID_FILTER_CHUNK = 50_000  # ids per "id in [...]" expression; larger allowed sets are searched in chunks
 MAX_TOPK = 16_384  # Milvus' limit on k
 HNSW_M, HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH = 32, 80, 512
-IVF_NLIST, IVF_NPROBE = 1024, 32  # nlist ~ 4 sqrt(n) at 6e4..1e6 vectors per segment (Milvus indexes segments)
+IVF_NLIST, IVF_NPROBE = 1024, 32  # a collection made before visdex sized its index (see ivf_lists) was built so
+DEFAULT_ROWS = 1_000_000  # an index whose size is unknown is sized for this many vectors
+SEGMENT_BYTES = 1 << 30  # Milvus' dataCoord.segment.maxSize (1024 MB): IVF lists are built per sealed segment
+RESIZE_GROWTH = 2.0  # re-build an IVF index once the collection holds this many times the rows it was sized for
 DISKANN_SEARCH_LIST = 100
 MILVUS_ANN = ("auto", "flat", "hnsw", "ivf-sq8", "ivfpq", "diskann")
 ROOT_FIELD = "root"  # partition key: a file's root folder (or shard), "catalog" for items
@@ -163,10 +172,8 @@ _clients_lock = threading.Lock()
 
 def connect(spec: MilvusSpec):
     """A client for ``spec`` (one per process and server); a server that does not answer is a StoreError."""
-    from .. import config
-
     pymilvus = _pymilvus(spec.lite)
-    token = spec.token or config.get("milvus_token") or ""
+    token = _token(spec)
     key = (spec.uri, spec.db_name, token)
     with _clients_lock:
         if key not in _clients:
@@ -178,6 +185,35 @@ def connect(spec: MilvusSpec):
             except Exception as e:  # pymilvus raises MilvusException, grpc errors, ValueError, OSError
                 raise StoreError(f"cannot reach {spec.describe()}: {_reason(e)}" + _hint(spec, e)) from e
         return _clients[key]
+
+
+def _token(spec: MilvusSpec) -> str:
+    from .. import config
+
+    return spec.token or config.get("milvus_token") or ""
+
+
+def _default_importer(spec: MilvusSpec) -> BulkImporter | None:
+    """Bulk insert for a Milvus server when ``VISDEX_MILVUS_BULK_STAGE`` says where to stage files; else None."""
+    from .. import config
+
+    stage = config.get("milvus_bulk_stage")
+    if spec.lite or not stage:
+        return None
+    return BulkImporter(spec.uri, stage, token=_token(spec), db_name=spec.db_name)
+
+
+def milvus_memory() -> float:
+    """The Milvus query nodes' RAM in bytes (``VISDEX_MILVUS_MEMORY``), the budget "auto" sizes the index for."""
+    from .. import config
+    from ..errors import BadSetting
+    from ..sizing import parse_bytes
+
+    raw = config.get("milvus_memory")
+    try:
+        return parse_bytes(raw) * 1024**3
+    except ValueError as e:
+        raise BadSetting(f"VISDEX_MILVUS_MEMORY: {e}") from None
 
 
 def _reason(e: Exception) -> str:
@@ -201,8 +237,10 @@ def new_collection_name() -> str:
 # -- the store ---------------------------------------------------------------------------
 class MilvusVectorStore(VectorStore):
     """Vectors in a Milvus collection; ``spec`` (a :class:`MilvusSpec` or URL) defaults to the one the
-    index recorded. ``ann``: "auto" (FLAT on milvus-lite, HNSW on a server), "flat", "hnsw"; the local
-    store's kinds map to their graph ("hnsw-sq8" -> HNSW). ``collection`` overrides the recorded one."""
+    index recorded. ``ann``: "auto" (FLAT on milvus-lite; on a server HNSW, or by :func:`auto_index` IVF codes /
+    DISKANN past the query nodes' RAM), "flat", "hnsw", "ivf-sq8", "ivfpq", "diskann"; the local store's kinds map
+    by :func:`_milvus_index`. ``collection`` overrides the recorded one. ``bulk``: how imports reach a Milvus server
+    (default: :class:`~visdex.store.milvus_bulk.BulkImporter` when ``VISDEX_MILVUS_BULK_STAGE`` is set)."""
 
     def __init__(
         self,
@@ -213,6 +251,7 @@ class MilvusVectorStore(VectorStore):
         ann: str | None = None,
         collection: str | None = None,
         install: bool = True,
+        bulk: BulkImporter | None = None,
     ):
         self.db = db
         self.dim = int(dim)
@@ -235,6 +274,9 @@ class MilvusVectorStore(VectorStore):
         self._lock = threading.RLock()
         self._pending = 0
         self._outbox = install
+        self._hold = 0  # open bulk_load() blocks
+        self._expected = 0  # rows a bulk_load() announced: the new collection's index is sized for them
+        self.bulk = bulk if bulk is not None else _default_importer(self.spec)
         if install:  # False while ``visdex migrate`` fills a collection the index does not use yet
             install_outbox(db)
             if db.get_meta(META_STORE) is None:
@@ -248,8 +290,28 @@ class MilvusVectorStore(VectorStore):
 
     @property
     def index_type(self) -> str:
+        built = self._built()
+        return built["type"] if built else self._index_plan(self._size_hint())[0]
+
+    def _index_plan(self, n: int) -> tuple[str, dict]:
+        """(Milvus index type, build parameters) for a collection of ``n`` vectors."""
         kind = _milvus_index(self.ann)
-        return kind if kind != "auto" else ("FLAT" if self.spec.lite else "HNSW")
+        if kind == "auto":
+            kind = "FLAT" if self.spec.lite else auto_index(n, self.dim, milvus_memory())
+        return kind, index_params(kind, self.dim, n)
+
+    def _built(self) -> dict | None:
+        """The index this collection was built with (None: a collection made before visdex recorded it)."""
+        raw = self.db.get_meta(META_INDEX)
+        rec = json.loads(raw) if raw else None
+        return rec if rec and rec.get("collection") == self.collection else None
+
+    def _size_hint(self) -> int:
+        """Rows a new collection is about to hold: announced by bulk_load(), or waiting in the outbox."""
+        queued = 0
+        if self._outbox:
+            queued = self.db.conn.execute(f"SELECT COUNT(*) FROM {OUTBOX} WHERE op = 'upsert'").fetchone()[0]
+        return max(1, self._expected, queued)
 
     def _conn(self):
         with self._lock:
@@ -297,13 +359,44 @@ class MilvusVectorStore(VectorStore):
         for name in JSON_FIELDS:
             schema.add_field(name, DataType.JSON, nullable=True)
         params = client.prepare_index_params()
-        kind = self.index_type
-        params.add_index("vector", index_type=kind, metric_type="IP", params=index_params(kind, self.dim))
+        rows = self._size_hint()
+        kind, build = self._index_plan(rows)
+        params.add_index("vector", index_type=kind, metric_type="IP", params=build)
         # Strong: a search sees every write acknowledged before it, from any process.
         client.create_collection(self.collection, schema=schema, index_params=params, consistency_level="Strong",
                                  num_partitions=PARTITIONS)  # fmt: skip
+        self._record_index(kind, build, rows)
         log.info("created Milvus collection %s (%s, %d-d) on %s", self.collection, kind, self.dim,
                  self.spec.describe())  # fmt: skip
+
+    def _record_index(self, kind: str, params: dict, rows: int) -> None:
+        self.db.set_meta(META_INDEX, json.dumps({"collection": self.collection, "type": kind, "params": params,
+                                                 "rows": int(rows)}))  # fmt: skip
+
+    def fit_index(self) -> bool:
+        """Re-build the vector index when the collection outgrew the one it has (indexing ends with this): an IVF
+        index sized for a collection a :data:`RESIZE_GROWTH` times smaller gets the nlist of its size now, and
+        "auto" on a server moves to IVF codes or DISKANN once the vectors pass the query nodes' RAM. Milvus cannot
+        change an index in place: release, drop, create, load (searches wait meanwhile). True if re-built."""
+        built = self._built()
+        if built is None:
+            return False  # a collection made before visdex sized its index is left as it was built
+        client = self._conn()
+        n = self._count(client)
+        kind, params = self._index_plan(n)
+        if kind == built["type"] and (params == built["params"] or n < RESIZE_GROWTH * built["rows"]):
+            return False
+        with self._lock, self._errors("re-build the vector index"):
+            client.release_collection(self.collection)
+            client.drop_index(self.collection, "vector")
+            index = client.prepare_index_params()
+            index.add_index("vector", index_type=kind, metric_type="IP", params=params)
+            client.create_index(self.collection, index)
+            client.load_collection(self.collection)
+        self._record_index(kind, params, n)
+        log.info("re-built the vector index of %s for %d vectors: %s %s (was %s %s for %d)", self.collection, n,
+                 kind, params, built["type"], built["params"], built["rows"])  # fmt: skip
+        return True
 
     def _errors(self, what: str):
         return _MilvusErrors(self, what)
@@ -321,7 +414,22 @@ class MilvusVectorStore(VectorStore):
 
     def _after_commit(self, n: int) -> None:
         self._pending += n
-        if self._pending >= PUSH_AT:
+        if self._pending >= (BULK_AT if self._hold else PUSH_AT):
+            self.push()
+
+    @contextmanager
+    def bulk_load(self, rows: int = 0) -> Iterator[MilvusVectorStore]:
+        """A block of many writes (an import of ``rows`` vectors): committed changes wait in the outbox (up to
+        :data:`BULK_AT`) and reach Milvus together when the block ends -- by a bulk import job on a Milvus server
+        that can run one (see :mod:`.milvus_bulk`), else by batched upserts -- and a collection made meanwhile has
+        its index sized for ``rows``. A block left by an exception pushes nothing (the next read does)."""
+        self._expected = max(self._expected, int(rows))
+        self._hold += 1
+        try:
+            yield self
+        finally:
+            self._hold -= 1
+        if not self._hold:
             self.push()
 
     def pending(self) -> int:
@@ -335,6 +443,8 @@ class MilvusVectorStore(VectorStore):
         sent = 0
         with self._lock:
             client = self._conn()
+            self._await_import(client)
+            sent += self._bulk_push(client)
             while True:
                 with self.db.transaction() as c:
                     rows = c.execute(f"SELECT id, op, vec FROM {OUTBOX} ORDER BY id LIMIT ?", (PUSH_BATCH,)).fetchall()
@@ -361,18 +471,90 @@ class MilvusVectorStore(VectorStore):
         if ids:
             self._write(client, ids, vecs)
 
-    def _write(self, client, ids: Sequence[int], vecs: Sequence[np.ndarray]) -> None:
+    def _bulk_push(self, client) -> int:
+        """The outbox's new vectors (ids not in the collection) by one import job, when a Milvus server and a stage
+        are there and enough are waiting; returns how many went. The rest (replaced vectors, deletes) and anything
+        the server refuses go by upserts."""
+        if self.bulk is None or not self.bulk.stage:
+            return 0
+        if self.db.conn.execute(f"SELECT COUNT(*) FROM {OUTBOX} WHERE op = 'upsert'").fetchone()[0] < BULK_MIN:
+            return 0
+        empty = self._count(client) == 0
+        staged: list[str] = []
+        sent: list[tuple[int, bytes]] = []
+        try:
+            last = -1
+            while True:
+                rows = self.db.conn.execute(f"SELECT id, vec FROM {OUTBOX} WHERE op = 'upsert' AND id > ? ORDER BY id "
+                                            "LIMIT ?", (last, FILE_ROWS)).fetchall()  # fmt: skip
+                if not rows:
+                    break
+                last = rows[-1][0]
+                present = set() if empty else self._present(client, [i for i, _ in rows])
+                new = [(int(i), v) for i, v in rows if int(i) not in present]
+                if new:
+                    vecs = [np.frombuffer(v, np.float32) for _, v in new]
+                    staged.append(self.bulk.write(self._rows([i for i, _ in new], vecs), self.dim))
+                    sent += new
+            if len(sent) < BULK_MIN:
+                return 0
+            # recorded before the job starts: a process killed from here on leaves a job that the next one waits for
+            self.db.set_meta(META_IMPORT, json.dumps({"collection": self.collection, "files": staged}))
+            job = self.bulk.start(self.collection, [self.bulk.relative(u) for u in staged])
+            self.bulk.wait(job)
+        except BulkUnsupported as e:
+            log.warning("Milvus bulk insert did not run (%s): batched upserts instead", e)
+            self._await_import(client)  # a job that did start must end before its ids are upserted
+            return 0
+        finally:
+            self.bulk.remove(staged)
+        with self.db.transaction() as c:  # only rows unchanged since they were staged leave the outbox
+            c.executemany(f"DELETE FROM {OUTBOX} WHERE id = ? AND op = 'upsert' AND vec = ?", sent)
+            c.execute("DELETE FROM meta WHERE key = ?", (META_IMPORT,))
+        log.info("Milvus bulk insert: %d vectors in %d file(s) into %s", len(sent), len(staged), self.collection)
+        return len(sent)
+
+    def _await_import(self, client) -> None:
+        """Wait for an import job that this or a killed process started (an import never replaces a row: upserting
+        its ids before it ends would leave two rows of one id)."""
+        if self.db.get_meta(META_IMPORT) is None:
+            return
+        importer = self.bulk
+        if importer is None and not self.spec.lite:  # the stage was unset since: the server still runs the job
+            importer = BulkImporter(self.spec.uri, None, token=_token(self.spec), db_name=self.spec.db_name)
+        if importer is not None:
+            try:
+                importer.wait_idle(self.collection)
+            except BulkUnsupported as e:  # no import API answers: no job of ours runs there
+                log.info("no Milvus import job to wait for: %s", e)
+        with self.db.transaction() as c:
+            c.execute("DELETE FROM meta WHERE key = ?", (META_IMPORT,))
+
+    def _present(self, client, ids: Sequence[int]) -> set[int]:
+        """Which of ``ids`` the collection holds."""
+        out: set[int] = set()
+        with self._errors("read ids"):
+            for start in range(0, len(ids), 16_384):
+                chunk = ",".join(map(str, ids[start : start + 16_384]))
+                out.update(int(r["id"]) for r in client.query(self.collection, filter=f"id in [{chunk}]",
+                                                             output_fields=["id"]))  # fmt: skip
+        return out
+
+    def _rows(self, ids: Sequence[int], vecs: Sequence[np.ndarray]) -> list[dict]:
+        """Collection rows: id, vector, the partition key and the filter fields."""
         fields = scalar_fields(self.db, ids)
         if self._has_root:
             roots = self._roots(ids)
             for i in fields:
                 fields[i][ROOT_FIELD] = roots.get(int(i), "catalog")
+        return [{"id": int(i), "vector": np.asarray(v, np.float32), **fields[int(i)]}
+                for i, v in zip(ids, vecs, strict=True)]  # fmt: skip
+
+    def _write(self, client, ids: Sequence[int], vecs: Sequence[np.ndarray]) -> None:
         step = max(1, min(PUSH_BATCH, (8 << 20) // (4 * self.dim)))  # ~8 MB per request
         with self._errors("write to the collection"):
             for start in range(0, len(ids), step):
-                part = zip(ids[start : start + step], vecs[start : start + step], strict=True)
-                rows = [{"id": int(i), "vector": np.asarray(v, np.float32), **fields[int(i)]} for i, v in part]
-                client.upsert(self.collection, rows)
+                client.upsert(self.collection, self._rows(ids[start : start + step], vecs[start : start + step]))
 
     def _roots(self, ids: Sequence[int]) -> dict[int, str]:
         """The root (folder or shard) each file id was found under; items have none."""
@@ -428,7 +610,9 @@ class MilvusVectorStore(VectorStore):
                      for s in range(0, len(allowed), ID_FILTER_CHUNK)]  # fmt: skip
         if not len(queries) or not exprs:
             return empty_results(len(queries), k)
-        params = {"metric_type": "IP", "params": search_params(self.index_type, kk, self.ef_search)}
+        built = self._built() or {}
+        nlist = (built.get("params") or {}).get("nlist")
+        params = {"metric_type": "IP", "params": search_params(self.index_type, kk, self.ef_search, nlist)}
         got_s = [[] for _ in queries]
         got_i = [[] for _ in queries]
         with self._errors("search"):
@@ -477,7 +661,9 @@ class MilvusVectorStore(VectorStore):
 
     def count(self) -> int:
         self._sync()
-        client = self._conn()
+        return self._count(self._conn())
+
+    def _count(self, client) -> int:
         with self._errors("count"):
             return int(client.query(self.collection, filter="", output_fields=["count(*)"])[0]["count(*)"])
 
@@ -510,7 +696,8 @@ class MilvusVectorStore(VectorStore):
         # a server reports the build parameters; milvus-lite does not: then those visdex sends for the type
         params = {k: v for k, v in idx.items() if k not in ("index_type", "field_name", "index_name", "metric_type",
                                                               "total_rows", "indexed_rows", "pending_index_rows",
-                                                              "state")} or index_params(index, self.dim)  # fmt: skip
+                                                              "state")} or (self._built() or {}).get("params") \
+            or index_params(index, self.dim)  # fmt: skip
         load = getattr(state, "name", str(state))
         return {"backend": f"milvus ({self.spec.describe()}, {index}, {load.lower()})", "store": self.spec.url,
                 "collection": self.collection, "ann": self.ann, "count": count, "dim": self.dim, "index": index,
@@ -518,16 +705,18 @@ class MilvusVectorStore(VectorStore):
                 "partition_key": ROOT_FIELD if self._has_root else None}  # fmt: skip
 
     def flush(self) -> None:
-        """Push every pending change (indexing ends with this)."""
+        """Push every pending change and fit the index to the collection's size (indexing ends with this)."""
         if self._pending or self._client is not None:
             self._sync()
+            if self._outbox:
+                self.fit_index()
 
     def clear(self) -> None:
         """Drop every vector (re-indexing with another model): the collection goes after the commit and a
         new one, of the new model's dimension, is made on next use."""
         with self.db.transaction() as c:
             c.execute(f"DELETE FROM {OUTBOX}")
-            c.execute("DELETE FROM meta WHERE key = ?", (META_CREATED,))
+            c.execute("DELETE FROM meta WHERE key IN (?, ?)", (META_CREATED, META_INDEX))
             self.db.bump_generation()
             self.db.after_commit(self.drop_collection)
 
@@ -575,25 +764,61 @@ def _milvus_index(ann: str) -> str:
     return {"auto": "auto", "flat": "FLAT"}.get(base, "HNSW")
 
 
-def index_params(kind: str, dim: int) -> dict:
-    """Build parameters sent with ``create_index`` for a Milvus index type (documented Milvus 2.5 API)."""
+def segment_rows(dim: int) -> int:
+    """Vectors in one sealed Milvus segment (the unit Milvus builds an index on)."""
+    return max(1, SEGMENT_BYTES // (4 * dim))
+
+
+def ivf_lists(n: int, dim: int) -> tuple[int, int]:
+    """(nlist, nprobe) of an IVF index over a collection of ``n`` vectors: the embedded store's rule
+    (:func:`visdex.store.local.ivfpq_params`: nlist the power of two nearest 2 sqrt(n), nprobe nlist/32, at least
+    32) applied to the rows Milvus clusters together, one segment: min(n, :func:`segment_rows`).
+
+    >>> ivf_lists(10_000, 512), ivf_lists(10**8, 512)
+    ((256, 32), (1024, 32))
+    """
+    from .local import ivfpq_params
+
+    p = ivfpq_params(max(1, min(int(n), segment_rows(dim))), dim)
+    return p.nlist, p.nprobe
+
+
+def ivf_nprobe(nlist: int) -> int:
+    return min(nlist, max(32, nlist // 32))  # the embedded store's rule (ivfpq_params)
+
+
+def auto_index(n: int, dim: int, memory_bytes: float) -> str:
+    """The index "auto" builds on a Milvus server for ``n`` vectors: the embedded store's plan
+    (:func:`visdex.sizing.plan_store`) with the query nodes' RAM as the budget -- HNSW while the vectors fit,
+    IVF_SQ8 / IVF_PQ codes when only codes fit, DISKANN (vectors on the nodes' SSDs) when not even codes fit."""
+    from ..sizing import plan_store
+
+    kind = _milvus_index(ann_for_plan(plan_store(max(1, int(n)), dim, memory_bytes)))
+    return "HNSW" if kind == "FLAT" else kind  # a server: a graph from the start, as before
+
+
+def index_params(kind: str, dim: int, n: int | None = None) -> dict:
+    """Build parameters sent with ``create_index`` for a Milvus index type (documented Milvus 2.5 API), for a
+    collection of ``n`` vectors (None: :data:`DEFAULT_ROWS`)."""
     if kind == "HNSW":
         return {"M": HNSW_M, "efConstruction": HNSW_EF_CONSTRUCTION}
+    nlist = ivf_lists(DEFAULT_ROWS if n is None else n, dim)[0]
     if kind == "IVF_SQ8":
-        return {"nlist": IVF_NLIST}
+        return {"nlist": nlist}
     if kind == "IVF_PQ":
         from .local import ivfpq_params
 
-        return {"nlist": IVF_NLIST, "m": ivfpq_params(1_000_000, dim).m, "nbits": 8}  # the embedded store's codes
+        return {"nlist": nlist, "m": ivfpq_params(DEFAULT_ROWS, dim).m, "nbits": 8}  # the embedded store's codes
     return {}  # FLAT; DISKANN's build is set in the server's config (diskIndex.*)
 
 
-def search_params(kind: str, k: int, ef: int | None = None) -> dict:
-    """Per-search parameters for a Milvus index type: HNSW's ef, IVF's nprobe, DiskANN's search_list."""
+def search_params(kind: str, k: int, ef: int | None = None, nlist: int | None = None) -> dict:
+    """Per-search parameters for a Milvus index type: HNSW's ef, IVF's nprobe (for the ``nlist`` it was built
+    with; unknown: the fixed 32 of collections made before), DiskANN's search_list."""
     if kind == "HNSW":
         return {"ef": min(32_768, max(k, ef or max(HNSW_EF_SEARCH, 4 * k)))}
     if kind in ("IVF_SQ8", "IVF_PQ"):
-        return {"nprobe": IVF_NPROBE}
+        return {"nprobe": ivf_nprobe(int(nlist)) if nlist else IVF_NPROBE}
     if kind == "DISKANN":
         return {"search_list": min(16_384, max(k, DISKANN_SEARCH_LIST))}
     return {}
