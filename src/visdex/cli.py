@@ -263,6 +263,8 @@ def index(
         ix.close()
         if runner is not None:
             runner.close()
+            if runner.log_path is not None and not quiet:  # Ray's own log lines went there, not to the terminal
+                err.print(f"[dim]Ray's log: {escape(str(runner.log_path))}[/]", highlight=False)
     if as_json:
         out.print_json(json.dumps({**report.as_dict(), **({"rebuild": rebuilt.as_dict()} if rebuilt else {})}))
         return
@@ -277,8 +279,6 @@ def index(
     )
     if report.failed:
         out.print(f"{report.failed} file(s) could not be read; `visdex status` lists them with reasons.")
-            if runner.log_path is not None and not quiet:  # Ray's own log lines went there, not to the terminal
-                err.print(f"[dim]Ray's log: {escape(str(runner.log_path))}[/]", highlight=False)
 
 
 def _label(hit) -> str:

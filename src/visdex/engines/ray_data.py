@@ -98,10 +98,10 @@ class EmbedActor:
                  cpu_backend: str | None = None):  # fmt: skip
         from ..models import load_embedder
 
-        if threads and device == "cpu":  # Ray sets OMP_NUM_THREADS to the actor's num_cpus (1): the model gets
-            import torch  # the node's cores that decoding leaves, as the local pipeline's model thread does
         if cpu_backend:  # the driver's choice (fp32 / bf16), not the node's environment: the same vectors as locally
             os.environ["VISDEX_CPU_BACKEND"] = cpu_backend
+        if threads and device == "cpu":  # Ray sets OMP_NUM_THREADS to the actor's num_cpus (1): the model gets
+            import torch  # the node's cores that decoding leaves, as the local pipeline's model thread does
 
             torch.set_num_threads(threads)
         self.embedder = load_embedder(model, device=device)
@@ -143,15 +143,15 @@ class RayEngine:
         self.address, self.gpus_per_worker, self.workers = address, gpus_per_worker, workers
         self.batch_size, self.cpus_per_worker, self.init = batch_size, cpus_per_worker, init or {}
         self._started = False
-
-    def connect(self):
         self.log_path: Path | None = None  # where Ray's driver-side log lines went (set on connect)
         self._stderr = _StderrToFile()
+
+    def connect(self):
         ray = _ray()
-        if not ray.is_initialized():
-            try:
         self._log_to_file()
         self._stderr.start(self.log_path)
+        if not ray.is_initialized():
+            try:
                 # configure_logging=False: Ray would put its stderr handler back on its loggers; it still clears
                 # theirs, so what it says while starting goes to the log through sys.stderr
                 with self._log_as_stderr():
@@ -166,9 +166,6 @@ class RayEngine:
         self._log_to_file()  # again: initialising may have added console handlers
         return ray
 
-    def close(self) -> None:
-        """Stop the local cluster this engine started (a cluster it joined keeps running); the terminal gets
-        file descriptor 2 back."""
     @contextmanager
     def _log_as_stderr(self) -> Iterator[None]:
         old = sys.stderr
@@ -202,12 +199,15 @@ class RayEngine:
                 logger.addHandler(handler)
             logger.propagate = False
 
+    def close(self) -> None:
+        """Stop the local cluster this engine started (a cluster it joined keeps running); the terminal gets
+        file descriptor 2 back."""
         if self._started:
             _ray().shutdown()
             self._started = False
+        self._stderr.stop()
 
     def plan(self, ray) -> tuple[int, float, str, int]:
-        self._stderr.stop()
         """(actors, GPUs per actor, device, batch size) for the cluster as it is now. On CPUs, half the cluster's
         cores go to model actors (each with ``cpus_per_worker`` slots) and half to decode tasks."""
         resources = ray.cluster_resources()
@@ -254,8 +254,6 @@ class RayEngine:
             raise RayEngineError(f"the Ray job failed: {type(e).__name__}: {str(e).splitlines()[0]}") from e
 
 
-def _results(b: dict[str, np.ndarray], todo: Sequence[FileInfo]) -> tuple[list, np.ndarray | None]:
-    from ..ingest import _Failed, _Loaded
 class _StderrToFile:
     """Ray's C++ core worker in this process prints its errors and advisories to file descriptor 2 itself (no
     Python logger to re-route): while the engine is connected, fd 2 goes to the log file and ``sys.stderr`` to a
@@ -294,6 +292,8 @@ class _StderrToFile:
         self.saved = self.old = None
 
 
+def _results(b: dict[str, np.ndarray], todo: Sequence[FileInfo]) -> tuple[list, np.ndarray | None]:
+    from ..ingest import _Failed, _Loaded
 
     batch, vectors = [], []
     for j, i in enumerate(b["i"]):
