@@ -148,9 +148,56 @@ def test_duplicates_of_one_image(client):
     assert client.get(f"/api/items/{rocket['id']}/duplicates").json()["count"] == 0
 
 
+def test_folders_are_a_tree_whose_counts_are_what_a_click_shows(client, library):
+    tree = client.get("/api/folders").json()
+    root = tree["root"]
+    assert tree["total"] == root["count"] == 8 and root["files"] == 0
+    assert root["path"] == str(library[1]["coins"].parent.parent) and root["name"] == "photos"
+    assert [(c["name"], c["count"], c["files"]) for c in root["children"]] == [("home", 3, 3), ("trip", 5, 5)]
+    for node in [root, *root["children"]]:  # a node's clause selects it and what is below it: its count
+        assert client.get("/api/browse", params={"where": node["where"]}).json()["total"] == node["count"]
+    canon = client.get("/api/folders", params={"where": 'camera = "Canon EOS R5"'}).json()["root"]
+    assert (canon["name"], canon["count"], canon["children"]) == ("trip", 5, [])  # the filter's folders only
+    assert client.get("/api/folders", params={"where": "format = png"}).json() == {"total": 0, "root": None}
+    bad = client.get("/api/folders", params={"where": "colour = red"})
+    assert bad.status_code == 422 and bad.json()["field"] == "where"
+
+
+def test_folder_tree_of_nested_and_odd_folders():
+    from visdex.foldertree import build_tree
+
+    root = build_tree([("/p/a", 2), ("/p/a/b/c", 3), ("/p/Z", 1), ("/p", 1)])
+    assert (root.path, root.count, root.files) == ("/p", 7, 1)
+    assert [c.name for c in root.children] == ["a", "Z"]  # by name, case-blind
+    a = root.children[0]
+    assert (a.count, a.files, a.children[0].name, a.children[0].count) == (5, 2, "b", 3)  # b: no files of its own
+    assert build_tree([]) is None and build_tree([("/only", 4)]).to_dict()["where"] == 'folder = "/only"'
+    assert build_tree([('/x/say "hi"', 1)]).where == 'folder = "/x/say \\"hi\\""'
+
+
+def test_best_tags_give_each_tagged_image_one_colour(client, library):
+    rows = {r["name"]: r["id"] for r in client.get("/api/browse").json()["items"]}
+    assert client.get("/api/tags/best").json() == {"labels": [], "items": []}
+    with open_index(library[0], create=False) as ix:
+        ix.db.put_tags(rows["cat-2023.jpg"], [("cat", 0.9), ("pet", 0.5)])
+        ix.db.put_tags(rows["coffee-2022.jpg"], [("cup", 0.7), ("pet", 0.1)])
+        ix.db.put_tags(rows["cat-copy0.jpg"], [("cat", 0.8)])
+    try:
+        res = client.get("/api/tags/best").json()
+        assert res["labels"] == [{"label": "cat", "count": 2}, {"label": "cup", "count": 1}]
+        assert sorted(res["items"]) == sorted(
+            [[rows["cat-2023.jpg"], 0], [rows["cat-copy0.jpg"], 0], [rows["coffee-2022.jpg"], 1]]
+        )
+    finally:
+        with open_index(library[0], create=False) as ix:
+            ix.db.delete_tags(["cat", "pet", "cup"])
+
+
 def test_new_routes_are_in_openapi_with_response_schemas(client):
     spec = client.get("/openapi.json").json()
-    for path in ("/api/browse", "/api/facets", "/api/items/{item_id}/exif", "/api/items/{item_id}/duplicates"):
+    paths = ("/api/browse", "/api/facets", "/api/items/{item_id}/exif", "/api/items/{item_id}/duplicates",
+             "/api/folders", "/api/tags/best")  # fmt: skip
+    for path in paths:
         ok = spec["paths"][path]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
         assert "$ref" in ok, path
     params = {p["name"] for p in spec["paths"]["/api/search"]["get"]["parameters"]}
@@ -193,6 +240,7 @@ def test_login_sets_an_httponly_strict_cookie_that_signs_requests_in(library):
 NEW_ROUTES = {
     "/api/browse": ["where", "offset", "cursor", "limit"],
     "/api/facets": ["where", "limit"],
+    "/api/folders": ["where"],
     "/api/items/{id}/exif": [],
     "/api/items/{id}/duplicates": ["threshold"],
     "/api/clusters/{id}": ["k", "seed", "cursor", "limit"],

@@ -27,6 +27,7 @@ pytestmark = pytest.mark.browser
 
 CAMERAS = [("Canon", "Canon EOS R5"), ("Apple", "iPhone 12"), ("FUJIFILM", "X-T4")]
 WIDE = {"width": 1440, "height": 900}
+TAGS = ["kitten", "rocket", "coffee", "person", "coins"]  # (no "cat": tests find the cat by its name)
 PHONE = {"width": 390, "height": 844}
 
 
@@ -66,6 +67,9 @@ def library(tmp_path_factory) -> dict:
         shutil.copy2(cat, burst / f"cat-{i}.jpg")
     with open_index(root / "ix", model="lite0-minilm") as ix:
         ix.add([root / "photos"], workers=1)
+        from visdex.tags import tag_index
+
+        tag_index(ix, TAGS, top=1)  # every image its best tag: the map colours by it
     return {"ix": root / "ix", "total": n + 6}
 
 
@@ -84,8 +88,8 @@ def open_page(browser, server):
     """open_page(path, viewport=..., dark=...) -> a page at server.url + path; no script errors allowed."""
     contexts, errors = [], []
 
-    def make(path: str = "/", viewport=WIDE, dark: bool = False):
-        ctx = browser.new_context(viewport=viewport, color_scheme="dark" if dark else "light")
+    def make(path: str = "/", viewport=WIDE, dark: bool = False, **context):
+        ctx = browser.new_context(viewport=viewport, color_scheme="dark" if dark else "light", **context)
         contexts.append(ctx)
         page = ctx.new_page()
         page.set_default_timeout(20_000)
@@ -122,6 +126,19 @@ def _thumbs_fetched(page) -> tuple[int, int]:
     near = page.evaluate("""() => [...document.querySelectorAll('#library .tile')]
         .filter(t => t.getBoundingClientRect().top < 2 * innerHeight).length""")
     return loaded, near
+
+
+def _scroll_to_top(page) -> None:
+    """Back to the top once a smooth scroll (to a selection under the map) is over."""
+    last = None
+    for _ in range(50):
+        now = page.evaluate("() => scrollY")
+        if now == last:
+            break
+        last = now
+        page.wait_for_timeout(150)
+    page.evaluate("() => window.scrollTo(0, 0)")
+    page.wait_for_function("() => scrollY === 0")
 
 
 def _wait_visible_thumbs(page) -> None:
@@ -377,7 +394,7 @@ def test_clusters_view_and_one_cluster_in_full(open_page, screen, shots):
     page.wait_for_selector("#clusters:not([hidden]) .cluster")
 
 
-def test_map_box_selection_shows_those_images_and_rings_results(open_page, library, shots):
+def test_map_box_selection_shows_those_images_and_rings_results(open_page, library):
     page = open_page("/#search?q=a+cat")
     page.wait_for_selector(".card")
     page.click("a.tab[data-view=map]")
@@ -393,10 +410,7 @@ def test_map_box_selection_shows_those_images_and_rings_results(open_page, libra
     page.wait_for_selector("#map-selection:not([hidden])")
     assert page.locator("#map-selection-grid .tile").count() == library["total"]
     assert page.inner_text("#map-selection-title") == f"{library['total']} images selected"
-    page.evaluate("() => window.scrollTo(0, 300)")  # the map's lower half and the selection under it
-    _wait_visible_thumbs(page)
-    _shot(page, shots / "map-selection.png")
-    page.evaluate("() => window.scrollTo(0, 0)")
+    _scroll_to_top(page)  # (the grid under the map was scrolled into view)
     # the select button does the same without Shift (touch screens); a box around one image selects it
     page.click("#map-select")
     x, y = page.evaluate("""() => { const m = window.visdex.map, p = m.points[0];
@@ -450,3 +464,195 @@ def test_duplicates_move_to_trash_and_undo(browser, tmp_path, tiny_clip):
         page.wait_for_selector(".dupe-group")
         ctx.close()
     assert not errors, errors
+
+
+# -- the folder tree ---------------------------------------------------------------------------------------
+def test_folder_tree_filters_the_library(open_page, library):
+    page = _browse(open_page, 100)
+    page.wait_for_selector("#folder-tree:not([hidden]) .tree-folder")
+    names = page.locator("#folder-list .tree-name").all_inner_texts()
+    counts = page.locator("#folder-list .tree-count").all_inner_texts()
+    assert dict(zip(names, counts, strict=True)) == {"photos": str(library["total"]), "burst": "6", "home": "21",
+                                                     "trips": "21"}  # fmt: skip
+    page.locator(".tree-folder", has_text="home").click()
+    page.wait_for_function("() => document.querySelector('#browse-meta').textContent.startsWith('21 im')")
+    page.wait_for_function("() => document.querySelectorAll('#library .tile').length === 21")
+    where = page.input_value("#browse-where")
+    assert where.startswith('folder = "') and where.endswith('/home"') and "where=folder" in page.url
+    assert page.locator(".tree-folder", has_text="home").get_attribute("aria-pressed") == "true"
+    # the tree stays whole under its own filter: another folder takes the place of the first
+    page.locator(".tree-folder", has_text="burst").click()
+    page.wait_for_function("() => document.querySelectorAll('#library .tile').length === 6")
+    assert "home" not in page.input_value("#browse-where")
+    toggle = page.locator("#folder-list > li > .tree-row .tree-toggle")  # collapsible
+    assert toggle.get_attribute("aria-expanded") == "true"
+    toggle.click()
+    assert toggle.get_attribute("aria-expanded") == "false"
+    assert page.locator(".tree-folder", has_text="home").is_hidden()
+    toggle.press("Enter")  # by keyboard too
+    assert page.locator(".tree-folder", has_text="home").is_visible()
+    page.locator(".tree-folder", has_text="burst").click()  # a second click: the filter goes
+    page.wait_for_function("n => document.querySelector('#browse-meta').textContent.startsWith(n + ' im')",
+                           arg=library["total"])  # fmt: skip
+    assert page.input_value("#browse-where") == ""
+
+
+# -- the map: lasso, colours, the keyboard, search results -------------------------------------------------
+def _map_ready(page, total: int) -> None:
+    page.wait_for_function("n => window.visdex.map.points && window.visdex.map.points.length === n", arg=total)
+
+
+def _on_map(page, i: int) -> tuple[float, float]:
+    """Where image ``i`` of the map is on the page."""
+    box = page.locator("#map").bounding_box()
+    x, y = page.evaluate(
+        """i => { const m = window.visdex.map, p = m.points[i];
+        return [m.tx + p.x * m.Sx * m.scale, m.ty + p.y * m.Sy * m.scale]; }""",
+        i,
+    )
+    return box["x"] + x, box["y"] + y
+
+
+def _draw(page, points: list[tuple[float, float]]) -> None:
+    page.mouse.move(*points[0])
+    page.mouse.down()
+    for p in points[1:]:
+        page.mouse.move(*p, steps=4)
+    page.mouse.up()
+
+
+def test_map_lasso_selects_and_colours_by_cluster_or_tag(open_page, library, shots):
+    total = library["total"]
+    page = open_page("/#map")
+    _map_ready(page, total)
+    page.click("#map-lasso")
+    assert page.get_attribute("#map-lasso", "aria-pressed") == "true"
+    b = page.locator("#map").bounding_box()
+    x0, y0, x1, y1 = b["x"] + 2, b["y"] + 2, b["x"] + b["width"] - 2, b["y"] + b["height"] - 2
+    _draw(page, [(x0, y0), (x1, y0), (x1, y1), (x0, y1)])  # a loop around everything
+    page.wait_for_selector("#map-selection:not([hidden])")
+    assert page.locator("#map-selection-grid .tile").count() == total
+    page.click("#map-selection-clear")
+    _scroll_to_top(page)
+    x, y = _on_map(page, 0)
+    _draw(page, [(x, y - 7), (x + 7, y + 6), (x - 7, y + 6)])  # a small triangle around one image
+    page.wait_for_function("() => window.visdex.map.selected.length >= 1")
+    picked = page.evaluate("() => window.visdex.map.selected.map(p => p.id)")
+    assert page.evaluate("() => window.visdex.map.points[0].id") in picked and len(picked) < total / 2
+    assert page.locator("#map-selection-grid .tile").count() == len(picked)
+    page.click("#map-selection-clear")
+    _scroll_to_top(page)
+    # colours: by cluster (a legend with each cluster's size), by best tag
+    page.select_option("#map-colour", "cluster")
+    page.wait_for_function("n => window.visdex.map.colourOf && window.visdex.map.colourOf.size === n", arg=total)
+    legend = page.locator("#map-legend li").all_inner_texts()
+    assert len(legend) >= 2 and legend[0].startswith("Cluster 1 · ")
+    assert sum(int(t.split(" · ")[1]) for t in legend) == total
+    _draw(page, [(x0, y0), ((x0 + x1) / 2, y0), ((x0 + x1) / 2, y1), (x0, (y0 + y1) / 2)])  # the left part
+    page.wait_for_selector("#map-selection:not([hidden])")
+    page.evaluate("() => window.scrollTo(0, 300)")  # the map's lower half and the selection under it
+    _wait_visible_thumbs(page)
+    _shot(page, shots / "map-selection.png")
+    page.select_option("#map-colour", "tag")
+    page.wait_for_function("n => window.visdex.map.colourOf && window.visdex.map.colourOf.size === n", arg=total)
+    labels = [t.split(" · ")[0] for t in page.locator("#map-legend li").all_inner_texts()]
+    assert labels and set(labels) <= set(TAGS)
+    page.select_option("#map-colour", "")
+    page.wait_for_selector("#map-legend", state="hidden")
+    assert page.evaluate("() => window.visdex.map.colourOf") is None
+
+
+def test_map_keyboard_opens_the_focused_image_and_marks_search_results(open_page, library):
+    page = open_page("/#map")
+    _map_ready(page, library["total"])
+    page.focus("#map")
+    page.wait_for_function("() => window.visdex.map.focus")
+    first = page.evaluate("() => window.visdex.map.focus.id")
+    assert page.text_content("#map-focus").endswith("Enter opens it.")
+    for key in ("ArrowRight", "ArrowLeft", "ArrowDown", "ArrowUp"):  # to the nearest image that way
+        page.keyboard.press(key)
+        if page.evaluate("() => window.visdex.map.focus.id") != first:
+            break
+    name = page.evaluate("() => window.visdex.map.focus.name")
+    assert page.evaluate("() => window.visdex.map.focus.id") != first and name in page.text_content("#map-focus")
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#viewer[open]")
+    assert page.inner_text("#viewer-name") == name
+    page.keyboard.press("Escape")
+    page.wait_for_selector("#viewer", state="hidden")
+    # a search made after the map was drawn: its results are marked when the map is shown again
+    page.click("a.tab[data-view=search]")
+    page.fill("#q", "a cat")
+    page.wait_for_selector(".card")
+    hits = page.evaluate("() => window.visdex.state.hits.length")
+    page.click("a.tab[data-view=map]")
+    page.wait_for_function("() => window.visdex.map.highlighted.size > 0")
+    assert page.evaluate("() => window.visdex.map.highlighted.size") == hits
+    assert f"{hits} search result{'s' if hits > 1 else ''} ringed" in page.inner_text("#map-meta")
+
+
+# -- crop by keyboard, swipe in the viewer -----------------------------------------------------------------
+def test_crop_by_keyboard(open_page):
+    page = open_page("/#search?q=a+cat")
+    page.wait_for_selector(".card")
+    page.locator(".card .thumb").first.click()  # more like this: the query image, to crop
+    page.wait_for_selector("#query-panel:not([hidden])")
+    page.focus("#crop-stage")
+    page.keyboard.press("ArrowRight")  # a centred half appears, moved right ...
+    page.keyboard.press("ArrowRight")
+    page.keyboard.press("Shift+ArrowDown")  # ... and made taller
+    assert page.is_visible("#crop-box") and "Enter searches it" in page.text_content("#crop-status")
+    wanted = "crop=0.3500%2C0.2500%2C0.5000%2C0.5500"
+    with page.expect_request(lambda r: "/api/search?" in r.url and wanted in r.url):
+        page.keyboard.press("Enter")
+    page.wait_for_function("w => location.hash.includes(w)", arg=wanted)
+    with page.expect_request(lambda r: "/api/search?" in r.url and "crop=" not in r.url):
+        page.keyboard.press("Escape")  # the whole image again
+    assert page.is_hidden("#crop-box")
+
+
+def _swipe(page, x0: float, x1: float, y: float) -> None:
+    """A one-finger horizontal swipe, as a touch screen sends it (the DevTools protocol's touch input)."""
+    cdp = page.context.new_cdp_session(page)
+    cdp.send("Input.dispatchTouchEvent", {"type": "touchStart", "touchPoints": [{"x": x0, "y": y}]})
+    for i in range(1, 6):
+        x = x0 + (x1 - x0) * i / 5
+        cdp.send("Input.dispatchTouchEvent", {"type": "touchMove", "touchPoints": [{"x": x, "y": y}]})
+    cdp.send("Input.dispatchTouchEvent", {"type": "touchEnd", "touchPoints": []})
+    cdp.detach()
+
+
+def test_swipe_steps_through_the_viewer_on_a_phone(open_page):
+    page = open_page("/#search?q=a+photo&collapse=0", viewport=PHONE, has_touch=True, is_mobile=True)
+    page.wait_for_function("() => document.querySelectorAll('.card').length > 3")
+    n = page.locator(".card").count()
+    page.locator(".card").first.get_by_role("button", name="View").tap()
+    page.wait_for_selector("#viewer[open]")
+    assert page.inner_text("#viewer-pos") == f"1 / {n}"
+    box = page.locator("#viewer").bounding_box()
+    y = box["y"] + 120
+    _swipe(page, 320, 70, y)  # to the left: the next image
+    page.wait_for_function("n => document.querySelector('#viewer-pos').textContent === '2 / ' + n", arg=n)
+    _swipe(page, 70, 320, y)  # to the right: back
+    page.wait_for_function("n => document.querySelector('#viewer-pos').textContent === '1 / ' + n", arg=n)
+    _swipe(page, 200, 190, y)  # too short: no step
+    page.wait_for_timeout(200)
+    assert page.inner_text("#viewer-pos") == f"1 / {n}"
+
+
+# -- a phone: the tab bar fits on every view ------------------------------------------------------------------
+@pytest.mark.parametrize("dark", [False, True], ids=["light", "dark"])
+def test_the_tab_bar_fits_a_phone_on_every_view(open_page, dark):
+    page = open_page("/#search", viewport=PHONE, dark=dark)
+    ready = {"search": "#welcome", "browse": "#library .tile", "dupes": "#dupes-meta:not(:empty)",
+             "clusters": ".cluster", "map": "#map-meta:not(:empty)"}  # fmt: skip
+    for view, selector in ready.items():
+        page.click(f"a.tab[data-view={view}]")
+        page.wait_for_selector(selector)
+        fit = page.evaluate("""() => { const tabs = document.querySelector('.tabs');
+            return {page: document.scrollingElement.scrollWidth, tabs: tabs.scrollWidth - tabs.clientWidth,
+                out: [...document.querySelectorAll('.tab')].filter(t => { const r = t.getBoundingClientRect();
+                    return !r.width || r.left < 0 || r.right > innerWidth; }).length,
+                cut: [...document.querySelectorAll('.tab span')].filter(s => s.scrollWidth > s.clientWidth).length};
+            }""")
+        assert fit["page"] <= PHONE["width"] and (fit["tabs"], fit["out"], fit["cut"]) == (0, 0, 0), (view, fit)

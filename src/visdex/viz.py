@@ -44,15 +44,21 @@ def _pca(x: np.ndarray) -> np.ndarray:
     return x @ vt[:2].T
 
 
-def _embed_2d(x: np.ndarray, method: str, seed: int) -> tuple[np.ndarray, str]:
-    n = len(x)
+def _method(method: str, n: int) -> str:
+    """The method ``auto`` stands for with ``n`` vectors (UMAP if installed, else t-SNE, else PCA)."""
     if method == "auto":
         try:
             import umap  # noqa: F401
 
-            method = "umap" if n >= 16 else "pca"
+            return "umap" if n >= 16 else "pca"
         except ImportError:
-            method = "tsne" if 16 <= n <= 20_000 and _has_sklearn() else "pca"
+            return "tsne" if 16 <= n <= 20_000 and _has_sklearn() else "pca"
+    return "pca" if n < 4 else method
+
+
+def _embed_2d(x: np.ndarray, method: str, seed: int) -> tuple[np.ndarray, str]:
+    n = len(x)
+    method = _method(method, n)
     if method == "pca" or n < 4:
         return _pca(x), "pca"
     if method == "umap":
@@ -80,12 +86,23 @@ def _has_sklearn() -> bool:
     return True
 
 
-def project_2d(ix, method: str = "auto", *, seed: int = 0) -> Projection:
-    """Every indexed vector placed in 2D (``auto``: UMAP if installed, else t-SNE, else PCA), scaled to [0, 1]."""
+def project_2d(ix, method: str = "auto", *, seed: int = 0, progress=None) -> Projection:
+    """Every indexed vector placed in 2D (``auto``: UMAP if installed, else t-SNE, else PCA), scaled to [0, 1].
+
+    ``progress``: told each step as it begins, ``progress.step(i, names)`` (the web UI lists them)."""
     ids = ix.store.ids()
     if len(ids) < 2:
         raise BadQuery("a map needs at least two indexed images")
-    xy, used = _embed_2d(ix.store.get(ids), method, seed)
+    used = _method(method, len(ids))
+    steps = [f"Reading {len(ids):,} vectors", f"Laying them out in 2D ({used.upper()})", "Naming the points"]
+    if progress is not None:
+        progress.step(0, steps)
+    vecs = ix.store.get(ids)
+    if progress is not None:
+        progress.step(1, steps)
+    xy, used = _embed_2d(vecs, used, seed)
+    if progress is not None:
+        progress.step(2, steps)
     xy = np.asarray(xy, np.float64)
     lo, hi = xy.min(axis=0), xy.max(axis=0)
     xy = (xy - lo) / np.where(hi > lo, hi - lo, 1.0)

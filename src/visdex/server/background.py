@@ -37,9 +37,18 @@ MAX_KEPT = 32  # results kept besides the defaults: parameters from requests mus
 
 @dataclass
 class Pending:
-    """A result being computed (or queued): ``progress`` in [0, 1]."""
+    """A result being computed (or queued): ``progress`` in [0, 1]; a job of named steps says which runs."""
 
     progress: float = 0.0
+    steps: list[str] = field(default_factory=list)
+    step: int | None = None
+
+    def body(self) -> dict:
+        """The JSON of a 202 answer: ``{"status": "computing", "progress": 0.4[, "steps": [...], "step": 1]}``."""
+        out: dict = {"status": "computing", "progress": self.progress}
+        if self.steps:
+            out.update(steps=self.steps, step=self.step)
+        return out
 
 
 class Progress:
@@ -50,11 +59,21 @@ class Progress:
         self.done = 0
         self.stages = 1  # a job in several passes (each start() begins one) reports across them
         self.stage = 0
+        self.names: list[str] = []  # the steps' names, for a job that names them (step())
 
     def start(self, total: int) -> None:
         if self.total:
             self.stage = min(self.stage + 1, self.stages - 1)
         self.total, self.done = max(int(total), 1), 0
+
+    def step(self, index: int, names: list[str]) -> None:
+        """Step ``index`` of the named ``names`` begins (a start() within it counts inside the step)."""
+        self.names, self.stages = list(names), max(len(names), 1)
+        self.stage, self.total, self.done = min(index, self.stages - 1), 0, 0
+        time.sleep(0.001)
+
+    def pending(self) -> Pending:
+        return Pending(self.fraction, list(self.names), self.stage if self.names else None)
 
     def advance(self, n: int = 1) -> None:
         self.done += n
@@ -127,7 +146,7 @@ class Background:
             while not entry.done.is_set():
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    return Pending(entry.progress.fraction if entry.started else 0.0)
+                    return entry.progress.pending() if entry.started else Pending()
                 self._cond.wait(left)
                 entry = self._entries.get(key) or entry  # a new generation replaced it: follow the new one
         if entry.error is not None:
@@ -251,7 +270,7 @@ def _library(module: str, name: str):
 
 def map_job(method: str = "auto", seed: int = 0) -> tuple[Key, Job]:
     project = _library("viz", "project_2d")
-    return ("map", method, seed), lambda ix, progress: project(ix, method=method, seed=seed)
+    return ("map", method, seed), lambda ix, progress: project(ix, method=method, seed=seed, progress=progress)
 
 
 def dupes_job(threshold: float | None = None, exact_only: bool = False) -> tuple[Key, Job]:

@@ -187,7 +187,7 @@ def analysis(request: Request, made: tuple, wait: float):
     key, job = made
     found = served(request).analysis(key, job, wait=wait)
     if isinstance(found, Pending):
-        return JSONResponse({"status": "computing", "progress": found.progress}, status_code=202)
+        return JSONResponse(found.body(), status_code=202)  # with the step running, for a job of named steps
     return found
 
 

@@ -10,7 +10,8 @@ from fastapi import APIRouter, Depends, Form, Path, Query, Request, Response
 from pydantic import BaseModel, Field
 
 from .. import browse as browsing
-from .. import itemfacts
+from .. import foldertree, itemfacts
+from ..store import library_sql
 from . import queries
 from .routes import MAX_TEXT, Where, require_token
 
@@ -58,6 +59,30 @@ class Facets(BaseModel):
     camera: list[FacetValue]
     format: list[FacetValue]
     tag: list[FacetValue]
+
+
+class FolderNode(BaseModel):
+    name: str
+    path: str
+    count: int = Field(description="Images in this folder and in the folders below it.")
+    files: int = Field(description="Images directly in this folder.")
+    where: str = Field(description='The filter clause that selects it and everything below it: `folder = "/photos"`.')
+    children: list[FolderNode] = Field(description="Its sub-folders that hold images, by name.")
+
+
+class FolderTree(BaseModel):
+    total: int = Field(description="Images the filter selects (the root's count).")
+    root: FolderNode | None = Field(description="The deepest folder above every image; null when none (or a catalog).")
+
+
+class TagCount(BaseModel):
+    label: str
+    count: int = Field(description="Images whose best tag this is.")
+
+
+class BestTags(BaseModel):
+    labels: list[TagCount] = Field(description="Most common first.")
+    items: list[tuple[int, int]] = Field(description="`[image id, index into labels]` for every tagged image.")
 
 
 class ExifFacts(BaseModel):
@@ -108,6 +133,7 @@ def browse(
 @router.get(
     "/clusters/{cluster_id}",
     summary="The images of one cluster, newest first, a page at a time",
+    response_model=BrowsePage,  # (or the 202 below, a Response of its own)
     responses={202: {"description": 'The clusters are still being computed: `{"status": "computing", ...}`.'}},
 )
 def cluster_members(
@@ -117,7 +143,7 @@ def cluster_members(
     seed: Annotated[int, Query(ge=0, le=2**32 - 1)] = 0,
     cursor: Annotated[str | None, Query(max_length=100)] = None,
     limit: Annotated[int, Query(ge=1, le=browsing.MAX_LIMIT)] = 100,
-) -> BrowsePage:
+) -> BrowsePage | Response:
     """Pages as `GET /api/browse` does; the clusters are computed once per index state and kept."""
     from ..errors import NotFound
     from .background import clusters_job
@@ -148,6 +174,29 @@ def facets(
     with queries.about("where"):
         found = served.files(lambda db: browsing.facets(db, where=where or None, limit=limit))
     return Facets(**found.to_dict())
+
+
+@router.get("/folders", summary="The indexed folders as a tree, with how many images each holds")
+def folders(request: Request, where: Where = None) -> FolderTree:
+    """Among the items `where` selects (the web UI leaves its folder clause out, so the tree stays whole);
+    a node's `where` selects it with everything below it, so its `count` is what that filter shows."""
+    served = request.app.state.served
+    with queries.about("where"):
+        root = served.files(lambda db: foldertree.folder_tree(db, where=where or None))
+    return FolderTree(total=root.count if root else 0, root=FolderNode(**root.to_dict()) if root else None)
+
+
+@router.get("/tags/best", summary="The best tag of every tagged image (the map colours images by it)")
+def best_tags(request: Request) -> BestTags:
+    served = request.app.state.served
+    rows = served.files(lambda db: library_sql.best_tags(db) if db.kind != "catalog" else [])
+    counts: dict[str, int] = {}
+    for _, label in rows:
+        counts[label] = counts.get(label, 0) + 1
+    labels = sorted(counts, key=lambda t: (-counts[t], t))
+    index = {t: i for i, t in enumerate(labels)}
+    return BestTags(labels=[TagCount(label=t, count=counts[t]) for t in labels],
+                    items=[(i, index[t]) for i, t in rows])  # fmt: skip
 
 
 @router.get("/items/{item_id}/exif", summary="The EXIF facts of one indexed image")

@@ -438,6 +438,8 @@
     $("query-chip").hidden = !img;
     $("crop-box").hidden = !state.crop;
     $("crop-clear").disabled = !state.crop;
+    const c = state.crop; // (also a crop restored from the URL)
+    if (c) Object.assign($("crop-box").style, { left: c.x * 100 + "%", top: c.y * 100 + "%", width: c.w * 100 + "%", height: c.h * 100 + "%" });
     if (!img) return;
     for (const el of [$("query-img"), $("query-chip").querySelector("img")]) { el.hidden = false; el.src = img.url; }
     $("query-name").textContent = img.kind === "id" ? `More like ${img.name}` : img.name;
@@ -479,6 +481,45 @@
     };
     stage.addEventListener("pointerup", finish);
     stage.addEventListener("pointercancel", () => { start = null; renderQueryImage(); });
+    // by keyboard: arrows move the region (a centred half at first), Shift+arrows resize it, Enter searches it,
+    // Escape goes back to the whole image
+    let draft = null;
+    const STEP = 0.05;
+    const clamp = (v, lo, hi) => Math.min(hi, Math.max(lo, v));
+    const ARROWS = { ArrowLeft: [-1, 0], ArrowRight: [1, 0], ArrowUp: [0, -1], ArrowDown: [0, 1] };
+    const pct = (v) => Math.round(v * 100) + "%";
+    stage.addEventListener("keydown", (e) => {
+      if (e.altKey || e.ctrlKey || e.metaKey) return;
+      if (ARROWS[e.key]) {
+        const [dx, dy] = ARROWS[e.key];
+        const c = { ...(draft || state.crop || { x: 0.25, y: 0.25, w: 0.5, h: 0.5 }) };
+        if (e.shiftKey) {
+          c.w = clamp(c.w + dx * STEP, STEP, 1 - c.x);
+          c.h = clamp(c.h + dy * STEP, STEP, 1 - c.y);
+        } else {
+          c.x = clamp(c.x + dx * STEP, 0, 1 - c.w);
+          c.y = clamp(c.y + dy * STEP, 0, 1 - c.h);
+        }
+        draft = c;
+        place(c);
+        $("crop-clear").disabled = false;
+        $("crop-status").textContent = `Region from ${pct(c.x)}, ${pct(c.y)}, ${pct(c.w)} wide, ${pct(c.h)} high. Enter searches it.`;
+      } else if (e.key === "Enter" && draft) {
+        state.crop = draft;
+        draft = null;
+        $("crop-status").textContent = "Searching this region.";
+        runSearch();
+      } else if (e.key === "Escape" && (draft || state.crop)) {
+        draft = null;
+        state.crop = null;
+        renderQueryImage();
+        $("crop-status").textContent = "The whole image.";
+        runSearch();
+      } else return;
+      e.preventDefault();
+      e.stopPropagation();
+    });
+    stage.addEventListener("blur", () => { if (draft) { draft = null; renderQueryImage(); } }); // not searched: dropped
     // a format the server reads but this browser cannot show (HEIC): no broken-image icon
     for (const el of [$("query-img"), $("query-chip").querySelector("img")]) {
       el.addEventListener("error", () => { if (state.image) el.hidden = true; });
@@ -639,6 +680,19 @@
       else return;
       e.preventDefault();
     });
+    // a swipe left / right on a touch screen steps to the next / previous image
+    let touch = null;
+    dlg.addEventListener("touchstart", (e) => {
+      touch = e.touches.length === 1 ? { x: e.touches[0].clientX, y: e.touches[0].clientY } : null;
+    }, { passive: true });
+    dlg.addEventListener("touchcancel", () => { touch = null; }, { passive: true });
+    dlg.addEventListener("touchend", (e) => {
+      if (!touch || e.touches.length) return;
+      const t = e.changedTouches[0];
+      const dx = t.clientX - touch.x, dy = t.clientY - touch.y;
+      touch = null;
+      if (Math.abs(dx) >= 50 && Math.abs(dx) > 1.5 * Math.abs(dy)) stepViewer(dx < 0 ? 1 : -1);
+    }, { passive: true });
     // a click on the backdrop lands on the dialog itself, outside its box
     dlg.addEventListener("click", (e) => {
       if (e.target !== dlg) return;
@@ -785,8 +839,9 @@
     $("library").replaceChildren();
     showAlert("browse-alert", "");
     $("browse-meta").textContent = "Loading…";
-    loadFacets(where);
     await browsePage(seq);
+    // the side panel after the first page: its counts (a scan of the whole library) never delay the grid
+    if (seq === browse.seq) { loadFacets(where); loadFolders(where); }
   }
 
   async function browsePage(seq) {
@@ -864,6 +919,57 @@
               title: v.value, onclick: (e) => { toggleClause($("browse-where"), e.currentTarget.dataset.clause); applyBrowseWhere(); } },
               `${facetLabel(k, v.value)} · ${v.count.toLocaleString()}`))))));
     } catch (_) { /* the library itself shows the error */ }
+  }
+
+  // -- the folder tree: one folder at a time is the filter's folder clause; the tree itself stays whole
+  const isFolderClause = (t) => /^folder\s*=/i.test(t);
+  const folders = { key: null, open: new Set() };
+
+  async function loadFolders(where) {
+    const terms = andTerms(where);
+    const rest = terms ? terms.filter((t) => !isFolderClause(t)).join(" and ") : where;
+    const chosen = (terms || []).find(isFolderClause) || null;
+    try {
+      const key = rest;
+      const tree = folders.key === key && folders.tree ? folders.tree : await api("api/folders?" + new URLSearchParams(rest ? { where: rest } : {}));
+      if (where !== browse.where) return;
+      folders.key = key;
+      folders.tree = tree;
+      $("folder-tree").hidden = !tree.root;
+      if (!tree.root) return;
+      if (!folders.open.size) folders.open.add(tree.root.path); // the top level shows its folders
+      $("folder-list").replaceChildren(folderNode(tree.root, chosen));
+    } catch (_) { /* the library itself shows the error */ }
+  }
+
+  function folderNode(node, chosen) {
+    const selected = node.where === chosen;
+    const below = chosen && chosen.length > node.where.length && chosen.startsWith(node.where.slice(0, -1) + "/");
+    if (below) folders.open.add(node.path); // the chosen folder is never hidden in a closed one
+    const open = folders.open.has(node.path);
+    const kids = node.children.length ? h("ul", { class: "tree", hidden: !open }, node.children.map((c) => folderNode(c, chosen))) : null;
+    const toggle = kids ? h("button", { type: "button", class: "tree-toggle", "aria-expanded": String(open),
+      "aria-label": `Folders in ${node.name}`, onclick: (e) => {
+        const now = !folders.open.has(node.path);
+        if (now) folders.open.add(node.path); else folders.open.delete(node.path);
+        e.currentTarget.setAttribute("aria-expanded", String(now));
+        kids.hidden = !now;
+      } }, h("span", { "aria-hidden": "true" }, "›")) : h("span", { class: "tree-spacer" });
+    return h("li", {},
+      h("div", { class: "tree-row" }, toggle,
+        h("button", { type: "button", class: "tree-folder", "aria-pressed": String(selected), title: node.path,
+          dataset: { path: node.path }, onclick: () => chooseFolder(node, selected) },
+          h("span", { class: "tree-name" }, node.name), h("span", { class: "tree-count" }, node.count.toLocaleString()))),
+      kids);
+  }
+
+  /** A folder of the tree becomes the filter's folder (replacing another); clicked again, it goes. */
+  function chooseFolder(node, selected) {
+    const w = $("browse-where");
+    const terms = andTerms(w.value.trim());
+    const rest = terms ? terms.filter((t) => !isFolderClause(t)) : [`(${w.value.trim()})`]; // (an "or": kept whole)
+    w.value = (selected ? rest : [...rest, node.where]).join(" and ");
+    applyBrowseWhere();
   }
 
   function facetLabel(field, value) {
@@ -963,7 +1069,7 @@
       if (!res || res.status !== "computing") return res;
       if (!wanted()) return null;
       const pc = Math.round((res.progress || 0) * 100);
-      onProgress(pc ? ` ${pc}%` : " (computing in the background)");
+      onProgress(pc ? ` ${pc}%` : " (computing in the background)", res);
       await new Promise((r) => setTimeout(r, 400));
       if (!wanted()) return null;
     }
@@ -1067,27 +1173,65 @@
 
   // -- map ----------------------------------------------------------------------------------
   const map = { points: null, loading: false, scale: 1, tx: 0, ty: 0, Sx: 1, Sy: 1, thumbs: new Map(), active: 0, queue: [],
-    hover: null, raf: 0, pointers: new Map(), moved: 0, selectMode: false, box: null, selected: [] };
+    hover: null, raf: 0, pointers: new Map(), moved: 0, selectMode: false, box: null, selected: [],
+    tool: "pan", lasso: null, focus: null, colourOf: null, legend: [], colourBy: "", highlighted: new Set() };
+  // distinct in light and dark (the tiles get a frame of their group's colour; dots are filled with it)
+  const PALETTE = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45",
+    "#fabed4", "#469990", "#dcbeff", "#9a6324", "#fffac8", "#800000", "#aaffc3", "#808000"];
   const MAX_LOADS = 6;
 
   async function loadMap() {
     resizeMap();
-    if (map.points || map.loading) return;
+    if (map.points) { mapMeta(); drawMap(); return; } // the search may have changed since: its results are marked
+    if (map.loading) return;
     map.loading = true;
     $("map-meta").textContent = "Placing images…";
     showAlert("map-alert", "");
     try {
-      const res = await analysis("api/map", (pc) => { $("map-meta").textContent = "Placing images…" + pc; });
+      const res = await analysis("api/map", (pc, pending) => {
+        $("map-meta").textContent = "Placing images…" + pc;
+        showSteps(pending);
+      });
       map.points = res.points;
-      $("map-meta").textContent = `${res.count.toLocaleString()} images · ${res.method.toUpperCase()} · similar images lie close together` +
-        (state.hits.length ? ` · ${state.hits.length} search results ringed` : "");
+      map.method = res.method;
+      mapMeta();
       fitMap();
+      const c = $("map"); // focused before the points came (a #map link focuses it): the keyboard's image now
+      if (document.activeElement === c && !map.focus) focusPoint(nearestTo(c.clientWidth / 2, c.clientHeight / 2), false);
     } catch (e) {
       $("map-meta").textContent = "";
       showAlert("map-alert", e.message);
     } finally {
       map.loading = false;
+      $("map-steps").hidden = true;
     }
+  }
+
+  /** The background's steps for the map (202 {steps, step}): done, running (with the progress), to come. */
+  function showSteps(pending) {
+    const steps = (pending && pending.steps) || [];
+    const list = $("map-steps");
+    list.hidden = !steps.length;
+    if (!steps.length) return;
+    const pc = Math.round((pending.progress || 0) * 100);
+    list.replaceChildren(...steps.map((name, i) => {
+      const st = i < pending.step ? "done" : i === pending.step ? "current" : "todo";
+      return h("li", { class: st, "aria-current": st === "current" ? "step" : null },
+        h("span", { class: "mark", "aria-hidden": "true" }, st === "done" ? "✓" : st === "current" ? "●" : "○"),
+        name + (st === "current" ? "…" : ""),
+        st === "done" ? h("span", { class: "sr-only" }, " (done)") : null);
+    }), h("li", { class: "total" }, `Step ${pending.step + 1} of ${steps.length} · ${pc}%`));
+    $("map-meta").textContent = `Placing images… step ${pending.step + 1} of ${steps.length}: ${steps[pending.step]}`;
+  }
+
+  /** The line under the map: what it shows, and how many of the current search's results are marked on it. */
+  function mapMeta() {
+    if (!map.points) return;
+    const ids = new Set(map.points.map((p) => p.id));
+    map.highlighted = new Set(state.hits.map((hit) => hit.id).filter((id) => ids.has(id)));
+    const n = map.highlighted.size;
+    $("map-meta").textContent = `${map.points.length.toLocaleString()} images · ${(map.method || "").toUpperCase()} · similar images lie close together` +
+      (n ? ` · ${n} search result${n === 1 ? "" : "s"} ringed, the rest dimmed` : "");
   }
 
   function resizeMap() {
@@ -1179,13 +1323,17 @@
     const border = css.getPropertyValue("--border").trim() || "#ddd";
     const size = tileSize();
     const half = size / 2;
+    const hits = map.highlighted;
+    const muted = css.getPropertyValue("--muted").trim() || "#888";
     map.queue.length = 0; // re-queued below for what is visible now
     for (const p of map.points) {
       const [x, y] = toScreen(p);
       if (x < -half || y < -half || x > w + half || y > hgt + half) continue;
+      const colour = map.colourOf ? map.colourOf.get(p.id) : null;
+      const dim = hits.size && !hits.has(p.id); // a search's results stand out: the rest fade
       if (size < 14) {
-        ctx.fillStyle = accent;
-        ctx.globalAlpha = 0.75;
+        ctx.fillStyle = map.colourOf ? colour || muted : accent;
+        ctx.globalAlpha = dim ? 0.25 : 0.8;
         ctx.beginPath();
         ctx.arc(x, y, Math.max(2, half), 0, Math.PI * 2);
         ctx.fill();
@@ -1193,11 +1341,17 @@
         continue;
       }
       const img = thumbFor(p, size * dpr);
+      if (dim) ctx.globalAlpha = 0.35;
       drawTile(ctx, img, x - half, y - half, size, border);
+      if (colour) {
+        ctx.strokeStyle = colour;
+        ctx.lineWidth = Math.max(2, size / 14);
+        ctx.strokeRect(x - half + ctx.lineWidth / 2, y - half + ctx.lineWidth / 2, size - ctx.lineWidth, size - ctx.lineWidth);
+      }
+      ctx.globalAlpha = 1;
     }
     pump();
     // the current search's results, ringed: where they lie among the rest
-    const hits = new Set(state.hits.map((hit) => hit.id));
     const picked = new Set(map.selected.map((p) => p.id));
     if (hits.size || picked.size) {
       ctx.lineWidth = 2.5;
@@ -1222,8 +1376,23 @@
       ctx.globalAlpha = 1;
       ctx.setLineDash([]);
     }
-    if (map.hover) {
-      const [x, y] = toScreen(map.hover);
+    if (map.lasso && map.lasso.length > 1) {
+      ctx.setLineDash([6, 4]);
+      ctx.strokeStyle = accent;
+      ctx.lineWidth = 2;
+      ctx.beginPath();
+      map.lasso.forEach(([x, y], i) => (i ? ctx.lineTo(x, y) : ctx.moveTo(x, y)));
+      ctx.closePath();
+      ctx.stroke();
+      ctx.fillStyle = accent;
+      ctx.globalAlpha = 0.08;
+      ctx.fill();
+      ctx.globalAlpha = 1;
+      ctx.setLineDash([]);
+    }
+    for (const p of [map.hover, c.matches(":focus-visible") ? map.focus : null]) { // (no ring after a click)
+      if (!p) continue;
+      const [x, y] = toScreen(p);
       const s = Math.max(size, 14) + 6;
       ctx.strokeStyle = accent;
       ctx.lineWidth = 3;
@@ -1275,6 +1444,10 @@
     }, { passive: false });
     c.addEventListener("pointerdown", (e) => {
       c.setPointerCapture(e.pointerId);
+      if (map.tool === "lasso" && !e.shiftKey) { // a free shape drawn around the images wanted
+        map.lasso = [local(e)];
+        return;
+      }
       if (e.shiftKey || map.selectMode) { // a box: the images inside it are shown under the map
         const [mx, my] = local(e);
         map.box = { x0: mx, y0: my, x1: mx, y1: my };
@@ -1287,6 +1460,11 @@
     c.addEventListener("pointermove", (e) => {
       const [mx, my] = local(e);
       if (map.box) { Object.assign(map.box, { x1: mx, y1: my }); drawMap(); return; }
+      if (map.lasso) {
+        const [lx, ly] = map.lasso[map.lasso.length - 1];
+        if (Math.abs(mx - lx) + Math.abs(my - ly) >= 3) { map.lasso.push([mx, my]); drawMap(); }
+        return;
+      }
       const prev = map.pointers.get(e.pointerId);
       if (!prev) { hoverAt(mx, my); return; }
       if (map.pointers.size === 2) { // pinch: zoom by the change of distance, around the midpoint
@@ -1304,6 +1482,14 @@
       map.pointers.set(e.pointerId, [mx, my]);
     });
     const up = (e) => {
+      if (map.lasso) {
+        const shape = map.lasso;
+        map.lasso = null;
+        if (e.type === "pointerup" && shape.length >= 3) selectLasso(shape);
+        else if (e.type === "pointerup") { const p = pointAt(...local(e)); if (p) openViewer(p); } // a click opens
+        drawMap();
+        return;
+      }
       if (map.box) {
         const b = map.box;
         map.box = null;
@@ -1322,26 +1508,137 @@
     c.addEventListener("pointerup", up);
     c.addEventListener("pointercancel", up);
     c.addEventListener("pointerleave", () => { map.hover = null; $("map-tip").hidden = true; drawMap(); });
+    // the keyboard: a focused image (ringed, its name read out); arrows go to the nearest image that way,
+    // Enter opens it, Shift+arrows pan
+    c.addEventListener("focus", () => { if (map.points && !map.focus) focusPoint(nearestTo(c.clientWidth / 2, c.clientHeight / 2), false); else drawMap(); });
+    c.addEventListener("blur", drawMap);
     c.addEventListener("keydown", (e) => {
       const w = c.clientWidth / 2, hh = c.clientHeight / 2;
       const moves = { ArrowLeft: [60, 0], ArrowRight: [-60, 0], ArrowUp: [0, 60], ArrowDown: [0, -60] };
       if (e.key === "+" || e.key === "=") zoomAt(w, hh, 1.4);
       else if (e.key === "-") zoomAt(w, hh, 1 / 1.4);
       else if (e.key === "0") fitMap();
-      else if (moves[e.key]) { map.tx += moves[e.key][0]; map.ty += moves[e.key][1]; drawMap(); }
+      else if (moves[e.key] && (e.shiftKey || !map.points)) { map.tx += moves[e.key][0]; map.ty += moves[e.key][1]; map.userMoved = true; drawMap(); }
+      else if (moves[e.key]) focusPoint(nextPoint(-Math.sign(moves[e.key][0]), -Math.sign(moves[e.key][1])) || map.focus);
+      else if ((e.key === "Enter" || e.key === " ") && map.focus) openViewer(map.focus, map.points);
       else return;
       e.preventDefault();
     });
     $("map-in").addEventListener("click", () => zoomAt(c.clientWidth / 2, c.clientHeight / 2, 1.5));
     $("map-out").addEventListener("click", () => zoomAt(c.clientWidth / 2, c.clientHeight / 2, 1 / 1.5));
     $("map-reset").addEventListener("click", fitMap);
-    $("map-select").addEventListener("click", () => {
-      map.selectMode = !map.selectMode;
-      $("map-select").setAttribute("aria-pressed", String(map.selectMode));
-      c.classList.toggle("selecting", map.selectMode);
-    });
+    $("map-select").addEventListener("click", () => setTool(map.tool === "box" ? "pan" : "box"));
+    $("map-lasso").addEventListener("click", () => setTool(map.tool === "lasso" ? "pan" : "lasso"));
+    $("map-colour").addEventListener("change", () => colourMap($("map-colour").value));
     $("map-selection-clear").addEventListener("click", () => selectPoints([]));
     new ResizeObserver(resizeMap).observe(c);
+  }
+
+  /** A map tool: "pan" (drag moves the map), "box" or "lasso" (drag selects). */
+  function setTool(tool) {
+    map.tool = tool;
+    map.selectMode = tool === "box";
+    $("map-select").setAttribute("aria-pressed", String(tool === "box"));
+    $("map-lasso").setAttribute("aria-pressed", String(tool === "lasso"));
+    $("map").classList.toggle("selecting", tool !== "pan");
+  }
+
+  /** The images inside a shape drawn on the map (screen coordinates; even-odd rule), shown under it. */
+  function selectLasso(shape) {
+    const inside = (x, y) => {
+      let hit = false;
+      for (let i = 0, j = shape.length - 1; i < shape.length; j = i++) {
+        const [xi, yi] = shape[i], [xj, yj] = shape[j];
+        if ((yi > y) !== (yj > y) && x < ((xj - xi) * (y - yi)) / (yj - yi) + xi) hit = !hit;
+      }
+      return hit;
+    };
+    selectPoints(map.points.filter((p) => inside(...toScreen(p))));
+  }
+
+  function nearestTo(mx, my) {
+    let best = null, bd = Infinity;
+    for (const p of map.points || []) {
+      const [x, y] = toScreen(p);
+      const d = (x - mx) ** 2 + (y - my) ** 2;
+      if (d < bd) { bd = d; best = p; }
+    }
+    return best;
+  }
+
+  /** The nearest image from the focused one in direction (dx, dy): within 60 degrees of it, nearer first. */
+  function nextPoint(dx, dy) {
+    if (!map.focus) return nearestTo($("map").clientWidth / 2, $("map").clientHeight / 2);
+    const [fx, fy] = toScreen(map.focus);
+    let best = null, bd = Infinity;
+    for (const p of map.points) {
+      if (p === map.focus) continue;
+      const [x, y] = toScreen(p);
+      const along = (x - fx) * dx + (y - fy) * dy;
+      const dist = Math.hypot(x - fx, y - fy);
+      if (along <= 0 || along < dist * 0.5) continue; // cos 60
+      const score = dist * (2 - along / dist); // straight ahead beats a nearer image off to the side
+      if (score < bd) { bd = score; best = p; }
+    }
+    return best;
+  }
+
+  function focusPoint(p, follow = true) {
+    map.focus = p;
+    if (!p) return;
+    const c = $("map");
+    const [x, y] = toScreen(p);
+    const m = tileSize();
+    if (follow && (x < m || y < m || x > c.clientWidth - m || y > c.clientHeight - m)) { // off screen: bring it to the middle
+      map.tx += c.clientWidth / 2 - x;
+      map.ty += c.clientHeight / 2 - y;
+      map.userMoved = true;
+    }
+    const i = map.points.indexOf(p);
+    $("map-focus").textContent = `${p.name}, image ${i + 1} of ${map.points.length}. Enter opens it.`;
+    drawMap();
+  }
+
+  /** Colour the images by their cluster or their best tag (null: no colours), with a legend. */
+  async function colourMap(by) {
+    map.colourBy = by;
+    map.colourOf = null;
+    map.legend = [];
+    renderLegend();
+    drawMap();
+    if (!by) return;
+    try {
+      const colourOf = new Map();
+      let legend = [];
+      if (by === "cluster") {
+        const res = await analysis("api/clusters", (pc) => { $("map-meta").textContent = "Grouping images…" + pc; }, () => map.colourBy === by);
+        if (!res) return;
+        res.clusters.forEach((cl, i) => { for (const id of cl.member_ids) colourOf.set(id, PALETTE[i % PALETTE.length]); });
+        legend = res.clusters.map((cl, i) => ({ label: `Cluster ${cl.id + 1}`, count: cl.size, colour: PALETTE[i % PALETTE.length] }));
+      } else {
+        const res = await api("api/tags/best");
+        for (const [id, i] of res.items) if (i < PALETTE.length) colourOf.set(id, PALETTE[i]);
+        legend = res.labels.slice(0, PALETTE.length).map((t, i) => ({ label: t.label, count: t.count, colour: PALETTE[i] }));
+        if (!legend.length) legend = [{ label: "no tags yet (visdex tag)", count: 0, colour: null }];
+      }
+      if (map.colourBy !== by) return;
+      map.colourOf = colourOf;
+      map.legend = legend;
+      renderLegend();
+      mapMeta();
+      drawMap();
+    } catch (e) {
+      showAlert("map-alert", e.message);
+    }
+  }
+
+  function renderLegend() {
+    const el = $("map-legend");
+    el.hidden = !map.legend.length;
+    el.replaceChildren(...map.legend.slice(0, 12).map((g) => h("li", {},
+      g.colour ? h("span", { class: "swatch", style: null, dataset: { colour: g.colour } }) : null,
+      `${g.label}` + (g.count ? ` · ${g.count.toLocaleString()}` : ""))));
+    for (const sw of el.querySelectorAll(".swatch")) sw.style.background = sw.dataset.colour;
   }
 
   /** The images inside a box drawn on the map (screen coordinates), shown as a grid under it. */
