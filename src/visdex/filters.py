@@ -104,7 +104,7 @@ def _lex(expr: str) -> list[Token]:
         m = _TOKEN.match(expr, pos)
         if not m or m.end() == pos:
             raise BadQuery(f"where: cannot read {expr[pos:].strip()[:20]!r} at position {pos + 1}")
-        kind = m.lastgroup
+        kind = m.lastgroup or ""  # the pattern's groups are all named: one of them matched
         val = m.group(kind)
         if kind == "str":
             val = re.sub(r"\\(.)", r"\1", val[1:-1], flags=re.S)
@@ -152,7 +152,7 @@ class _Parser:
     def term(self) -> WhereNode:
         tok = self.peek()
         nested = self.is_word("not") or (tok is not None and tok.kind == "op" and tok.value == "(")
-        if not nested:
+        if tok is None or not nested:
             return ("leaf", self.comparison())
         self.depth += 1
         if self.depth > MAX_NESTING:
@@ -298,10 +298,9 @@ def _date(raw: str, tok: Token) -> str:
     ``2023-05-20 18:00``; anything else is a BadQuery, not a comparison that quietly matches nothing."""
     m = _DATE.fullmatch(raw.strip())
     if m is not None:
-        parts = [int(x) if x else None for x in m.groups()]
-        year, month, day, hour, minute, second = parts
+        year, month, day, hour, minute, second = (int(x or 0) for x in m.groups())  # the year always matches
         try:
-            datetime(year, month or 1, day or 1, hour or 0, minute or 0, second or 0)
+            datetime(year, month or 1, day or 1, hour, minute, second)
             return raw.strip().replace(" ", "T")
         except ValueError:
             pass
@@ -331,8 +330,8 @@ def parse_where(expr: str, *, catalog: bool = False) -> WhereNode:
         raise BadQuery("where: the filter is empty")
     p = _Parser(expr, catalog)
     tree = p.expr_()
-    if p.peek() is not None:
-        tok = p.peek()
+    tok = p.peek()
+    if tok is not None:
         raise BadQuery(f"where: unexpected {tok.value!r} at position {tok.pos} (join conditions with and / or)")
     return tree
 
@@ -364,4 +363,6 @@ def allowed_ids(db: IndexDB, expr: str) -> np.ndarray:
 
 
 # The names store/milvus_where.py imports until it moves to the public ones (issue 11).
-_Tok, _is_number, _number = Token, is_number, parse_number
+_Tok = Token
+_is_number = is_number
+_number = parse_number

@@ -164,7 +164,7 @@ def _nlist(n: int) -> int:
 
 def _index_memory(index: str, n: int, codec: Codec, source_dim: int) -> float:
     """Bytes in RAM: codes + ids + the index's own structures (+ the projection matrix if reduced)."""
-    per_vector = codec.bytes + ID_BYTES
+    per_vector: float = codec.bytes + ID_BYTES
     fixed = source_dim * codec.dim * 4 if codec.dim != source_dim else 0
     if index == "hnsw":
         per_vector += 2 * HNSW_M * 4 * 1.05  # level-0 links (2M neighbours x int32) + upper levels

@@ -41,7 +41,7 @@ import numpy as np
 
 from .errors import BadQuery, DiskFull, NotFound, StoreError
 from .store.db import FileRow, is_disk_full
-from .store.trash_journal import JOURNAL_NAME, Journal, batch_dir
+from .store.trash_journal import JOURNAL_NAME, EntryState, Journal, batch_dir
 
 TRASH_DIR_NAME = ".visdex-trash"
 PARTIAL_SUFFIX = ".visdex-partial"
@@ -224,7 +224,8 @@ def move_to_trash(ix, plan: MovePlan | Sequence[PlannedMove], trash: str | os.Pa
         report = MoveReport(batch)
         if not moves:
             return report
-        entries, taken = [], set()
+        entries: list[tuple] = []
+        taken: set[str] = set()
         rows = ix.db.files_by_ids([m.id for m in moves])
         vecs = _vectors(ix, [m.id for m in moves])
         tags = _tags(ix, [m.id for m in moves])
@@ -240,9 +241,10 @@ def move_to_trash(ix, plan: MovePlan | Sequence[PlannedMove], trash: str | os.Pa
                             row.size, json.dumps(asdict(row)), vec, json.dumps(tags.get(m.id, []))))  # fmt: skip
         journal.add_batch(batch, ix.db.get_meta("fingerprint"), entries)  # before anything changes
         _drop_from_index(ix, [m.id for m in moves])
-        states, touched = [], set()
-        for (_, seq, fid, src, dst, *_rest), m in zip(entries, moves, strict=True):
-            src, dst = os.fsdecode(src), os.fsdecode(dst)
+        states: list[EntryState] = []
+        touched: set[str] = set()
+        for (_, seq, fid, src_raw, dst_raw, *_rest), m in zip(entries, moves, strict=True):
+            src, dst = os.fsdecode(src_raw), os.fsdecode(dst_raw)
             try:
                 report.copied += _transfer(src, dst, copy, touched)
             except OSError as e:
@@ -326,7 +328,7 @@ def recover(ix, journal: Journal | None = None, *, skip_undo: bool = False) -> l
 
 # -- moving and restoring ------------------------------------------------------------------------
 def _finish_moving(ix, journal: Journal, batch: str) -> None:
-    states = []
+    states: list[EntryState] = []
     for e in journal.entries(batch):
         if e["state"] not in ("pending", "moved"):
             continue
@@ -357,7 +359,9 @@ def _undo(ix, journal: Journal, batch: str, fingerprint: str | None) -> UndoRepo
     entries = [e for e in journal.entries(batch) if e["state"] in ("moved", "conflict")]
     journal.set_states(batch, [], "undoing")
     same_model = fingerprint == ix.db.get_meta("fingerprint")
-    states, touched, back = [], set(), []
+    states: list[EntryState] = []
+    touched: set[str] = set()
+    back: list[tuple[dict, np.ndarray | None, list]] = []
     for e in entries:
         src, dst = e["src"], e["dst"]
         _drop_partials(dst, src)

@@ -213,7 +213,8 @@ def _colour(v: float) -> tuple[int, int, int]:
     for (a, ca), (b, cb) in zip(stops, stops[1:], strict=False):
         if v <= b:
             t = (v - a) / (b - a)
-            return tuple(int(ca[i] + t * (cb[i] - ca[i])) for i in range(3))
+            red, green, blue = (int(ca[i] + t * (cb[i] - ca[i])) for i in range(3))
+            return red, green, blue
     return stops[-1][1]
 
 

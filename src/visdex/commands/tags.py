@@ -34,7 +34,7 @@ def tag(
         finally:
             bar.stop()
         if as_json:
-            ids = ix.store.ids()
+            ids = ix.store.ids().tolist()
             paths = {i: r.path for i, r in ix.db.files_by_ids(ids).items()}
             for fid, tags in tags_for(ix.db, ids).items():
                 scored = [{"label": lb, "score": round(s, 4)} for lb, s in tags]

@@ -77,9 +77,11 @@ def token_matches(
 ) -> bool:
     """Whether a request carries ``expected``: as ``Authorization: Bearer``, else as ``query_token``
     (``?token=``, which only file URLs accept), else in the login cookie (:data:`TOKEN_COOKIE`)."""
-    scheme, _, given = (authorization or "").partition(" ")
-    given = given.strip() if scheme.lower() == "bearer" else (query_token or cookie_token)
-    return bool(given) and hmac.compare_digest(given.encode(), expected.encode())
+    scheme, _, bearer = (authorization or "").partition(" ")
+    given = bearer.strip() if scheme.lower() == "bearer" else (query_token or cookie_token)
+    if not given:
+        return False
+    return hmac.compare_digest(given.encode(), expected.encode())
 
 
 def cookie_value(cookie_header: str | None, name: str = TOKEN_COOKIE) -> str | None:

@@ -25,7 +25,10 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..api import Index
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +105,7 @@ class Background:
     ``open_index``: opens the worker's own read connection. ``defaults``: key -> job, computed after
     :meth:`start` and after every change of the index."""
 
-    def __init__(self, open_index: Callable[[], Any], defaults: dict[Key, Job] | None = None, nice: int = 19,
+    def __init__(self, open_index: Callable[[], Index], defaults: dict[Key, Job] | None = None, nice: int = 19,
                  generation: Callable[[], int] | None = None):  # fmt: skip
         self._open_index = open_index
         self._current = generation  # the index's generation read on another connection: requests see changes at once
@@ -113,7 +116,7 @@ class Background:
         self._entries: dict[Key, _Entry] = {}
         self._wanted: list[Key] = []  # asked for by a request: before the defaults
         self._queued: list[Key] = []
-        self._ix = None
+        self._ix: Index | None = None  # the worker's own, opened by its thread
         self.generation: int | None = None
         self._thread: threading.Thread | None = None
         self._stop = False
@@ -178,7 +181,7 @@ class Background:
     def _run(self) -> None:
         _lower_priority(self.nice)
         try:
-            self._ix = self._open_index()
+            ix = self._ix = self._open_index()
         except Exception:  # noqa: BLE001 -- a server without analyses still searches
             log.exception("analyses: could not open the index")
             return
@@ -186,7 +189,7 @@ class Background:
             with self._cond:
                 if self._stop:
                     return
-                self._sync(self._ix.db.generation)
+                self._sync(ix.db.generation)
                 key = self._next()
                 if key is None:
                     self._cond.wait(POLL_S)
@@ -194,8 +197,8 @@ class Background:
                 entry = self._entries[key]
                 entry.started, generation = time.monotonic(), self.generation
                 if self._reload:  # the store caches FAISS in memory; a fresh one reloads the vectors
-                    self._ix._store, self._reload = None, False
-            self._compute(key, entry, generation)
+                    ix._store, self._reload = None, False
+            self._compute(ix, key, entry, generation)
 
     def _sync(self, gen: int) -> None:
         """A new index state (under the lock): forget every result, queue the defaults again."""
@@ -224,14 +227,14 @@ class Background:
                     return key
         return None
 
-    def _compute(self, key: Key, entry: _Entry, generation: int | None) -> None:
+    def _compute(self, ix: Index, key: Key, entry: _Entry, generation: int | None) -> None:
         t0 = time.perf_counter()
         try:
-            result, error = entry.job(self._ix, entry.progress), None
+            result, error = entry.job(ix, entry.progress), None
         except Exception as exc:  # noqa: BLE001 -- the request that asks gets it (its typed error: 400, 501, ...)
             result, error = None, exc
         with self._cond:
-            self._sync(self._ix.db.generation)
+            self._sync(ix.db.generation)
             if self.generation != generation:  # indexed meanwhile: this answer is stale, compute it again
                 entry.started, entry.progress = None, Progress()
                 self._entries.setdefault(key, entry)

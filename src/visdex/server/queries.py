@@ -183,25 +183,27 @@ def run_search(served, settings, req: SearchRequest) -> tuple[list, float]:
         image = decode_upload(req.image, settings.max_upload_pixels)
         if not q:  # a weight alone means nothing: the vector is normalised
             return timed(lambda: served.search(image, k=req.k, crop=req.crop, **opts))  # embedded outside the lock
-        return _search_with_upload(served, req, q, opts)
+        return _search_with_upload(served, req, req.image, q, opts)
+    item_id = req.id
+    assert item_id is not None  # an upload, or neither an upload nor an id, returned above
     if not q and not req.crop:
-        return timed(lambda: served.call(lambda ix: ix.similar(req.id, k=req.k, **opts)))
+        return timed(lambda: served.call(lambda ix: ix.similar(item_id, k=req.k, **opts)))
     from ..thumbs import thumb_source
 
-    path = served.call(lambda ix: thumb_source(ix, req.id)).path  # a path from the index, not the request
+    path = served.call(lambda ix: thumb_source(ix, item_id)).path  # a path from the index, not the request
     query = compose(path, req.image_weight, q)
     check_query(query, path)
     hits, took = timed(lambda: served.search(query, k=req.k + 1, crop=req.crop, **opts))
     return [h for h in hits if h.id != req.id][: req.k], took  # "more like this" leaves the item itself out
 
 
-def _search_with_upload(served, req: SearchRequest, text: str, opts: dict) -> tuple[list, float]:
+def _search_with_upload(served, req: SearchRequest, data: bytes, text: str, opts: dict) -> tuple[list, float]:
     # The composed-query syntax names images by path, so the upload lives in a private temp file
     # for the duration of the query (mkstemp: mode 0600, a name nobody else can guess).
     fd, tmp = tempfile.mkstemp(prefix="visdex-upload-", suffix=".jpg")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(req.image)
+            f.write(data)
         query = compose(tmp, req.image_weight, text)
         check_query(query, tmp)
         return timed(lambda: served.search(query, k=req.k, crop=req.crop, **opts))
@@ -352,7 +354,7 @@ def search_page(served, settings, req: SearchRequest, offset: int, collapse: boo
     while True:
         hits, took = run_search(served, settings, replace(req, k=fetch))
         took_total += took
-        groups = collapse_hits(served, hits, threshold) if collapse else [(h, []) for h in hits]
+        groups = collapse_hits(served, hits, threshold) if threshold is not None else [(h, []) for h in hits]
         exhausted = len(hits) < fetch or fetch >= MAX_FETCH
         if len(groups) > want or exhausted:
             break

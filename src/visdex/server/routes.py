@@ -11,7 +11,7 @@ the field) before the library sees it, and the OpenAPI docs show the ranges.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Depends, File, Form, Query, Request, Response, UploadFile
 from fastapi.responses import FileResponse, JSONResponse
@@ -90,7 +90,7 @@ def _hits_response(request: Request, hits, took_ms: float | None = None) -> Resp
 
 
 # -- search ------------------------------------------------------------------------------
-@api.get("/search", tags=["search"], summary="Search by text, by an indexed image, or both")
+@api.get("/search", tags=["search"], summary="Search by text, by an indexed image, or both", response_model=dict)
 def search_get(
     request: Request,
     q: Annotated[
@@ -106,7 +106,7 @@ def search_get(
     offset: Annotated[int, Query(ge=0, le=4000, description=OFFSET_DOC)] = 0,
     collapse: Annotated[bool, Query(description=COLLAPSE_DOC)] = False,
     hubness: Hubness = None,
-) -> dict:
+) -> dict | Response:
     """Text ("dog on a beach"), an indexed image (`id`), or both with `+` / `-` text modifiers and weights
     (`id=12&q=+ at night - people`), a `crop` region of the image, a `where` filter."""
     req = queries.SearchRequest(q, None, id, crop, image_weight, where, k, min_score, within, hubness)
@@ -116,7 +116,12 @@ def search_get(
     return _hits_response(request, hits, took)
 
 
-@api.post("/search", tags=["search"], summary="Search by an uploaded image (multipart), optionally with text")
+@api.post(
+    "/search",
+    tags=["search"],
+    summary="Search by an uploaded image (multipart), optionally with text",
+    response_model=dict,
+)
 def search_post(
     request: Request,
     image: Annotated[UploadFile | None, File(description="The query image (JPEG, PNG, WebP, HEIC, ...).")] = None,
@@ -131,7 +136,7 @@ def search_post(
     offset: Annotated[int, Form(ge=0, le=4000, description=OFFSET_DOC)] = 0,
     collapse: Annotated[bool, Form(description=COLLAPSE_DOC)] = False,
     hubness: Annotated[bool | None, Form(description=HUBNESS_DOC)] = None,
-) -> dict:
+) -> dict | Response:
     """The same as `GET /api/search`, with the image term uploaded as `image` (multipart/form-data)."""
     data = image.file.read() if image is not None else None
     req = queries.SearchRequest(q, data, id, crop or None, image_weight, where or None, k, min_score, within, hubness)
@@ -141,7 +146,7 @@ def search_post(
     return _hits_response(request, hits, took)
 
 
-@api.get("/similar/{item_id}", tags=["search"], summary="More like this indexed item")
+@api.get("/similar/{item_id}", tags=["search"], summary="More like this indexed item", response_model=dict)
 def similar(
     request: Request,
     item_id: int,
@@ -150,7 +155,7 @@ def similar(
     min_score: MinScore = None,
     within: Within = None,
     hubness: Hubness = None,
-) -> dict:
+) -> dict | Response:
     """The items most like an indexed one (itself left out)."""
     queries.known_id(item_id)
     queries.check_where(served(request), where)
@@ -172,7 +177,7 @@ def item(request: Request, item_id: int) -> dict:
 WAIT_DOC = "Seconds to wait for a result still being computed before answering 202 with its progress."
 Wait = Annotated[float, Query(ge=0, le=60, **FINITE, description=WAIT_DOC)]
 ANALYSIS_WAIT = 1.0  # a small index's analyses are ready within it: one request, no polling
-PENDING = {
+PENDING: dict[int | str, dict[str, Any]] = {
     202: {
         "description": 'Still being computed: `{"status": "computing", "progress": 0.4}`; ask again.',
         "content": {"application/json": {"example": {"status": "computing", "progress": 0.4}}},
@@ -191,7 +196,13 @@ def analysis(request: Request, made: tuple, wait: float):
     return found
 
 
-@api.get("/duplicates", tags=["analysis"], summary="Groups of exact and near-duplicate images", responses=PENDING)
+@api.get(
+    "/duplicates",
+    tags=["analysis"],
+    summary="Groups of exact and near-duplicate images",
+    responses=PENDING,
+    response_model=dict,
+)
 def duplicates(
     request: Request,
     threshold: Annotated[
@@ -201,7 +212,7 @@ def duplicates(
     ] = None,
     exact_only: Annotated[bool, Query(description="Only byte-identical files.")] = False,
     wait: Wait = ANALYSIS_WAIT,
-) -> dict:
+) -> dict | Response:
     """Each group lists its members and the suggested keeper (largest, then oldest). Computed in the background
     once per index state: 202 with `progress` until then."""
     from .background import dupes_job
@@ -212,7 +223,7 @@ def duplicates(
     return {"count": len(groups), "groups": [queries.group_json(g) for g in groups]}
 
 
-@api.get("/clusters", tags=["analysis"], summary="Clusters of similar images", responses=PENDING)
+@api.get("/clusters", tags=["analysis"], summary="Clusters of similar images", responses=PENDING, response_model=dict)
 def clusters(
     request: Request,
     k: Annotated[
@@ -221,7 +232,7 @@ def clusters(
     ] = None,
     seed: Seed = 0,
     wait: Wait = ANALYSIS_WAIT,
-) -> dict:
+) -> dict | Response:
     """Computed in the background once per index state: 202 with `progress` until then."""
     from .background import clusters_job
 
@@ -231,13 +242,13 @@ def clusters(
     return {"count": len(found), "clusters": [queries.to_dict(c) for c in found]}
 
 
-@api.get("/map", tags=["analysis"], summary="2D map coordinates of every image", responses=PENDING)
+@api.get("/map", tags=["analysis"], summary="2D map coordinates of every image", responses=PENDING, response_model=dict)
 def map_points(
     request: Request,
     method: Annotated[Literal["auto", "umap", "tsne", "pca"], Query()] = "auto",
     seed: Seed = 0,
     wait: Wait = ANALYSIS_WAIT,
-) -> dict:
+) -> dict | Response:
     """Points in [0, 1] x [0, 1]; near points look alike. Computed in the background once per index state
     (the default map right after start-up and after each indexing): 202 with `progress` until then."""
     from .background import map_job

@@ -180,8 +180,11 @@ def preview(request: Request, body: Annotated[MoveRequest, Body()]) -> TrashPrev
     return served(request).call(lambda ix: _preview_json(_plan(ix, body, groups), _where(ix, body)))
 
 
-@router.post("/apply", summary="Move files to the trash (one batch, undoable); the index follows")
-def apply(request: Request, body: Annotated[MoveRequest, Body()]) -> MoveResult:
+# the routes return plain dicts; response_model checks them and writes the OpenAPI schema
+@router.post(
+    "/apply", summary="Move files to the trash (one batch, undoable); the index follows", response_model=MoveResult
+)
+def apply(request: Request, body: Annotated[MoveRequest, Body()]) -> dict:
     """The same body as `/preview`. Files leave the index as they move; `/undo` brings them back. 409 while
     another process writes to the index."""
     groups = _suggested(request, body)
@@ -196,15 +199,15 @@ def apply(request: Request, body: Annotated[MoveRequest, Body()]) -> MoveResult:
         _done(ix)
 
 
-@router.get("/batches", summary="The batches of moved files, newest first")
-def batches(request: Request) -> TrashBatches:
+@router.get("/batches", summary="The batches of moved files, newest first", response_model=TrashBatches)
+def batches(request: Request) -> dict:
     # the served index is a reader: an interrupted batch is shown as such and finished by the next move or undo
     found = served(request).call(lambda ix: trash.list_batches(ix, finish_interrupted=False))
     return {"count": len(found), "batches": [b.to_dict() for b in found]}
 
 
-@router.post("/undo", summary="Move a batch's files back, and back into the index")
-def undo(request: Request, body: Annotated[UndoRequest, Body()] = None) -> UndoResult:
+@router.post("/undo", summary="Move a batch's files back, and back into the index", response_model=UndoResult)
+def undo(request: Request, body: Annotated[UndoRequest | None, Body()] = None) -> dict:
     """Default: the latest batch not undone. 404 when there is none; 409 while another process writes."""
     ix = _writer(request)
     try:

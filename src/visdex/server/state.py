@@ -32,6 +32,7 @@ notices the new generation and reloads the vectors, so new photos show up withou
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import sys
 import threading
@@ -70,7 +71,7 @@ class TextBatcher:
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()  # text -> vector, most recent last
         self._cache_lock = threading.Lock()
         self._cache_owner: Any = None  # the embedder the cached vectors came from
-        self._queue: queue.Queue[tuple[list[str], Future] | None] = queue.Queue()
+        self._queue: queue.Queue[tuple[list, Future] | None] = queue.Queue()  # texts (or images: ImageBatcher)
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
         self.batches = 0  # how many forward passes ran (the tests check that concurrent texts share them)
@@ -199,7 +200,7 @@ class ServedIndex:
     >>> served.call(lambda ix: ix.search("a cat", k=3))                     # doctest: +SKIP
     """
 
-    def __init__(self, path: str | Path, *, model: str | None = None, device: str | None = None,
+    def __init__(self, path: str | os.PathLike, *, model: str | None = None, device: str | None = None,
                  model_threads: int | None = 1):  # fmt: skip
         self.path = Path(path).expanduser()
         self.device = device

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -44,6 +45,12 @@ class VectorStore(ABC):
     @abstractmethod
     def ids(self) -> np.ndarray:
         """All stored ids (int64)."""
+
+    @property
+    def index(self) -> Any:
+        """The backend's own search object (a FAISS index, a Milvus client), made or loaded on first use: reading
+        it does that now, so a server's first query does not wait for it."""
+        raise NotImplementedError
 
     def info(self) -> dict:
         return {"backend": type(self).__name__, "count": self.count(), "dim": self.dim}

@@ -214,11 +214,11 @@ def _cluster_order(ids: np.ndarray, batches, fetch, dim: int) -> np.ndarray:
     sample = np.sort(rng.choice(ids, min(len(ids), 40 * lists), replace=False))
     kmeans = faiss.Kmeans(dim, lists, niter=10, seed=LAYOUT_SEED, spherical=True)
     kmeans.train(np.ascontiguousarray(fetch(sample), np.float32))
-    parts, labels = [], []
+    parts, label_parts = [], []
     for chunk, vecs in batches():
         parts.append(chunk)
-        labels.append(kmeans.index.search(np.ascontiguousarray(vecs, np.float32), 1)[1][:, 0])
-    all_ids, labels = np.concatenate(parts), np.concatenate(labels)
+        label_parts.append(kmeans.index.search(np.ascontiguousarray(vecs, np.float32), 1)[1][:, 0])
+    all_ids, labels = np.concatenate(parts), np.concatenate(label_parts)
     first = rng.permutation(len(all_ids))[: int(LAYOUT_SKELETON * len(all_ids))]
     rest = np.ones(len(all_ids), bool)
     rest[first] = False
@@ -273,4 +273,5 @@ def write_index(index, f) -> None:
         return
     import faiss
 
-    faiss.write_index(index, faiss.PyCallbackIOWriter(f.write))
+    # the SWIG module has PyCallbackIOWriter; faiss's bundled type stubs leave it out
+    faiss.write_index(index, faiss.PyCallbackIOWriter(f.write))  # type: ignore[attr-defined]

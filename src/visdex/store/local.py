@@ -50,6 +50,7 @@ import tempfile
 from collections.abc import Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 
@@ -144,7 +145,7 @@ class LocalVectorStore(VectorStore):
         self.nprobe: int | None = None
         self.shortlist: int | None = None
         self.hnsw_engine: str | None = None
-        self._index = None
+        self._index: Any = None  # a FAISS index (SWIG, untyped) or an HnswlibGraph
         self._built: dict = {}  # {"kind", "trained_on", "dead", "generation"} of the index in memory
         self._dirty = False
         self._stale = False  # too many dead HNSW nodes, or outgrew its kind or its training
@@ -245,7 +246,8 @@ class LocalVectorStore(VectorStore):
                 "SELECT COUNT(*), COALESCE(SUM(id % 1000000007), 0), "
                 "COALESCE(SUM((id % 65521) * (id % 65521)), 0) FROM vectors"
             ).fetchone()
-        return tuple(int(x) for x in got)
+        n, s1, s2 = got
+        return int(n), int(s1), int(s2)
 
     def _load_saved(self, generation: int, kind: str, truth: tuple[int, int, int]):
         """The saved FAISS index if it was built from exactly what SQLite holds now, else None."""
@@ -608,8 +610,8 @@ class LocalVectorStore(VectorStore):
     def info(self) -> dict:
         kind = self.kind
         engine = self._engine(kind)
-        out = {"backend": f"local (SQLite + {'FAISS' if engine == 'faiss' else engine} {kind})", "ann": self.ann,
-               "count": self.count(), "dim": self.dim}  # fmt: skip
+        backend = f"local (SQLite + {'FAISS' if engine == 'faiss' else engine} {kind})"
+        out: dict[str, Any] = {"backend": backend, "ann": self.ann, "count": self.count(), "dim": self.dim}
         if kind.startswith("hnsw"):
             m, efc = (HNSWLIB_M, HNSWLIB_EF_CONSTRUCTION) if engine == "hnswlib" else (HNSW_M, HNSW_EF_CONSTRUCTION)
             out["params"] = {"engine": engine, "M": m, "efConstruction": efc, "efSearch": self.ef_search or
@@ -680,7 +682,8 @@ def _live_ids(index) -> tuple[np.ndarray, dict | None]:
         return np.sort(labels[labels < DEAD_LABEL]), None
     faiss = _faiss()
     ivf = faiss.extract_index_ivf(index)
-    parts, where = [], {}
+    parts: list[np.ndarray] = []
+    where: dict[int, tuple[int, int]] = {}  # id -> (inverted list, offset in it)
     for lst in range(ivf.nlist):
         size = ivf.invlists.list_size(lst)
         if size:

@@ -36,6 +36,7 @@ CREATE TABLE IF NOT EXISTS entries (
 # entry states: pending -> moved | kept (never left its place) | failed; moved -> restored | conflict
 
 BatchRow = tuple[str, float, str, str | None]  # (id, created_at, state, fingerprint)
+EntryState = tuple[int, str, str | None]  # (seq, state, error)
 
 
 def _full(e: sqlite3.Error) -> bool:
@@ -80,7 +81,7 @@ class Journal:
              "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending')", entries),
         ])  # fmt: skip
 
-    def set_states(self, batch: str, states: list[tuple[int, str, str | None]], batch_state: str | None = None) -> None:
+    def set_states(self, batch: str, states: Sequence[EntryState], batch_state: str | None = None) -> None:
         """(seq, state, error) of some entries, and the batch's new state, in one commit."""
         work: list[tuple[str, Sequence]] = [("UPDATE entries SET state = ?, error = ? WHERE batch = ? AND seq = ?",
                                              [(st, why, batch, seq) for seq, st, why in states])]  # fmt: skip
