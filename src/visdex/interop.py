@@ -101,10 +101,10 @@ def export_clip_retrieval(ix, out: str | os.PathLike, *, shard_size: int = DEFAU
         for n, (ids, vecs) in enumerate(_rechunk(_all_vectors(store), shard_size)):
             rows = _metadata_rows(ix.db, ids)
             keep = np.array([r is not None for r in rows], bool)  # a vector whose row is gone (mid-write elsewhere)
-            ids, vecs, rows = ids[keep], vecs[keep], [r for r in rows if r is not None]
+            ids, vecs, found = ids[keep], vecs[keep], [r for r in rows if r is not None]
             name = str(n).zfill(width)
             np.save(tmp / "img_emb" / f"img_emb_{name}.npy", np.ascontiguousarray(vecs, dtype=dtype))
-            pq.write_table(_metadata_table(rows), tmp / "metadata" / f"metadata_{name}.parquet")
+            pq.write_table(_metadata_table(found), tmp / "metadata" / f"metadata_{name}.parquet")
             report.vectors += len(ids)
             report.shards += 1
         sidecar = {"format": FORMAT, "fingerprint": json.loads(fp.to_json()), "kind": ix.db.kind, "dtype": dtype,
@@ -360,7 +360,8 @@ def _address(row: dict, base: Path) -> str | None:
 
 def _file_record(path: str, row: dict, now: float) -> dict:
     if _is_url(path):
-        root, size, mtime = re.match(r"^[^:]+://[^/]*", path).group(0), 0, 0.0
+        scheme = re.match(r"^[^:]+://[^/]*", path)
+        root, size, mtime = (scheme.group(0) if scheme else path), 0, 0.0
     else:
         root = os.path.dirname(path)
         try:  # a file that is here: its size and mtime, so a later `visdex index` of its folder keeps this vector

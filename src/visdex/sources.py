@@ -214,12 +214,13 @@ def _scan_shard(shard: str) -> Iterator[FileInfo]:
             if is_image_name(m.name) and "image" not in s:
                 s["image"] = m
             elif ext in CAPTION_EXTS or ext == "json":
-                s[ext] = tar.extractfile(m).read()
+                f_member = tar.extractfile(m)
+                s[ext] = f_member.read() if f_member is not None else b""
     for key, s in samples.items():
-        m = s.get("image")
-        if m is None:
+        image = s.get("image")
+        if image is None:
             continue
-        yield SourceItem(f"{shard}{MEMBER}{m.name}", shard, m.size, float(m.mtime), _attrs(key, s))
+        yield SourceItem(f"{shard}{MEMBER}{image.name}", shard, image.size, float(image.mtime), _attrs(key, s))
 
 
 def _attrs(key: str, sample: dict) -> dict:

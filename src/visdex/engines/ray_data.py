@@ -32,6 +32,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 
@@ -75,15 +76,21 @@ def decode_batch(batch: dict[str, np.ndarray], preprocess: Preprocess, max_pixel
     blank = np.zeros((preprocess.size, preprocess.size, 3), np.uint8)
     for i, path in zip(batch["i"], batch["path"], strict=True):
         r = _load(FileInfo(str(path), "", 0, 0.0))
-        ok = not isinstance(r, _Failed)
         out["i"].append(int(i))
-        out["ok"].append(ok)
-        out["error"].append("" if ok else r.reason)
-        out["pixels"].append(r.pixels if ok and r.pixels.shape == blank.shape else blank)
+        if isinstance(r, _Failed):
+            out["ok"].append(False)
+            out["error"].append(r.reason)
+            out["pixels"].append(blank)
+            for k in ("hash", "format", "taken_at", "camera", "width", "height"):
+                out[k].append(0 if k in ("width", "height") else "")
+            continue
+        out["ok"].append(True)
+        out["error"].append("")
+        out["pixels"].append(r.pixels if r.pixels is not None and r.pixels.shape == blank.shape else blank)
         for k in ("hash", "format", "taken_at", "camera"):
-            out[k].append((getattr(r, k) or "") if ok else "")
-        out["width"].append(r.width if ok else 0)
-        out["height"].append(r.height if ok else 0)
+            out[k].append(getattr(r, k) or "")
+        out["width"].append(r.width)
+        out["height"].append(r.height)
     arrays = {k: np.asarray(v, dtype=object if k in TEXT_FIELDS else None) for k, v in out.items()}
     arrays["pixels"] = np.stack(out["pixels"]) if out["pixels"] else np.zeros((0, *blank.shape), np.uint8)
     for k in TEXT_FIELDS:  # plain str arrays: Arrow stores them as strings, not pickled objects
@@ -262,7 +269,7 @@ class _StderrToFile:
 
     def __init__(self) -> None:
         self.saved: int | None = None
-        self.old = None
+        self.old: TextIO | None = None
 
     def start(self, path: Path | None) -> None:
         if self.saved is not None or path is None:
@@ -277,14 +284,15 @@ class _StderrToFile:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         os.dup2(fd, 2)
         os.close(fd)
-        self.old = sys.stderr
-        sys.stderr = os.fdopen(os.dup(self.saved), "w", buffering=1, encoding=self.old.encoding,
-                               errors=self.old.errors)  # fmt: skip
+        old = self.old = sys.stderr
+        sys.stderr = os.fdopen(os.dup(self.saved), "w", buffering=1, encoding=old.encoding, errors=old.errors)
 
     def stop(self) -> None:
         if self.saved is None:
             return
-        ours, sys.stderr = sys.stderr, self.old
+        ours = sys.stderr
+        if self.old is not None:
+            sys.stderr = self.old
         ours.flush()
         os.dup2(self.saved, 2)
         os.close(self.saved)
@@ -295,7 +303,8 @@ class _StderrToFile:
 def _results(b: dict[str, np.ndarray], todo: Sequence[FileInfo]) -> tuple[list, np.ndarray | None]:
     from ..ingest import _Failed, _Loaded
 
-    batch, vectors = [], []
+    batch: list = []
+    vectors = []
     for j, i in enumerate(b["i"]):
         info = todo[int(i)]
         if not b["ok"][j]:
@@ -311,12 +320,13 @@ def _results(b: dict[str, np.ndarray], todo: Sequence[FileInfo]) -> tuple[list, 
 def _visdex_cause(e: BaseException) -> VisdexError | None:
     """A VisdexError raised on a worker (ModelMismatch, MissingDependency) comes back wrapped; unwrap it."""
     seen = set()
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        if isinstance(e, VisdexError):
-            return e
-        nxt = getattr(e, "cause", None)
-        e = nxt if isinstance(nxt, BaseException) else e.__cause__
+    cur: BaseException | None = e
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, VisdexError):
+            return cur
+        nxt = getattr(cur, "cause", None)
+        cur = nxt if isinstance(nxt, BaseException) else cur.__cause__
     return None
 
 

@@ -264,10 +264,11 @@ class MilvusVectorStore(VectorStore):
             if ann != db.get_meta("ann"):
                 db.set_meta("ann", ann)
         self.ann = db.get_meta("ann") or "auto"
-        self.collection = collection or self.spec.collection or db.get_meta(META_COLLECTION)
-        if self.collection is None:
-            self.collection = new_collection_name()
-            db.set_meta(META_COLLECTION, self.collection)
+        name = collection or self.spec.collection or db.get_meta(META_COLLECTION)
+        if name is None:
+            name = new_collection_name()
+            db.set_meta(META_COLLECTION, name)
+        self.collection: str = name
         self.ef_search: int | None = None
         self._has_root = True
         self._client = None
@@ -613,8 +614,8 @@ class MilvusVectorStore(VectorStore):
         built = self._built() or {}
         nlist = (built.get("params") or {}).get("nlist")
         params = {"metric_type": "IP", "params": search_params(self.index_type, kk, self.ef_search, nlist)}
-        got_s = [[] for _ in queries]
-        got_i = [[] for _ in queries]
+        got_s: list[list[float]] = [[] for _ in queries]
+        got_i: list[list[int]] = [[] for _ in queries]
         with self._errors("search"):
             for expr in exprs:
                 res = client.search(self.collection, data=list(queries), limit=kk, filter=expr, output_fields=[],

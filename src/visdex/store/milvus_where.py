@@ -170,8 +170,9 @@ class _Translator:
 
     def leaf(self, leaf: WhereLeaf, positive: bool) -> str:
         ops = ["="] * len(leaf.values) if leaf.op == "in" else [leaf.op]
-        conds = [self.compare(leaf.field, op, v) for op, v in zip(ops, leaf.values, strict=True)]
-        if any(c is None for c in conds):
+        found = [self.compare(leaf.field, op, v) for op, v in zip(ops, leaf.values, strict=True)]
+        conds = [c for c in found if c is not None]
+        if len(conds) < len(found):
             return self.fallback(leaf, positive)
         guards = {g for _, g in conds if g}
         cond = conds[0][0] if len(conds) == 1 else "(" + " or ".join(c for c, _ in conds) + ")"
