@@ -46,6 +46,10 @@ class VectorStore(ABC):
     def ids(self) -> np.ndarray:
         """All stored ids (int64)."""
 
+    def clear(self) -> None:
+        """Drop every vector (an index rebuilt with another model). Backends do it in one step."""
+        self.delete(self.ids())
+
     @property
     def index(self) -> Any:
         """The backend's own search object (a FAISS index, a Milvus client), made or loaded on first use: reading
