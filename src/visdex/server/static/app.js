@@ -911,7 +911,8 @@
       const f = await api("api/facets?" + p);
       if (where !== browse.where) return;
       const terms = andTerms(where) || [];
-      $("facet-groups").replaceChildren(...FACETS.filter(([k]) => f[k] && f[k].length).map(([k, label]) =>
+      const tree = !$("folder-tree").hidden; // the folder tree stands for the folder facet
+      $("facet-groups").replaceChildren(...FACETS.filter(([k]) => f[k] && f[k].length && !(tree && k === "folder")).map(([k, label]) =>
         h("section", { class: "facet", "aria-labelledby": "facet-" + k },
           h("h2", { id: "facet-" + k }, label),
           h("div", { class: "facet-values" }, f[k].slice(0, 12).map((v) =>
@@ -939,6 +940,8 @@
       if (!tree.root) return;
       if (!folders.open.size) folders.open.add(tree.root.path); // the top level shows its folders
       $("folder-list").replaceChildren(folderNode(tree.root, chosen));
+      const facet = $("facet-folder"); // (the facets came first: the tree stands for their folder list)
+      if (facet) facet.closest(".facet").remove();
     } catch (_) { /* the library itself shows the error */ }
   }
 
