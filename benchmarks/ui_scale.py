@@ -240,20 +240,20 @@ def main() -> None:
     ap.add_argument("--analyses-only", action="store_true", help="only that (no browser)")
     args = ap.parse_args()
     load_before, runs = os.getloadavg(), []
+    args.out = args.out or RESULTS / ("ui_analyses.json" if args.analyses_only else "ui_scale.json")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     for n in args.n:
         print(f"library of {n} images", flush=True)
         runs.append(run(n, args.screens, args.analyses or args.analyses_only, browser=not args.analyses_only))
+        runs[-1]["loadavg_after"] = os.getloadavg()
         print(json.dumps(runs[-1], indent=1), flush=True)
-    report = {
-        "benchmark": "ui_scale",
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "loadavg": load_before},
-        "runs": runs,
-    }
-    args.out = args.out or RESULTS / ("ui_analyses.json" if args.analyses_only else "ui_scale.json")
-    report["machine"]["loadavg_after"] = os.getloadavg()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1) + "\n")
-    print(f"wrote {args.out}")
+        report = {
+            "benchmark": "ui_scale",
+            "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "loadavg": load_before},
+            "runs": runs,
+        }
+        args.out.write_text(json.dumps(report, indent=1) + "\n")  # after each size: a long run keeps what it has
+        print(f"wrote {args.out}", flush=True)
 
 
 if __name__ == "__main__":
