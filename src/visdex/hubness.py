@@ -3,10 +3,11 @@
 data") corrects for it: a candidate x is scored ``2 cos(q, x) - r(x)``, where ``r(x)`` is the mean cosine of x
 to its :data:`K` nearest *reference queries*. A hub is close to many queries, so its r(x) is high and it drops.
 
-Reference queries are a bank kept per index: for text queries, the model's own embeddings of a built-in list of
-generic captions and class names (:data:`TEXT_BANK`); for image queries, a sample of the index's own vectors.
-Only a shortlist (:data:`SHORTLIST` or 4k candidates) is re-scored, never the whole collection; r(x) of a
-candidate is computed when first needed and kept for the life of the index object.
+Reference queries: for text queries, the model's own embeddings of a built-in list of generic captions and class
+names (:func:`text_bank_texts`), cached by model fingerprint in the user cache dir (:func:`text_bank`) and embedded
+ahead at index time for a model that uses it by default (:func:`prepare`); for image queries, a sample of the
+index's own vectors. Only a shortlist (:data:`SHORTLIST` or 4k candidates) is re-scored, never the whole collection;
+r(x) of a candidate is computed when first needed and kept for the life of the index object.
 
 >>> reducer = HubnessReducer(ix)                                    # doctest: +SKIP
 >>> reducer.rescore("text", ids, cosines)                           # doctest: +SKIP
@@ -18,19 +19,33 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import io
+import os
+from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+from .errors import IndexEmpty
+
+if TYPE_CHECKING:
+    from .api import Index
+    from .models.base import Embedder, Fingerprint
 
 K = 10  # nearest reference queries that make r(x)
 SHORTLIST = 64  # candidates re-scored per query (at least 4k)
 IMAGE_BANK = 2048  # stored vectors sampled as reference image queries
-# On by default only where `visdex eval` showed it helps for the family (benchmarks/quality_offline.py, results in
-# benchmarks/results/quality-hubness.json); names are fnmatch patterns, first match wins. Measured so far: it did
-# not help lite0-minilm (fixed queries Recall@5 0.71 -> 0.63, top-1 equal) nor effnet-lite0 (labelled: equal),
-# so it is off for every model; search(..., hubness=True) / --hubness turns it on.
-DEFAULT_ON: tuple[tuple[str, bool], ...] = (("lite0-minilm", False), ("effnet-lite0", False))
+# On by default only where it helped on the held-out queries (benchmarks/quality_queries_heldout.json: 42 queries
+# written before measuring, 26 photos; benchmarks/quality_offline.py, results in
+# benchmarks/results/quality-hubness-heldout.json). Names are fnmatch patterns, first match wins; a model not listed
+# is off. Measured (top-1 / Recall@5, search path, off -> on):
+#   lite0-minilm  held-out 0.429 / 0.714 -> 0.381 / 0.667 (worse; fixed set 0.543 / 0.714 -> 0.543 / 0.686): off
+#   lite2-minilm  held-out 0.429 / 0.738 -> 0.429 / 0.738 (equal; it helped only on the fixed set it was tuned on,
+#                 0.657 / 0.800 -> 0.686 / 0.829): off
+#   effnet-lite0  image queries only; eval labelled equal: off
+# search(..., hubness=True) / --hubness / hubness=true over HTTP turns it on for any model.
+DEFAULT_ON: tuple[tuple[str, bool], ...] = (("lite0-minilm", False), ("lite2-minilm", False), ("effnet-lite*", False))
 TEMPLATES = ("a photo of a {}.", "{}")
 
 
@@ -85,42 +100,82 @@ def csls(cosines: np.ndarray, r: np.ndarray) -> np.ndarray:
     return 2 * cosines - r
 
 
+def bank_key(fp: Fingerprint, texts: Sequence[str]) -> str:
+    """What a text bank's vectors depend on: the model (name, weights revision, dim) and the texts."""
+    return hashlib.sha256(f"{fp.name}|{fp.revision}|{fp.dim}|{'|'.join(texts)}".encode()).hexdigest()[:20]
+
+
+def bank_path(fp: Fingerprint) -> Path:
+    """Where the text bank of a model is cached: the user cache dir, by model fingerprint, so every index of one
+    model shares it and only the first query ever made with that model on this machine pays for it."""
+    from . import config
+
+    return Path(config.get("cache_dir")) / "hubness" / f"text-{bank_key(fp, text_bank_texts())}.npy"
+
+
+_BANKS: dict[str, np.ndarray] = {}  # cache file -> its vectors, for the life of the process (indexes share them)
+
+
+def text_bank(embedder: Embedder, fp: Fingerprint, *, cache: bool = True) -> np.ndarray:
+    """The model's embeddings of :func:`text_bank_texts` (float32, (n, dim)): from memory, the cache file, or
+    embedded now (~2,100 texts: seconds on a CPU, see docs/quality.md) and cached. ``cache=False`` embeds anew."""
+    texts = text_bank_texts()
+    path = bank_path(fp)
+    key = str(path)
+    if cache and key in _BANKS:
+        return _BANKS[key]
+    if cache:
+        try:
+            cached = np.load(path)
+            if cached.shape == (len(texts), fp.dim):
+                return _BANKS.setdefault(key, cached.astype(np.float32))
+        except (OSError, ValueError, EOFError):
+            pass  # missing or damaged: recompute
+    vecs = np.concatenate([embedder.embed_texts(list(texts[i : i + 256])) for i in range(0, len(texts), 256)])
+    vecs = vecs.astype(np.float32)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        buf = io.BytesIO()
+        np.save(buf, vecs)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")  # written aside, then renamed: readers never see half a file
+        tmp.write_bytes(buf.getvalue())
+        tmp.replace(path)
+    except OSError:
+        pass  # a read-only cache: keep it in memory only
+    _BANKS[key] = vecs
+    return vecs
+
+
+def prepare(ix: Index, force: bool = False) -> bool:
+    """Embed and cache the text bank now if text search on this index reduces hubness by default (or ``force``),
+    so the first query does not pay for it; for an indexer to call once its model is loaded (no model in
+    :data:`DEFAULT_ON` is on yet, so nothing calls it by default). True when a bank is ready."""
+    fp = ix.db.fingerprint
+    if fp is None or "text" not in fp.modalities or not (force or default_on(fp.name)):
+        return False
+    if not bank_path(fp).exists():  # checked first: loading even the text tower costs more than this
+        text_bank(ix.text_embedder, fp)
+    return True
+
+
 class HubnessReducer:
     """Per-index reference banks and r(x) caches. ``ix``: an open :class:`visdex.api.Index`."""
 
-    def __init__(self, ix):
+    def __init__(self, ix: Index) -> None:
         self.ix = ix
         self._banks: dict[str, np.ndarray] = {}
         self._r: dict[str, dict[int, float]] = {"text": {}, "image": {}}
 
     def bank(self, modality: str) -> np.ndarray:
         if modality not in self._banks:
-            self._banks[modality] = self._text_bank() if modality == "text" else self._image_bank()
+            if modality == "text":
+                fp = self.ix.db.fingerprint
+                if fp is None:
+                    raise IndexEmpty(f"the index at {self.ix.path} has no vectors yet: nothing to re-rank")
+                self._banks[modality] = text_bank(self.ix.text_embedder, fp)
+            else:
+                self._banks[modality] = self._image_bank()
         return self._banks[modality]
-
-    def _text_bank(self) -> np.ndarray:
-        """The model's embeddings of :func:`text_bank_texts`, cached beside the index (derived data)."""
-        texts = text_bank_texts()
-        fp = self.ix.db.fingerprint
-        key = hashlib.sha256(f"{fp.name}|{fp.revision}|{'|'.join(texts)}".encode()).hexdigest()[:20]
-        path = Path(self.ix.path) / f"hubness-text-{key}.npy"
-        try:
-            cached = np.load(path)
-            if cached.shape == (len(texts), fp.dim):
-                return cached.astype(np.float32)
-        except (OSError, ValueError, EOFError):
-            pass  # missing or damaged: recompute
-        emb = self.ix.text_embedder
-        vecs = np.concatenate([emb.embed_texts(list(texts[i : i + 256])) for i in range(0, len(texts), 256)])
-        try:
-            buf = io.BytesIO()
-            np.save(buf, vecs.astype(np.float32))
-            tmp = path.with_suffix(f".{id(self)}.tmp")
-            tmp.write_bytes(buf.getvalue())
-            tmp.replace(path)
-        except OSError:
-            pass  # a read-only index: keep it in memory only
-        return vecs.astype(np.float32)
 
     def _image_bank(self) -> np.ndarray:
         ids = np.asarray(self.ix.store.ids())

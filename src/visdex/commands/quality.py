@@ -113,10 +113,11 @@ def eval_models(
     device: str | None = typer.Option(None, "--device", help="auto, cpu, cuda, mps."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
-    hubness: bool = typer.Option(
-        False,
-        "--hubness",
-        help="Rank by CSLS hubness reduction (text->image for captions), to compare with a run without it.",
+    hubness: bool | None = typer.Option(
+        None,
+        "--hubness/--no-hubness",
+        help="Rank by CSLS hubness reduction (text->image for captions), or not; default: as search does for "
+        "each model (visdex.hubness.DEFAULT_ON). Run both to compare.",
     ),  # fmt: skip
 ) -> None:
     """Measure retrieval quality and speed of one or more models on your own labelled or captioned images.
@@ -126,6 +127,7 @@ def eval_models(
     from .. import config
     from ..errors import UnsupportedModality
     from ..evaluate import eval_captions, eval_labelled_folder, read_captions, read_labelled
+    from ..hubness import default_on
     from ..models import load_embedder
 
     names = list(dict.fromkeys(model)) or [config.get("model")]
@@ -143,7 +145,8 @@ def eval_models(
         if any(not isinstance(r, _Unsupported) for r in results):
             bar.MAX_SKIP_LINES = 0  # the same unreadable files: list them once, for the first model
         try:
-            results.append(run(embedder, data, batch_size=batch_size, progress=bar, hubness=hubness))
+            on = default_on(name) if hubness is None else hubness
+            results.append(run(embedder, data, batch_size=batch_size, progress=bar, hubness=on))
         except UnsupportedModality as e:  # a hf: or local model found image-only once loaded
             results.append(_Unsupported(name, str(e)))
         finally:
