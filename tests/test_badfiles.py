@@ -19,7 +19,8 @@ import pytest
 
 from badfiles import ORIENTED, BadFile, after_listing, write_badfiles
 from visdex import open_index
-from visdex.ingest import POOL_MIN_FILES, Progress
+from visdex.ingest import Progress
+from visdex.stages import POOL_MIN_FILES
 
 from clihelp import run_cli, spawn_cli
 

@@ -57,7 +57,7 @@ def indexed(tmp_path, folder, tiny_clip) -> Path:
 # -- 1. decode workers die with the run -------------------------------------------------------------
 POOL = """
 import sys, threading, time
-from visdex.ingest import _new_pool
+from visdex.stages import _new_pool
 def start():
     pool = _new_pool(2, None, None)
     for f in [pool.submit(time.sleep, 0.3) for _ in range(4)]:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from visdex import config, gpu, ingest, open_index
+from visdex import config, gpu, ingest, open_index, stages
 from visdex.decode import decode_image
 from visdex.files import FileInfo
 from visdex.models.base import HALF, Preprocess
@@ -67,11 +67,11 @@ def test_tensor_decode_path_matches_the_cpu_path(tmp_path, tiny_clip):
     paths += sorted(write_bad_files(tmp_path).values())
     infos = [FileInfo(str(p), str(tmp_path), 0, 0.0) for p in paths]
     emb = load_embedder(str(tiny_clip), device="cpu")
-    cpu = list(ingest._decoded(infos, emb.preprocess, 1))
+    cpu = list(stages.decoded(infos, emb.preprocess, 1))
     tensor = list(gpu._gpu_decoded(infos, emb.preprocess, 2, config.get("max_pixels"), "cpu"))
     assert [r.info.path for r in tensor] == [r.info.path for r in cpu]
     assert [type(r).__name__ for r in tensor] == [type(r).__name__ for r in cpu]
-    pairs = [(a, b) for a, b in zip(cpu, tensor, strict=True) if isinstance(a, ingest._Loaded)]
+    pairs = [(a, b) for a, b in zip(cpu, tensor, strict=True) if isinstance(a, stages.Loaded)]
     for a, b in pairs:
         assert (a.width, a.height, a.hash, a.taken_at) == (b.width, b.height, b.hash, b.taken_at)
     va = emb.embed_pixels(emb.preprocess.normalize(np.stack([a.pixels for a, _ in pairs])))
@@ -82,7 +82,11 @@ def test_tensor_decode_path_matches_the_cpu_path(tmp_path, tiny_clip):
 def test_cpu_embedders_never_take_the_gpu_path(tiny_clip):
     from visdex.models import load_embedder
 
-    assert ingest._gpu_stages(load_embedder(str(tiny_clip), device="cpu"), None) is None
+    emb = load_embedder(str(tiny_clip), device="cpu")
+    assert gpu.gpu_stages(emb, None) is None
+    cpu = ingest.stages_for(emb)
+    assert isinstance(cpu, stages.CpuStages) and cpu.batch_size == config.get("batch_size")
+    assert ingest.stages_for(emb, 7).batch_size == 7
 
 
 # ---------------------------------------------------------------- on a CUDA GPU
@@ -117,3 +121,16 @@ def test_gpu_batcher_equals_embed_pixels(tiny_clip):
     got = gpu.GpuBatcher(emb, max_batch=4)(crops)  # more images than the staging buffer holds
     want = emb.embed_pixels(emb.preprocess.normalize(crops))
     assert got.shape == want.shape and np.sum(got * want, axis=1).min() > 0.999
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_gpu_batches_are_large_unless_the_user_chose_a_size(tiny_clip, monkeypatch):
+    from visdex.models import load_embedder
+
+    emb = load_embedder(str(tiny_clip), device="cuda")
+    monkeypatch.delenv("VISDEX_BATCH_SIZE", raising=False)
+    assert gpu.gpu_stages(emb).batch_size == gpu.GPU_BATCH
+    monkeypatch.setenv("VISDEX_BATCH_SIZE", "32")  # the setting's default, but chosen: it wins
+    assert gpu.gpu_stages(emb).batch_size == 32
+    assert gpu.gpu_stages(emb, 8).batch_size == 8

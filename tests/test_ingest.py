@@ -143,14 +143,14 @@ def test_vectors_are_normalised_float32_in_sqlite(tmp_path, folder, tiny_clip):
 
 
 def test_process_pool_decoding_gives_same_vectors(tmp_path, tiny_clip, monkeypatch):
-    from visdex import ingest
+    from visdex import stages
 
     d = tmp_path / "many"
     d.mkdir()
     arrays = list(real_photos().values())
     for i in range(12):
         write_photo(d, f"img{i:02d}", np.ascontiguousarray(np.roll(arrays[i % len(arrays)], i * 7, axis=1)))
-    monkeypatch.setattr(ingest, "POOL_MIN_FILES", 4)
+    monkeypatch.setattr(stages, "POOL_MIN_FILES", 4)
     with open_index(tmp_path / "a", model=str(tiny_clip)) as a, open_index(tmp_path / "b", model=str(tiny_clip)) as b:
         a.add([d], workers=2, batch_size=5)
         b.add([d], workers=1, batch_size=5)

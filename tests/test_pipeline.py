@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import os
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from visdex import ingest, open_index
+from visdex import ingest, open_index, stages
 from visdex.files import FileInfo
 from visdex.models.base import Preprocess
 
@@ -42,12 +43,12 @@ def mixed(tmp_path):
 @pytest.mark.parametrize("workers,chunk,window", [(1, 4, None), (2, 1, 1), (2, 3, 2), (2, 4, None)])
 def test_decoded_keeps_input_order_and_records_failures(mixed, monkeypatch, workers, chunk, window):
     paths, bad_names = mixed
-    monkeypatch.setattr(ingest, "POOL_MIN_FILES", 4)
-    results = list(ingest._decoded(_infos(paths), PRE, workers, chunk=chunk, window=window))
+    monkeypatch.setattr(stages, "POOL_MIN_FILES", 4)
+    results = list(stages.decoded(_infos(paths), PRE, workers, chunk=chunk, window=window))
     assert [r.info.path for r in results] == [str(p) for p in paths]
-    failed = {os.path.basename(r.info.path) for r in results if isinstance(r, ingest._Failed)}
-    assert failed == bad_names and all(r.reason for r in results if isinstance(r, ingest._Failed))
-    loaded = [r for r in results if isinstance(r, ingest._Loaded)]
+    failed = {os.path.basename(r.info.path) for r in results if isinstance(r, stages.Failed)}
+    assert failed == bad_names and all(r.reason for r in results if isinstance(r, stages.Failed))
+    loaded = [r for r in results if isinstance(r, stages.Loaded)]
     assert all(r.pixels.shape == (32, 32, 3) and r.pixels.dtype == np.uint8 for r in loaded)
 
 
@@ -66,7 +67,7 @@ def test_model_runs_while_the_next_batch_is_collected(tmp_path, folder, tiny_cli
         embed_threads = set()
 
         def batches():
-            decoded = ingest._decoded(infos, emb.preprocess, 1)
+            decoded = stages.decoded(infos, emb.preprocess, 1)
             for k, batch in enumerate(ingest._batches(decoded, 2, ingest.Progress())):
                 with pulled_more:
                     pulled.append(k)
@@ -82,7 +83,7 @@ def test_model_runs_while_the_next_batch_is_collected(tmp_path, folder, tiny_cli
             last = (len(infos) + 1) // 2 - 1
             with pulled_more:  # wait (bounded) until the next batch has been pulled
                 assert pulled_more.wait_for(lambda: k == last or k + 1 in pulled, timeout=30), "pipeline is serial"
-            return ingest._embed(emb, batch)
+            return stages.embed_batch(emb, batch)
 
         report = ingest.IngestReport()
         ingest._embed_and_store(ix.db, ix.store, embed, batches(), set(), report, ingest.Progress())
@@ -104,9 +105,9 @@ def test_a_model_error_stops_the_run_and_keeps_committed_batches(tmp_path, folde
             calls.append(len(batch))
             if len(calls) == 3:
                 raise RuntimeError("out of memory")
-            return ingest._embed(emb, batch)
+            return stages.embed_batch(emb, batch)
 
-        batches = ingest._batches(ingest._decoded(infos, emb.preprocess, 1), 2, ingest.Progress())
+        batches = ingest._batches(stages.decoded(infos, emb.preprocess, 1), 2, ingest.Progress())
         with pytest.raises(RuntimeError, match="out of memory"):
             ingest._embed_and_store(ix.db, ix.store, embed, batches, set(), ingest.IngestReport(), ingest.Progress())
         assert len(ix) == 4 and ix.db.counts()["ok"] == 4  # the two batches before the failure, whole
@@ -123,9 +124,9 @@ def test_pool_ingest_of_many_files_equals_in_process(tmp_path, tiny_clip, monkey
     for i in range(30):
         write_photo(d, f"img{i:02d}", np.ascontiguousarray(np.roll(arrays[i % len(arrays)], i * 5, axis=1)))
     write_bad_files(d)
-    monkeypatch.setattr(ingest, "POOL_MIN_FILES", 4)
-    monkeypatch.setattr(ingest, "CHUNK_FILES", 3)
-    monkeypatch.setattr(ingest, "PREFETCH_IMAGES", 6)
+    monkeypatch.setattr(stages, "POOL_MIN_FILES", 4)
+    monkeypatch.setattr(stages, "CHUNK_FILES", 3)
+    monkeypatch.setattr(stages, "PREFETCH_IMAGES", 6)
     vecs = []
     for name, workers in (("pool", 2), ("inproc", 1)):
         with open_index(tmp_path / name, model=str(tiny_clip)) as ix:
@@ -137,3 +138,23 @@ def test_pool_ingest_of_many_files_equals_in_process(tmp_path, tiny_clip, monkey
     assert (n1, f1) == (n2, f2) and n1 >= 30 and f1 >= 5 and set(v1) == set(v2)
     for name in v1:
         np.testing.assert_allclose(v1[name], v2[name], atol=1e-5)
+
+
+def test_the_gpu_path_is_a_stage_that_never_imports_ingest():
+    """ingest picks the stages (visdex.stages: CPU, or visdex.gpu on CUDA) and runs them; neither stage module
+    imports ingest back, even lazily inside a function (the cycle this replaced: gpu.py reached for ingest's
+    private decode workers and result types)."""
+    import ast
+
+    import visdex
+
+    src = Path(visdex.__file__).parent
+    for name in ("gpu.py", "stages.py"):
+        imported = set()
+        for node in ast.walk(ast.parse((src / name).read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom):
+                imported.add((node.module or "").rsplit(".", 1)[-1])
+                imported |= {a.name for a in node.names if node.module is None}  # from . import ingest
+            elif isinstance(node, ast.Import):
+                imported |= {a.name.rsplit(".", 1)[-1] for a in node.names}
+        assert "ingest" not in imported, f"{name} imports visdex.ingest"

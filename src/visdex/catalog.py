@@ -220,7 +220,8 @@ def ingest_catalog(
 
 
 def _embed_and_commit(ix, chunk, known, text_weight, workers, progress, report) -> None:
-    from .ingest import _decoded, _Loaded
+    from .stages import Loaded as _Loaded
+    from .stages import decoded as _decoded
 
     emb, db, store = ix.embedder, ix.db, ix.store
     batch_size = config.get("batch_size")

@@ -9,12 +9,20 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 import typer
 
 from . import __version__
 from .errors import NotFound, VisdexError
+from .progress import Progress
 from .query import MAX_K
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.progress import TaskID
+
+    from .api import Index
 
 app = typer.Typer(
     name="visdex",
@@ -57,8 +65,9 @@ class _LazyConsole:
 
 
 # soft_wrap: long paths and messages stay on one line when piped (grep, cut), not wrapped at 80 columns
-out = _LazyConsole(soft_wrap=True)
-err = _LazyConsole(stderr=True, soft_wrap=True)
+# Typed as what they become on first use.
+out = cast("Console", _LazyConsole(soft_wrap=True))
+err = cast("Console", _LazyConsole(stderr=True, soft_wrap=True))
 
 
 def escape(text: str) -> str:
@@ -68,9 +77,11 @@ def escape(text: str) -> str:
     return rich_escape(text)
 
 
-_state = {"index": None, "traceback": False}
+#: The root command's options (``--index``, ``--traceback``), for the commands defined in visdex.commands.
+root_options: dict[str, Any] = {"index": None, "traceback": False}
 
-IndexOpt = typer.Option(None, "--index", "-i", help="Index directory [env: VISDEX_INDEX].", envvar="VISDEX_INDEX")
+# No envvar=: without --index, the library reads VISDEX_INDEX through visdex.config, as for every setting.
+IndexOpt = typer.Option(None, "--index", "-i", help="Index directory [env: VISDEX_INDEX].")
 
 
 def _quietly(fn) -> None:
@@ -95,24 +106,25 @@ def _root(
     traceback: bool = typer.Option(False, "--traceback", help="Show the full traceback on errors."),
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version."),
 ) -> None:
-    _state["index"] = index
-    _state["traceback"] = traceback
+    root_options["index"] = index
+    root_options["traceback"] = traceback
 
 
-def _open(
+def open_from_cli(
     index: Path | None,
     model: str | None = None,
     create: bool = False,
     device: str | None = None,
     ann: str | None = None,
     store: str | None = None,
-):
+) -> Index:
+    """The index a command names with ``--index``, else the root command's ``--index``, else the default."""
     from .api import open_index
 
-    return open_index(index or _state["index"], model=model, device=device, create=create, ann=ann, store=store)
+    return open_index(index or root_options["index"], model=model, device=device, create=create, ann=ann, store=store)
 
 
-class _BarProgress:
+class BarProgress(Progress):
     """Draws ingest progress as a Rich bar with img/s and ETA; prints skipped files above it."""
 
     MAX_SKIP_LINES = 20
@@ -126,7 +138,7 @@ class _BarProgress:
             TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(),
             TextColumn("{task.fields[rate]} img/s"), TimeRemainingColumn(), console=err, disable=quiet,
         )  # fmt: skip
-        self.task = None
+        self.task: TaskID | None = None
         self.t0 = time.perf_counter()
 
     def start(self, total: int) -> None:
@@ -135,6 +147,8 @@ class _BarProgress:
         self.task = self.bar.add_task("index", total=total, rate="-")
 
     def advance(self, n: int = 1) -> None:
+        if self.task is None:  # not started: nothing drawn yet
+            return
         done = self.bar.tasks[0].completed + n
         rate = done / max(time.perf_counter() - self.t0, 1e-9)
         self.bar.update(self.task, advance=n, rate=f"{rate:.1f}")
@@ -196,14 +210,14 @@ def index(
     """Index images: new and changed files are embedded, moved files keep their vectors, deleted ones leave.
 
     With --catalog, index a product catalog instead: one pooled vector per item; results are items."""
-    ix = _open(index, None if rebuild else model, create=True, device=device, ann=ann, store=store)
+    ix = open_from_cli(index, None if rebuild else model, create=True, device=device, ann=ann, store=store)
     rebuilt = None
     try:
         ix.db.hold_writer()  # one writer at a time: a second run stops here with "index busy"
         if rebuild:  # re-embedded aside and swapped in at the end: the index stays searchable until then
             from . import config
 
-            rbar = _BarProgress(quiet or as_json, label="re-embedding")
+            rbar = BarProgress(quiet or as_json, label="re-embedding")
             try:
                 rebuilt = ix.rebuild(model or ix.model_name or config.get("model"), progress=rbar, workers=workers,
                                      batch_size=batch_size)  # fmt: skip
@@ -217,7 +231,7 @@ def index(
     if not targets and not catalog:
         ix.close()
         raise typer.BadParameter("give at least one folder or image to index", param_hint="PATHS")
-    bar, runner = _BarProgress(quiet or as_json), None
+    bar, runner = BarProgress(quiet or as_json), None
     try:
         if engine not in ("local", "ray") or (engine == "ray" and catalog):
             raise typer.BadParameter("local or ray (a catalog: local)", param_hint="--engine")
@@ -347,7 +361,7 @@ def search(
     hubness: bool | None = HubnessOpt,
 ) -> None:
     """Search by text ("dog on a beach"), by an example image (photo.jpg), or both: beach.jpg + "at night" - people."""
-    with _open(index, model) as ix:
+    with open_from_cli(index, model) as ix:
         ix.one_shot = True
         hits = ix.search(query, k=k, where=where, crop=crop, min_score=min_score, within=within, hubness=hubness)
         _print_hits(hits, as_json)
@@ -367,12 +381,13 @@ def similar(
     hubness: bool | None = HubnessOpt,
 ) -> None:
     """Images that look like IMAGE (itself left out)."""
-    item: int | Path = Path(image)
-    if image.isascii() and image.isdigit() and not item.exists():
+    path = Path(image)
+    item: int | Path = path
+    if image.isascii() and image.isdigit() and not path.exists():
         item = int(image)
         if item >= 2**63:  # ids are SQLite integers (int64)
             raise NotFound(f"no item with id {image} in the index")
-    with _open(index) as ix:
+    with open_from_cli(index) as ix:
         ix.one_shot = True
         _print_hits(ix.similar(item, k=k, where=where, min_score=min_score, within=within, hubness=hubness), as_json)
 
@@ -384,7 +399,7 @@ def status(
     failures: int = typer.Option(50, "--failures", help="How many failed files to list."),
 ) -> None:
     """Where the index is, its model, counts, and the files that failed with their reasons."""
-    with _open(index) as ix:
+    with open_from_cli(index) as ix:
         st = ix.status(max_failures=failures)
     if as_json:
         out.print_json(json.dumps(st.to_dict()))
@@ -512,12 +527,12 @@ def main() -> None:
         # the Exit(130) that typer makes of a KeyboardInterrupt; our commands themselves return None
         code = call() if call is not None else app(standalone_mode=False)
     except VisdexError as e:
-        if _state["traceback"]:
+        if root_options["traceback"]:
             raise
         err.print(f"[red]error:[/] {escape(str(e))}", highlight=False)
         sys.exit(e.exit_code)
     except FileNotFoundError as e:
-        if _state["traceback"]:
+        if root_options["traceback"]:
             raise
         err.print(f"[red]error:[/] {escape(str(e))}", highlight=False)
         sys.exit(2)
@@ -528,10 +543,11 @@ def main() -> None:
     except typer.Abort:
         sys.exit(1)
     except Exception as e:  # usage errors (Click's, vendored by Typer) come here in non-standalone mode
-        if callable(getattr(e, "show", None)) and isinstance(getattr(e, "exit_code", None), int):
-            e.show()
-            sys.exit(e.exit_code)
-        if _state["traceback"]:
+        show, exit_code = getattr(e, "show", None), getattr(e, "exit_code", None)
+        if callable(show) and isinstance(exit_code, int):
+            show()
+            sys.exit(exit_code)
+        if root_options["traceback"]:
             raise
         # a bug, not the user's input: one line that says so, the traceback on request
         err.print(f"[red]error:[/] unexpected {type(e).__name__}: {escape(str(e)[:500])} (a bug in visdex; run "

@@ -52,6 +52,7 @@ def cluster_index(ix, k: int | None = None, *, seed: int = 0, progress=None) -> 
     km = faiss.Kmeans(vecs.shape[1], k, niter=25, seed=seed, spherical=True, verbose=False, min_points_per_centroid=1,
                       max_points_per_centroid=max(256, len(train) // k + 1))  # fmt: skip
     km.train(train)
+    assert km.centroids is not None  # train() sets them
     centroids = l2_normalize(km.centroids)
     sims = vecs @ centroids.T
     assign = sims.argmax(axis=1)

@@ -144,6 +144,15 @@ SETTINGS: tuple[Setting, ...] = (
 _BY_NAME = {s.name: s for s in SETTINGS}
 
 
+def is_set(name: str) -> bool:
+    """Whether the user chose this setting (``VISDEX_<NAME>`` is set), rather than its default.
+
+    >>> is_set("batch_size")  # doctest: +SKIP
+    False
+    """
+    return os.environ.get(_BY_NAME[name].env) not in (None, "")
+
+
 def get(name: str) -> Any:
     """The value of a setting: ``VISDEX_<NAME>`` if set, else the default.
 

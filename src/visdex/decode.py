@@ -34,6 +34,7 @@ import threading
 import warnings
 from dataclasses import dataclass
 from datetime import datetime
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -44,10 +45,13 @@ __all__ = [
     "DEFAULT_MAX_PIXELS",
     "MAX_ASPECT",
     "DecodedImage",
+    "ExifFacts",
     "content_hash",
     "decode_image",
+    "exif_facts",
     "hash_file",
     "read_and_decode",
+    "read_file",
 ]
 
 #: Largest image (width x height) decoded by default: twice Pillow's own warning threshold,
@@ -149,7 +153,7 @@ def decode_image(
     >>> dec.image.mode, dec.format, (dec.width, dec.height)  # doctest: +SKIP
     ('RGB', 'HEIF', (3024, 4032))
     """
-    data = bytes(src) if isinstance(src, (bytes, bytearray, memoryview)) else _read_file(src, max_pixels)
+    data = bytes(src) if isinstance(src, (bytes, bytearray, memoryview)) else read_file(src, max_pixels)
     return _decode_bytes(data, max_pixels, draft_size, max_aspect)
 
 
@@ -164,11 +168,17 @@ def read_and_decode(
 
     >>> digest, dec = read_and_decode("cat.jpg", draft_size=224)  # doctest: +SKIP
     """
-    data = _read_file(path, max_pixels)
+    data = read_file(path, max_pixels)
     return content_hash(data), _decode_bytes(data, max_pixels, draft_size, max_aspect)
 
 
-def _read_file(path: str | os.PathLike, max_pixels: int | None = None) -> bytes:
+def read_file(path: str | os.PathLike, max_pixels: int | None = None) -> bytes:
+    """A regular file's bytes, as the decoder reads them: never blocks on a FIFO or device, and refuses a file
+    too large to be an image within ``max_pixels``. Raises :class:`BadImage` (the reason) and nothing else.
+
+    >>> read_file("/dev/zero")  # doctest: +SKIP
+    BadImage: cannot read file: it is a character device, not an image file
+    """
     try:
         with _open_regular(path) as f:
             size = os.fstat(f.fileno()).st_size
@@ -263,6 +273,7 @@ def _decode_guarded(data: bytes, max_pixels: int | None, draft_size: int | None,
 def _decode_unguarded(data: bytes, max_pixels: int | None, draft_size: int | None,
                       max_aspect: float | None) -> DecodedImage:  # fmt: skip
     heif_missing = _looks_like_heif(data) and not _heif_opener_registered()
+    img: Image.Image  # an ImageFile until it is cropped or converted
     try:
         img = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
@@ -282,8 +293,8 @@ def _decode_unguarded(data: bytes, max_pixels: int | None, draft_size: int | Non
         # decoded short side, ceil(short / scale), stays >= draft_size.
         img.draft("RGB", (draft_size, draft_size))
     img.load()  # pixel errors (truncation, corrupt streams) surface here, not in open()
-    exif = _safe_exif(img)
-    orientation = exif.get(_TAG_ORIENTATION) if exif is not None else None
+    facts = exif_facts(img)
+    orientation = facts.orientation
     if max_aspect is not None:
         img = _crop_aspect(img, max_aspect)
     rgb = _to_rgb(img)
@@ -293,7 +304,7 @@ def _decode_unguarded(data: bytes, max_pixels: int | None, draft_size: int | Non
         rgb = rgb.transpose(_ORIENTATION_FIX[orientation])
         if orientation >= 5:  # 5..8 turn the image by 90 degrees
             width, height = height, width
-    return DecodedImage(rgb, width, height, fmt, _taken_at(exif), _camera(exif))
+    return DecodedImage(rgb, width, height, fmt, facts.taken_at, facts.camera)
 
 
 def _sci(n: int) -> str:
@@ -400,6 +411,26 @@ def _shrink(img: Image.Image, draft_size: int) -> Image.Image:
 
 
 # -- metadata -------------------------------------------------------------------------------
+class ExifFacts(NamedTuple):
+    """What visdex reads from an image's EXIF: orientation (1-8; 1 when absent), capture time, camera."""
+
+    orientation: int
+    taken_at: str | None
+    camera: str | None
+
+
+def exif_facts(img: Image.Image) -> ExifFacts:
+    """The EXIF facts of an opened image; garbled EXIF gives the defaults, never an error.
+
+    >>> exif_facts(Image.open("IMG_0001.jpg"))  # doctest: +SKIP
+    ExifFacts(orientation=6, taken_at='2021-07-04T12:34:56', camera='Canon EOS R5')
+    """
+    exif = _safe_exif(img)
+    raw = exif.get(_TAG_ORIENTATION) if exif is not None else None
+    orientation = raw if isinstance(raw, int) and 1 <= raw <= 8 else 1
+    return ExifFacts(orientation, _taken_at(exif), _camera(exif))
+
+
 def _safe_exif(img: Image.Image) -> Image.Exif | None:
     try:
         return img.getexif()

@@ -36,6 +36,7 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -43,6 +44,9 @@ from . import config
 from .decode import decode_image
 from .errors import BadDataset, UnsupportedModality, VisdexError
 from .files import is_image_name, scan
+
+if TYPE_CHECKING:
+    from typing_extensions import TypeIs
 
 __all__ = [
     "DEFAULT_KS",
@@ -115,12 +119,12 @@ def per_query_metrics(
     valid = r > 0
     out: dict[str, np.ndarray] = {}
     for k in ks:
-        out[f"recall@{k}"] = hits[:, :k].any(axis=1).astype(np.float64)
+        out[f"recall@{k}"] = np.asarray(hits[:, :k].any(axis=1), dtype=np.float64)
     pos = np.arange(1, depth + 1)
     precision = np.cumsum(hits, axis=1) / pos
     within_r = pos[None, :] <= r[:, None]
     ap = (precision * hits * within_r).sum(axis=1)
-    out["map@r"] = np.divide(ap, r, out=np.zeros(nq), where=valid)
+    out["map@r"] = np.asarray(np.divide(ap, r, out=np.zeros(nq), where=valid))
     discounts = 1.0 / np.log2(np.arange(2, ndcg_at + 2))
     top = hits[:, :ndcg_at]
     dcg = (top * discounts[: top.shape[1]]).sum(axis=1)
@@ -239,9 +243,9 @@ def _top_indices(sim: np.ndarray, depth: int) -> np.ndarray:
 
 def metrics_from_labels(
     queries: np.ndarray,
-    query_labels: Sequence,
+    query_labels: Sequence | np.ndarray,
     corpus: np.ndarray | None = None,
-    corpus_labels: Sequence | None = None,
+    corpus_labels: Sequence | np.ndarray | None = None,
     *,
     ks: Sequence[int] = DEFAULT_KS,
     ndcg_at: int = NDCG_AT,
@@ -259,8 +263,8 @@ def metrics_from_labels(
     1.0
     """
     loo = corpus is None
-    corpus = queries if loo else corpus
-    corpus_labels = query_labels if loo else corpus_labels
+    if corpus is None:  # leave-one-out: the queries are the corpus
+        corpus, corpus_labels = queries, query_labels
     if corpus_labels is None:
         raise ValueError("corpus_labels are needed with a corpus")
     if len(query_labels) != len(queries) or len(corpus_labels) != len(corpus):
@@ -439,7 +443,9 @@ def embed_image_files(
     bs = batch_size or config.get("batch_size")
     draft, max_pixels = embedder.preprocess.draft_side, config.get("max_pixels")
     batches = [list(range(i, min(i + bs, len(paths)))) for i in range(0, len(paths), bs)]
-    vectors, kept, failures = [], [], []
+    vectors: list[np.ndarray] = []
+    kept: list[int] = []
+    failures: list[tuple[str, str]] = []
     t_decode = t_embed = 0.0
     progress.start(len(paths))
     with ThreadPoolExecutor(max_workers=workers or min(4, os.cpu_count() or 1)) as pool:
@@ -551,7 +557,7 @@ def needs_text_model(name: str) -> UnsupportedModality:
                                "model such as clip-vit-b-32, siglip2-base or lite0-minilm")  # fmt: skip
 
 
-def _is_pairs(x) -> bool:
+def _is_pairs(x: object) -> TypeIs[Sequence[tuple[str, str]]]:
     return isinstance(x, (list, tuple)) and (not x or isinstance(x[0], (list, tuple)))
 
 

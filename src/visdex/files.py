@@ -90,7 +90,7 @@ def _glob_to_regex(pattern: str) -> str:
     return "".join(out)
 
 
-class _Globs:
+class Globs:
     """Compiled include/exclude patterns, case-insensitive (photo folders come from
     case-insensitive file systems more often than not)."""
 
@@ -143,13 +143,13 @@ def scan(
         if not os.path.exists(resolved):
             raise FileNotFoundError(f"no such file or directory: {root}")
         checked.append(resolved)
-    return _Scan(_Globs(include), _Globs(exclude), on_error).run(checked)
+    return _Scan(Globs(include), Globs(exclude), on_error).run(checked)
 
 
 class _Scan:
     """State of one scan: filters, and what was already seen (so cycles and overlaps end)."""
 
-    def __init__(self, include: _Globs, exclude: _Globs, on_error: OnError | None):
+    def __init__(self, include: Globs, exclude: Globs, on_error: OnError | None):
         self.include, self.exclude = include, exclude
         self.on_error = on_error or (lambda path, reason: None)
         self.seen_dirs: set[tuple[int, int]] = set()  # (st_dev, st_ino) of every folder entered

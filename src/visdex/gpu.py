@@ -28,11 +28,14 @@ import logging
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
+from . import config
 from .files import FileInfo
 from .models.base import Embedder, Preprocess
+from .stages import Decoded, Loaded, decoded, init_worker, load
 
 log = logging.getLogger(__name__)
 
@@ -162,37 +165,41 @@ def orient(img, orientation: int | None):
     return img
 
 
+@dataclass(slots=True)
 class _Head:
     """A JPEG read and parsed on the CPU (bytes, hash, header, EXIF), waiting for the GPU decoder."""
 
-    __slots__ = ("info", "data", "hash", "width", "height", "orientation", "taken_at", "camera")
+    info: FileInfo
+    data: bytes
+    hash: str
+    width: int
+    height: int
+    orientation: int
+    taken_at: str | None
+    camera: str | None
 
 
-def read_head(info: FileInfo, max_pixels: int | None):
+def read_head(info: FileInfo, max_pixels: int | None) -> _Head | None:
     """A :class:`_Head` for a JPEG within ``max_pixels``; None for anything the CPU decoder should handle."""
     import io
 
     from PIL import Image
 
-    from .decode import _TAG_ORIENTATION, _camera, _read_file, _safe_exif, _taken_at, content_hash
+    from .decode import content_hash, exif_facts, read_file
 
     try:
-        data = _read_file(info.path)
+        data = read_file(info.path)
         with Image.open(io.BytesIO(data)) as im:
             if im.format != "JPEG" or im.mode not in ("RGB", "L"):
                 return None
             w, h = im.size
-            exif = _safe_exif(im)
+            facts = exif_facts(im)
     except Exception:  # unreadable, a bomb, not an image: the CPU path words the reason
         return None
     if max_pixels is not None and w * h > max_pixels:
         return None
-    head = _Head()
-    head.info, head.data, head.hash = info, data, content_hash(data)
-    head.orientation = int(exif.get(_TAG_ORIENTATION, 1)) if exif else 1
-    head.width, head.height = (h, w) if head.orientation in (5, 6, 7, 8) else (w, h)
-    head.taken_at, head.camera = _taken_at(exif), _camera(exif)
-    return head
+    width, height = (h, w) if facts.orientation in (5, 6, 7, 8) else (w, h)
+    return _Head(info, data, content_hash(data), width, height, facts.orientation, facts.taken_at, facts.camera)
 
 
 def decode_heads(heads: Sequence[_Head], device: str) -> list:
@@ -216,22 +223,33 @@ def decode_heads(heads: Sequence[_Head], device: str) -> list:
             return out
 
 
-class GpuIngest:
-    """The ingest stages for an embedder on CUDA: optional GPU JPEG decode, and :class:`GpuBatcher`.
+def gpu_stages(embedder: Embedder, batch_size: int | None = None) -> GpuStages | None:
+    """The GPU path's ingest stages for a CUDA embedder whose family has a GPU forward; None otherwise.
+
+    An explicit ``batch_size`` (``--batch-size``) or ``VISDEX_BATCH_SIZE`` wins; else the large batches a GPU
+    wants (:data:`GPU_BATCH`).
+    """
+    if not is_cuda(embedder) or image_forward(embedder) is None:
+        return None
+    chosen = batch_size or (config.get("batch_size") if config.is_set("batch_size") else GPU_BATCH)
+    return GpuStages(embedder, chosen, decode=config.get("gpu_decode"), compile=config.get("compile"))
+
+
+class GpuStages:
+    """The ingest stages (:class:`visdex.stages.Stages`) for an embedder on CUDA: optional GPU JPEG decode, and
+    :class:`GpuBatcher`.
 
     ``decode``: ``"auto"`` (measure with :func:`choose_decoder`), ``"gpu"`` or ``"cpu"``.
     """
 
     def __init__(self, embedder: Embedder, batch_size: int, decode: str = "auto", compile: bool = False):
-        self.embedder = embedder
+        self.embedder, self.batch_size = embedder, batch_size
         self.batcher = GpuBatcher(embedder, max_batch=batch_size, compile=compile)
         self.decode = decode if decode in ("gpu", "cpu") else "auto"
         self.chosen: str | None = None
 
-    def embed(self, batch: list) -> np.ndarray | None:
-        from .ingest import _Loaded
-
-        loaded = [r for r in batch if isinstance(r, _Loaded)]
+    def embed(self, batch: Sequence[Decoded]) -> np.ndarray | None:
+        loaded = [r for r in batch if isinstance(r, Loaded)]
         if not loaded:
             return None
         gpu = [r for r in loaded if not isinstance(r.pixels, np.ndarray)]
@@ -243,28 +261,24 @@ class GpuIngest:
             self.batcher.device) for r in loaded]  # fmt: skip
         return self.batcher(tensors)
 
-    def decoded(self, files: Sequence[FileInfo], preprocess: Preprocess, workers: int) -> Iterator:
-        from . import config
-        from .ingest import _decoded
-
+    def decoded(self, files: Sequence[FileInfo], workers: int) -> Iterator[Decoded]:
+        preprocess = self.embedder.preprocess
         choice = self.decode
         if choice == "auto":
             choice = choose_decoder(files, preprocess, workers, str(self.batcher.device))
         self.chosen = choice if gpu_decode_available() else "cpu"
         if self.chosen == "cpu":
-            yield from _decoded(files, preprocess, workers)
+            yield from decoded(files, preprocess, workers)
             return
         yield from _gpu_decoded(files, preprocess, workers, config.get("max_pixels"), str(self.batcher.device))
 
 
 def _gpu_decoded(files: Sequence[FileInfo], pre: Preprocess, workers: int, max_pixels: int | None,
-                 device: str) -> Iterator:  # fmt: skip
+                 device: str) -> Iterator[Decoded]:  # fmt: skip
     """Read + parse on CPU threads one chunk ahead; decode, orient, resize and crop on the GPU."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from .ingest import _init_worker, _load, _Loaded
-
-    _init_worker(pre, max_pixels)  # for the CPU fallback of non-JPEG files, in this process
+    init_worker(pre, max_pixels)  # for the CPU fallback of non-JPEG files, in this process
     chunks = [list(files[i : i + GPU_DECODE_BATCH]) for i in range(0, len(files), GPU_DECODE_BATCH)]
     with ThreadPoolExecutor(max(2, workers), thread_name_prefix="visdex-read") as readers:
         ahead = readers.map(lambda c: [read_head(f, max_pixels) for f in c], chunks)
@@ -273,11 +287,11 @@ def _gpu_decoded(files: Sequence[FileInfo], pre: Preprocess, workers: int, max_p
             images = dict(zip((id(h) for h in jpegs), decode_heads(jpegs, device), strict=True)) if jpegs else {}
             for info, head in zip(chunk, heads, strict=True):
                 img = images.get(id(head)) if head is not None else None
-                if img is None or isinstance(img, Exception):
-                    yield _load(info)  # not a JPEG nvJPEG can take: the CPU decoder, with its error messages
+                if head is None or img is None or isinstance(img, Exception):
+                    yield load(info)  # not a JPEG nvJPEG can take: the CPU decoder, with its error messages
                     continue
                 pixels = crop_like_preprocess(orient(img, head.orientation), pre)
-                yield _Loaded(info, head.hash, head.width, head.height, "JPEG", head.taken_at, head.camera, pixels)
+                yield Loaded(info, head.hash, head.width, head.height, "JPEG", head.taken_at, head.camera, pixels)
 
 
 def choose_decoder(files: Sequence[FileInfo], pre: Preprocess, workers: int, device: str) -> str:
@@ -288,17 +302,14 @@ def choose_decoder(files: Sequence[FileInfo], pre: Preprocess, workers: int, dev
     """
     if not gpu_decode_available():
         return "cpu"
-    from . import config
-    from .ingest import _init_worker, _load
-
     max_pixels = config.get("max_pixels")
     jpegs = [f for f in files[: 4 * PROBE_FILES] if f.path.lower().endswith((".jpg", ".jpeg"))][:PROBE_FILES]
     if len(jpegs) < 8:
         return "cpu"
-    _init_worker(pre, max_pixels)
+    init_worker(pre, max_pixels)
     t0 = time.perf_counter()
     for f in jpegs[:8]:
-        _load(f)
+        load(f)
     cpu_rate = 8 * max(1, workers) / (time.perf_counter() - t0)
     list(_gpu_decoded(jpegs[:2], pre, 1, max_pixels, device))  # warm-up: nvJPEG handles, kernels
     t0 = time.perf_counter()

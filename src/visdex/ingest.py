@@ -7,26 +7,18 @@ or Ctrl-C loses at most the batch in flight; the next run picks up where this on
 A bad file is recorded with its reason and never stops the run.
 
 The three stages run at the same time: worker processes decode (JPEG draft mode, resize and
-crop to the model's input, uint8 back to the parent) at most :data:`PREFETCH_IMAGES` ahead;
-one model thread embeds batch k while this thread collects batch k+1 and writes batch k-1.
-Results keep the input order. On a CUDA embedder, :mod:`visdex.gpu` swaps in large fp16
-batches with pinned uint8 transfers and, when it measures faster, nvJPEG decoding.
+crop to the model's input, uint8 back to the parent) at most :data:`visdex.stages.PREFETCH_IMAGES`
+ahead; one model thread embeds batch k while this thread collects batch k+1 and writes batch k-1.
+Results keep the input order. The decode and embed stages come from :func:`stages_for`: the CPU's
+(:class:`visdex.stages.CpuStages`), or on a CUDA embedder :mod:`visdex.gpu`'s, with large fp16
+batches, pinned uint8 transfers and, when it measures faster, nvJPEG decoding.
 """
 
 from __future__ import annotations
 
-import functools
-import itertools
-import multiprocessing as mp
-import os
-import signal
-import sys
-import threading
 import time
-from collections import deque
-from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,28 +26,13 @@ import numpy as np
 
 from . import config
 from .decode import hash_file
-from .errors import BadImage, VisdexError
 from .files import FileInfo
-from .models.base import Embedder, Preprocess
+from .models.base import Embedder
+from .progress import Progress
 from .sources import expand_roots, scan_roots
-from .sources import load as load_item
+from .stages import CpuStages, Decoded, Failed, Loaded, Stages, default_workers
 
-# In-process decoding is faster than starting a pool for small jobs.
-POOL_MIN_FILES = 48
-# Files per decode task: enough to amortise the pickling round trip, few enough to keep order cheap.
-CHUNK_FILES = 4
-# Decoded images allowed to wait for the model: bounds memory when decoding is faster than the model.
-PREFETCH_IMAGES = 256
-
-
-class Progress:
-    """Receives ingest progress; the CLI draws a bar from it. The base class ignores everything."""
-
-    def start(self, total: int) -> None: ...
-
-    def advance(self, n: int = 1) -> None: ...
-
-    def failed(self, path: str, reason: str) -> None: ...
+__all__ = ["IngestReport", "Progress", "default_workers", "ingest", "stages_for"]
 
 
 @dataclass
@@ -75,156 +52,6 @@ class IngestReport:
 
     def as_dict(self) -> dict:
         return {k: getattr(self, k) for k in ("new", "updated", "moved", "removed", "failed", "unchanged", "seconds")}
-
-
-@dataclass
-class _Loaded:
-    info: FileInfo
-    hash: str
-    width: int
-    height: int
-    format: str
-    taken_at: str | None
-    camera: str | None
-    pixels: np.ndarray  # (H, W, 3) uint8, already resized/cropped by the model's Preprocess
-
-
-@dataclass
-class _Failed:
-    info: FileInfo
-    reason: str
-
-
-# -- decode workers ------------------------------------------------------------------------
-_W: dict = {}
-
-
-def _init_worker(preprocess: Preprocess, max_pixels: int | None, in_pool: bool = False,
-                 parent: int | None = None, pdeathsig: bool = True) -> None:  # fmt: skip
-    _W["preprocess"], _W["max_pixels"] = preprocess, max_pixels
-    if in_pool:
-        # Ctrl-C goes to the whole process group; only the parent handles it (it stops the run cleanly).
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if parent is not None:
-        _die_with_parent(parent, pdeathsig)
-
-
-PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent(parent: int, pdeathsig: bool = True) -> None:
-    """A decode worker must not outlive the run that started it: a parent killed with SIGKILL runs no clean-up,
-    and the pool's workers would wait on their task queue forever. Linux: the kernel sends SIGKILL when the
-    parent dies (prctl PR_SET_PDEATHSIG; only for a pool made on the main thread: the signal comes when the
-    *thread* that started the worker ends). Everywhere: a thread that checks every second that the parent is
-    still the one that started this process, and exits at once when it is not."""
-    if pdeathsig and sys.platform.startswith("linux"):
-        try:
-            import ctypes
-
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        except (OSError, AttributeError):
-            pass
-    if os.getppid() != parent:  # it died before the line above took effect
-        os._exit(1)
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(1.0)
-        os._exit(1)
-
-    threading.Thread(target=watch, name="visdex-parent-watch", daemon=True).start()
-
-
-def _load(info: FileInfo) -> _Loaded | _Failed:
-    pre: Preprocess = _W["preprocess"]
-    try:
-        # draft_size: libjpeg decodes at 1/2..1/8 scale, never below what the model's resize needs
-        digest, dec = load_item(info.path, max_pixels=_W["max_pixels"], draft_size=pre.draft_side)
-        pixels = pre.to_uint8(dec.image)  # uint8 back to the parent: 4x less to pickle than float32
-    except BadImage as e:
-        return _Failed(info, str(e))
-    except VisdexError as e:
-        return _Failed(info, str(e))
-    except Exception as e:  # a decoder bug must not stop the run
-        return _Failed(info, f"{type(e).__name__}: {e}")
-    return _Loaded(info, digest, dec.width, dec.height, dec.format, dec.taken_at, dec.camera, pixels)
-
-
-def _load_chunk(infos: list[FileInfo]) -> list[_Loaded | _Failed]:
-    return [_load(i) for i in infos]
-
-
-def _decoded(
-    files: Sequence[FileInfo],
-    preprocess: Preprocess,
-    workers: int,
-    *,
-    chunk: int = CHUNK_FILES,
-    window: int | None = None,
-) -> Iterator[_Loaded | _Failed]:
-    """Decoded files, in the order given. ``workers`` > 1: in a process pool, with at most
-    ``window`` chunks of ``chunk`` files in flight (default: enough for :data:`PREFETCH_IMAGES`),
-    so memory stays bounded however far decoding runs ahead of the model."""
-    max_pixels = config.get("max_pixels")
-    if workers <= 1 or len(files) < POOL_MIN_FILES:
-        _init_worker(preprocess, max_pixels)
-        yield from map(_load, files)
-        return
-    window = window or max(2 * workers, -(-PREFETCH_IMAGES // chunk))
-    chunks = [list(files[i : i + chunk]) for i in range(0, len(files), chunk)]
-    yield from _pool_decoded(chunks, preprocess, max_pixels, workers, window)
-
-
-def _new_pool(workers: int, preprocess: Preprocess, max_pixels: int | None) -> ProcessPoolExecutor:
-    # spawn: the parent may hold torch threads and CUDA state that fork would copy badly
-    return ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
-                               initargs=(preprocess, max_pixels, True, os.getpid(),
-                                         threading.current_thread() is threading.main_thread()))  # fmt: skip
-
-
-def _pool_decoded(chunks: list[list[FileInfo]], preprocess: Preprocess, max_pixels: int | None, workers: int,
-                  window: int) -> Iterator[_Loaded | _Failed]:  # fmt: skip
-    pool = _new_pool(workers, preprocess, max_pixels)
-    pending: deque = deque()
-    todo = iter(chunks)
-    try:
-        for c in itertools.islice(todo, window):
-            pending.append((c, pool.submit(_load_chunk, c)))
-        while pending:
-            c, fut = pending.popleft()
-            try:
-                results = fut.result()
-            except BrokenProcessPool:
-                # A worker died (a decoder crash, the OOM killer): find the culprit file by file in a
-                # fresh pool, record it, and carry on with the rest.
-                pool.shutdown(wait=False, cancel_futures=True)
-                pool = _new_pool(workers, preprocess, max_pixels)
-                results = _isolate_crash(c, preprocess, max_pixels)
-                pending = deque((pc, pool.submit(_load_chunk, pc)) for pc, _ in pending)
-            nxt = next(todo, None)
-            if nxt is not None:
-                pending.append((nxt, pool.submit(_load_chunk, nxt)))
-            yield from results
-    finally:
-        pool.shutdown(wait=False, cancel_futures=True)
-
-
-def _isolate_crash(chunk: list[FileInfo], preprocess: Preprocess, max_pixels: int | None) -> list:
-    out = []
-    for info in chunk:
-        with _new_pool(1, preprocess, max_pixels) as solo:
-            try:
-                out.append(solo.submit(_load, info).result())
-            except BrokenProcessPool:
-                out.append(_Failed(info, "the image decoder crashed on this file"))
-    return out
-
-
-def default_workers() -> int:
-    w = config.get("workers")
-    return w if w > 0 else max(1, min(os.cpu_count() or 1, 8))
 
 
 # -- planning -------------------------------------------------------------------------------
@@ -258,7 +85,7 @@ def _plan(db, seen: dict[str, FileInfo], roots: Sequence[str]) -> _Plan:
                 by_size.setdefault(row.size, []).append(row)
         remaining = []
         for info in todo:
-            cands = by_size.get(info.size) if info.path not in known else None
+            cands = by_size.get(info.size, []) if info.path not in known else []
             match = None
             if cands:
                 try:
@@ -331,35 +158,43 @@ def ingest(
         progress.start(len(plan.todo))
         for batch, vectors in engine.embedded(plan.todo, embedder, batch_size=batch_size):
             for r in batch:
-                if isinstance(r, _Failed):
+                if isinstance(r, Failed):
                     progress.failed(r.info.path, r.reason)
             _commit(db, store, batch, vectors, existing, report)
             progress.advance(len(batch))
         store.flush()
         report.seconds = time.perf_counter() - t0
         return report
-    gpu = _gpu_stages(embedder, batch_size)
-    batch_size = batch_size or (gpu.batcher.staging.shape[0] if gpu else config.get("batch_size"))
+    stages = stages_for(embedder, batch_size)
     workers = default_workers() if workers is None else workers
     existing = {path for path in (i.path for i in plan.todo) if db.file_by_path(path) is not None}
     progress.start(len(plan.todo))
-    if gpu is not None:
-        decoded, embed = gpu.decoded(plan.todo, embedder.preprocess, workers), gpu.embed
-    else:
-        decoded, embed = _decoded(plan.todo, embedder.preprocess, workers), functools.partial(_embed, embedder)
-    _embed_and_store(db, store, embed, _batches(decoded, batch_size, progress), existing, report, progress)
+    batches = _batches(stages.decoded(plan.todo, workers), stages.batch_size, progress)
+    _embed_and_store(db, store, stages.embed, batches, existing, report, progress)
     store.flush()
     report.seconds = time.perf_counter() - t0
     return report
 
 
-def _batches(results: Iterator[_Loaded | _Failed], batch_size: int, progress: Progress) -> Iterator[list]:
+def stages_for(embedder: Embedder, batch_size: int | None = None) -> Stages:
+    """The decode and embed stages for ``embedder``: the GPU path's for a CUDA embedder visdex knows how to
+    feed, else the CPU's. ``batch_size`` (None: the ``batch_size`` setting, or the GPU path's own) wins."""
+    if str(getattr(embedder, "device", "cpu")).startswith("cuda"):
+        from .gpu import gpu_stages  # the GPU path loads only for a CUDA embedder
+
+        gpu = gpu_stages(embedder, batch_size)
+        if gpu is not None:
+            return gpu
+    return CpuStages(embedder, batch_size or config.get("batch_size"))
+
+
+def _batches(results: Iterator[Decoded], batch_size: int, progress: Progress) -> Iterator[list[Decoded]]:
     """Group decode results into model batches of ``batch_size`` images (failures ride along)."""
-    pending: list[_Loaded | _Failed] = []
+    pending: list[Decoded] = []
     loaded = 0
     for result in results:
         pending.append(result)
-        if isinstance(result, _Failed):
+        if isinstance(result, Failed):
             progress.failed(result.info.path, result.reason)
         else:
             loaded += 1
@@ -370,33 +205,12 @@ def _batches(results: Iterator[_Loaded | _Failed], batch_size: int, progress: Pr
         yield pending
 
 
-def _embed(embedder, batch: list) -> np.ndarray | None:
-    """Runs on the model thread: uint8 crops -> vectors. torch and onnxruntime release the GIL meanwhile."""
-    loaded = [r for r in batch if isinstance(r, _Loaded)]
-    if not loaded:
-        return None
-    return embedder.embed_pixels(embedder.preprocess.normalize(np.stack([r.pixels for r in loaded])))
-
-
-def _gpu_stages(embedder, batch_size: int | None):
-    """The GPU decode/embed stages for a CUDA embedder visdex knows how to feed; None on the CPU."""
-    if not str(getattr(embedder, "device", "cpu")).startswith("cuda"):
-        return None
-    from .gpu import GPU_BATCH, GpuIngest, image_forward
-
-    if image_forward(embedder) is None:
-        return None
-    # An explicit --batch-size or VISDEX_BATCH_SIZE wins; else the large batches a GPU wants.
-    chosen = batch_size or (config.get("batch_size") if os.environ.get("VISDEX_BATCH_SIZE") else GPU_BATCH)
-    return GpuIngest(embedder, chosen, decode=config.get("gpu_decode"), compile=config.get("compile"))
-
-
-def _embed_and_store(db, store, embed, batches: Iterator[list], existing: set[str], report: IngestReport,
-                     progress: Progress) -> None:  # fmt: skip
+def _embed_and_store(db, store, embed: Callable[[list[Decoded]], np.ndarray | None], batches: Iterator[list[Decoded]],
+                     existing: set[str], report: IngestReport, progress: Progress) -> None:  # fmt: skip
     """Decode, embed and write at the same time: while the model thread embeds batch k, this thread
     collects batch k+1 from the decoders and then writes batch k (one transaction)."""
     model = ThreadPoolExecutor(1, thread_name_prefix="visdex-model")
-    in_flight: tuple[list, Future] | None = None
+    in_flight: tuple[list[Decoded], Future] | None = None
     try:
         for batch in batches:
             fut = model.submit(embed, batch)  # queued behind the batch being embedded now
@@ -416,8 +230,8 @@ def _store(db, store, batch: list, fut: Future, existing: set[str], report: Inge
 
 
 def _commit(db, store, batch: list, vectors: np.ndarray | None, existing: set[str], report: IngestReport) -> None:
-    loaded = [r for r in batch if isinstance(r, _Loaded)]
-    failed = [r for r in batch if isinstance(r, _Failed)]
+    loaded = [r for r in batch if isinstance(r, Loaded)]
+    failed = [r for r in batch if isinstance(r, Failed)]
     now = time.time()
     with db.transaction():
         ids = []
@@ -439,12 +253,12 @@ def _commit(db, store, batch: list, vectors: np.ndarray | None, existing: set[st
             )
         if loaded:
             store.upsert(ids, vectors)
-            attrs = [(fid, r.info.attrs) for fid, r in zip(ids, loaded, strict=True) if getattr(r.info, "attrs", None)]
+            attrs = [(fid, a) for fid, r in zip(ids, loaded, strict=True) if (a := getattr(r.info, "attrs", None))]
             if attrs:  # a shard sample's caption, url, json (visdex.sources)
                 db.set_file_attrs(attrs)
         stale = []
-        for r in failed:
-            fid = db.upsert_file(_record(r.info, now, status="failed", error=r.reason))
+        for f in failed:
+            fid = db.upsert_file(_record(f.info, now, status="failed", error=f.reason))
             stale.append(fid)
         if stale:
             store.delete(stale)  # a file that used to decode and no longer does loses its old vector
@@ -454,7 +268,7 @@ def _commit(db, store, batch: list, vectors: np.ndarray | None, existing: set[st
         else:
             report.new += 1
     report.failed += len(failed)
-    report.failures.extend((r.info.path, r.reason) for r in failed)
+    report.failures.extend((f.info.path, f.reason) for f in failed)
 
 
 def _record(info: FileInfo, now: float, **fields) -> dict:

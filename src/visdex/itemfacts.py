@@ -123,6 +123,6 @@ def duplicates_of(ix, item_id: int, *, threshold: float | None = None, k: int = 
             out.append(DuplicateOf(h.id, other.path, round(float(h.score), 6), "exact"))
             continue
         sig = signature(other.path) if mine is not None else None
-        if sig is not None and pixel_similarity(mine, sig) >= VERIFY_THRESHOLD:
+        if mine is not None and sig is not None and pixel_similarity(mine, sig) >= VERIFY_THRESHOLD:
             out.append(DuplicateOf(h.id, other.path, round(float(h.score), 6), "near"))
     return out

@@ -186,7 +186,7 @@ def _tokens(query: str | Sequence[str]) -> list[str]:
 def _groups(tokens: list[str]) -> list[tuple[int, list[str]]]:
     """Split tokens at ``+`` / ``-`` operators into (sign, words) groups."""
     groups: list[tuple[int, list[str]]] = []
-    sign, words = 1, []
+    sign, words = 1, list[str]()
     for i, tok in enumerate(tokens):
         if tok in ("+", "-"):
             if not words and (groups or i > 0 or tok == "+"):

@@ -71,7 +71,7 @@ def _params(fn: Callable) -> list[_Param] | None:
         if isinstance(info, ArgumentInfo):
             out.append(_Param(name, info, kind, argument=True, many=many))
             continue
-        decls = tuple(info.param_decls) or (f"--{name.replace('_', '-')}",)
+        decls = tuple(info.param_decls or ()) or (f"--{name.replace('_', '-')}",)
         pairs = [d.split("/") for d in decls]
         on, off = tuple(x[0].strip() for x in pairs), tuple(x[1].strip() for x in pairs if len(x) == 2)
         if many or any(len(x) > 2 for x in pairs) or not all(d.startswith("-") for d in on + off):

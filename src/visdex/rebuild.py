@@ -68,7 +68,7 @@ def rebuild_index(ix, model: str, *, progress=None, workers: int | None = None,
 
 
 def _shadow_files(db, emb: Embedder, progress, workers: int, batch_size: int) -> int:
-    from .ingest import _decoded, _Loaded
+    from .stages import Loaded, decoded
 
     rows = db.shadow_todo_files()
     progress.start(len(rows))
@@ -78,7 +78,11 @@ def _shadow_files(db, emb: Embedder, progress, workers: int, batch_size: int) ->
 
     def commit() -> None:
         ok = [(r, px) for r, px, _ in pending if px is not None]
-        vecs = emb.embed_pixels(emb.preprocess.normalize(np.stack([px for _, px in ok]))) if ok else []
+        vecs = (
+            emb.embed_pixels(emb.preprocess.normalize(np.stack([px for _, px in ok])))
+            if ok
+            else np.zeros((0, emb.dim), np.float32)
+        )
         out = [(r.id, v.astype(np.float32).tobytes(), None, r.size, r.mtime, None)
                for (r, _), v in zip(ok, vecs, strict=True)]  # fmt: skip
         out += [(r.id, None, err, r.size, r.mtime, None) for r, px, err in pending if px is None]
@@ -86,8 +90,8 @@ def _shadow_files(db, emb: Embedder, progress, workers: int, batch_size: int) ->
         progress.advance(len(pending))
         pending.clear()
 
-    for row, result in zip(rows, _decoded(infos, emb.preprocess, workers), strict=True):
-        if isinstance(result, _Loaded):
+    for row, result in zip(rows, decoded(infos, emb.preprocess, workers), strict=True):
+        if isinstance(result, Loaded):
             pending.append((row, result.pixels, None))
             done += 1
         else:
@@ -103,7 +107,7 @@ def _shadow_files(db, emb: Embedder, progress, workers: int, batch_size: int) ->
 def _shadow_items(db, emb: Embedder, progress, workers: int, batch_size: int) -> int:
     """A catalog item's vector, as :mod:`visdex.catalog` makes it: the mean of its images' vectors, blended with
     its title's by the text weight it was indexed with (kept at the end of its row hash)."""
-    from .ingest import _decoded, _Loaded
+    from .stages import Loaded, decoded
 
     items = db.shadow_todo_items()
     progress.start(sum(len(it["images"]) for it in items))
@@ -118,8 +122,8 @@ def _shadow_items(db, emb: Embedder, progress, workers: int, batch_size: int) ->
         sums = np.zeros((len(chunk), emb.dim), np.float32)
         counts = np.zeros(len(chunk), np.int64)
         pixels, who = [], []
-        for i, result in zip(owner, _decoded(infos, emb.preprocess, workers), strict=True):
-            if isinstance(result, _Loaded):
+        for i, result in zip(owner, decoded(infos, emb.preprocess, workers), strict=True):
+            if isinstance(result, Loaded):
                 pixels.append(result.pixels)
                 who.append(i)
             progress.advance(1)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from enum import Enum
 
 from .sizing import MILVUS_MIN, Benchmarks, StorePlan, load_benchmarks, plan_store
 
@@ -28,6 +29,10 @@ __all__ = [
     "DOMAINS",
     "MODEL_PROFILES",
     "Constraints",
+    "Domain",
+    "Hardware",
+    "LabelKind",
+    "QueryKind",
     "ModelChoice",
     "ModelProfile",
     "Recommendation",
@@ -35,10 +40,47 @@ __all__ = [
     "recommend",
 ]
 
-QUERY_TYPES = ("text", "visual", "both")
-HARDWARE = ("cpu", "gpu")
-LABEL_KINDS = ("none", "pairs", "classes")
-DOMAINS = ("photos", "products", "faces", "documents", "art", "medical", "satellite", "other")
+
+class QueryKind(str, Enum):
+    """What users search with."""
+
+    text = "text"
+    visual = "visual"
+    both = "both"
+
+
+class Hardware(str, Enum):
+    """Where the model runs."""
+
+    cpu = "cpu"
+    gpu = "gpu"
+
+
+class LabelKind(str, Enum):
+    """Labelled data the user has: none, (image, text) pairs, or images in classes."""
+
+    none = "none"
+    pairs = "pairs"
+    classes = "classes"
+
+
+class Domain(str, Enum):
+    """What the images are."""
+
+    photos = "photos"
+    products = "products"
+    faces = "faces"
+    documents = "documents"
+    art = "art"
+    medical = "medical"
+    satellite = "satellite"
+    other = "other"
+
+
+QUERY_TYPES = tuple(k.value for k in QueryKind)
+HARDWARE = tuple(k.value for k in Hardware)
+LABEL_KINDS = tuple(k.value for k in LabelKind)
+DOMAINS = tuple(k.value for k in Domain)
 
 
 # -- constraints ----------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from .decode import DecodedImage, content_hash, decode_image, read_and_decode
 from .errors import BadImage, MissingDependency
-from .files import FileInfo, _Globs, is_image_name, scan
+from .files import FileInfo, Globs, is_image_name, scan
 
 URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 SHARD_SUFFIXES = (".tar",)
@@ -109,7 +109,7 @@ def scan_roots(roots: Sequence[str], include: Sequence[str] = (), exclude: Seque
             raise FileNotFoundError(f"no such file or directory: {r}")
     if local:
         yield from scan(local, include=include, exclude=exclude)
-    inc, exc = _Globs(include), _Globs(exclude)
+    inc, exc = Globs(include), Globs(exclude)
     for r in roots:
         if is_shard(r):
             items = _scan_shard(r)

@@ -196,7 +196,7 @@ def decoded(
     yield from _pool_decoded(chunks, preprocess, max_pixels, workers, window)
 
 
-def _new_pool(workers: int, preprocess: Preprocess | None, max_pixels: int | None) -> ProcessPoolExecutor:
+def _new_pool(workers: int, preprocess: Preprocess, max_pixels: int | None) -> ProcessPoolExecutor:
     # spawn: the parent may hold torch threads and CUDA state that fork would copy badly
     return ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=init_worker,
                                initargs=(preprocess, max_pixels, True, os.getpid(),

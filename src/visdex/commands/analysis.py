@@ -11,7 +11,9 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from ..cli import IndexOpt, _BarProgress, _open, app, out
+from ..cli import BarProgress as _BarProgress
+from ..cli import IndexOpt, app, out
+from ..cli import open_from_cli as _open
 
 
 @app.command()

@@ -7,6 +7,7 @@ import math
 import time
 from enum import Enum
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
@@ -15,6 +16,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ..cli import app, err, out
+from ..progress import TrainProgress
+
+if TYPE_CHECKING:
+    from rich.progress import TaskID
 
 
 class TuneKind(str, Enum):
@@ -28,7 +33,7 @@ class Tower(str, Enum):
     text = "text"
 
 
-class _RichTrainProgress:
+class _RichTrainProgress(TrainProgress):
     """Rich bars for the phases of a run (feature caching, epochs, evaluations) and one line per epoch."""
 
     MAX_SKIP_LINES = 20
@@ -40,7 +45,7 @@ class _RichTrainProgress:
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
             TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), console=err, disable=quiet,
         )  # fmt: skip
-        self.task = None
+        self.task: TaskID | None = None
         self.t0 = time.perf_counter()
         self.label = ""
 
@@ -168,14 +173,14 @@ def finetune(
         from ..train.pca import fit_pca
 
         try:
-            result = fit_pca(name, data, out_dir, dim=128 if dim is None else dim, sample=sample, seed=seed,
-                             device=device or config.get("device"), progress=bar)  # fmt: skip
+            pca = fit_pca(name, data, out_dir, dim=128 if dim is None else dim, sample=sample, seed=seed,
+                          device=device or config.get("device"), progress=bar)  # fmt: skip
         finally:
             bar.stop()
-        _print_pca(result, as_json)
+        _print_pca(pca, as_json)
         return
-    common = dict(val=val, val_fraction=val_fraction, test=test, epochs=epochs, lr=lr, seed=seed, resume=resume,
-                  device=device or config.get("device"), progress=bar)  # fmt: skip
+    common: dict[str, Any] = dict(val=val, val_fraction=val_fraction, test=test, epochs=epochs, lr=lr, seed=seed,
+                                  resume=resume, device=device or config.get("device"), progress=bar)  # fmt: skip
     try:
         if kind is TuneKind.labelled:
             from ..train.metric import finetune_labelled

@@ -8,7 +8,8 @@ from pathlib import Path
 import typer
 from rich.markup import escape
 
-from ..cli import IndexOpt, _open, app, err, out
+from ..cli import IndexOpt, app, err, out
+from ..cli import open_from_cli as _open
 
 
 @app.command()

@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from ..cli import _BarProgress, app, err, out
+from ..cli import BarProgress, app, err, out
 
 
 class EvalKind(str, Enum):
@@ -74,8 +74,8 @@ def _labelled_table(results) -> Table:
     rows = [[r.metrics.values.get(k, float("nan")) for k in keys] for r in results]
     cells = _add_metric_columns(table, rows, ["R@1", "R@5", "R@10", "mAP@R", "nDCG@10"])
     table.add_column("img/s", justify="right")
-    for r, c in zip(results, cells, strict=True):
-        table.add_row(escape(r.model), str(r.dim), str(r.images), *c, f"{r.images_per_second:.1f}")
+    for r, cell in zip(results, cells, strict=True):
+        table.add_row(escape(r.model), str(r.dim), str(r.images), *cell, f"{r.images_per_second:.1f}")
     return table
 
 
@@ -93,11 +93,11 @@ def _captions_table(results) -> Table:
     ]
     cells = _add_metric_columns(table, rows, [f"{d} R@{k}" for d in ("T→I", "I→T") for k in (1, 5, 10)])
     table.add_column("img/s", justify="right")
-    for r, c in zip(results, cells, strict=True):
+    for r, cell in zip(results, cells, strict=True):
         if isinstance(r, _Unsupported):
-            table.add_row(escape(r.model), "-", "-", "-", *c, "[yellow]unsupported[/]")
+            table.add_row(escape(r.model), "-", "-", "-", *cell, "[yellow]unsupported[/]")
         else:
-            table.add_row(escape(r.model), str(r.dim), str(r.images), str(r.captions), *c,
+            table.add_row(escape(r.model), str(r.dim), str(r.images), str(r.captions), *cell,
                           f"{r.images_per_second:.1f}")  # fmt: skip
     return table
 
@@ -141,7 +141,7 @@ def eval_models(
             results.append(checked[name])
             continue
         embedder = load_embedder(name, device=device or config.get("device"))
-        bar = _BarProgress(quiet or as_json, label=f"{name} ({n + 1}/{len(names)})")
+        bar = BarProgress(quiet or as_json, label=f"{name} ({n + 1}/{len(names)})")
         if any(not isinstance(r, _Unsupported) for r in results):
             bar.MAX_SKIP_LINES = 0  # the same unreadable files: list them once, for the first model
         try:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-from enum import Enum
 from pathlib import Path
 from typing import TextIO
 
@@ -15,13 +14,19 @@ from rich.prompt import Confirm, FloatPrompt, IntPrompt, Prompt
 from rich.table import Table
 
 from ..cli import app, out
-from ..recommend import DOMAINS, Constraints, Recommendation
+from ..recommend import (
+    DOMAINS,
+    HARDWARE,
+    LABEL_KINDS,
+    QUERY_TYPES,
+    Constraints,
+    Domain,
+    Hardware,
+    LabelKind,
+    QueryKind,
+    Recommendation,
+)
 from ..sizing import format_bytes, parse_bytes, parse_count
-
-QueryKind = Enum("QueryKind", {k: k for k in ("text", "visual", "both")}, type=str)
-Hardware = Enum("Hardware", {k: k for k in ("cpu", "gpu")}, type=str)
-LabelKind = Enum("LabelKind", {k: k for k in ("none", "pairs", "classes")}, type=str)
-Domain = Enum("Domain", {k: k for k in DOMAINS}, type=str)
 
 
 def _ask_parsed(console: Console, question: str, default: str, parse, stream: TextIO | None):
@@ -37,21 +42,24 @@ def _ask_parsed(console: Console, question: str, default: str, parse, stream: Te
 def prompt_constraints(console: Console, stream: TextIO | None = None) -> Constraints:
     """Ask for every constraint, with the defaults offered; ``stream`` replaces stdin (tests)."""
     d = Constraints()
-    ask = dict(console=console, stream=stream)
     query = Prompt.ask("Queries by [b]text[/], by example image ([b]visual[/]), or [b]both[/]?",
-                       choices=["text", "visual", "both"], default=d.query, **ask)  # fmt: skip
-    multilingual = query != "visual" and Confirm.ask("Queries in languages other than English?", default=False, **ask)
+                       choices=list(QUERY_TYPES), default=d.query, console=console, stream=stream)  # fmt: skip
+    multilingual = query != "visual" and Confirm.ask(
+        "Queries in languages other than English?", default=False, console=console, stream=stream
+    )
     size = _ask_parsed(console, "How many images (e.g. 50000, 2M, 1e8)?", "100k", parse_count, stream)
-    latency = FloatPrompt.ask("Latency budget per query, in ms?", default=d.latency_ms, **ask)
-    hardware = Prompt.ask("Hardware for queries and indexing?", choices=["cpu", "gpu"], default=d.hardware, **ask)
-    domain = Prompt.ask("What are the images?", choices=list(DOMAINS), default=d.domain, **ask)
+    latency = FloatPrompt.ask("Latency budget per query, in ms?", default=d.latency_ms, console=console, stream=stream)
+    hardware = Prompt.ask("Hardware for queries and indexing?", choices=list(HARDWARE), default=d.hardware,
+                          console=console, stream=stream)  # fmt: skip
+    domain = Prompt.ask("What are the images?", choices=list(DOMAINS), default=d.domain, console=console,
+                        stream=stream)  # fmt: skip
     labels = Prompt.ask("Labelled data: [b]none[/], (image, text) [b]pairs[/], or [b]classes[/]?",
-                        choices=["none", "pairs", "classes"], default=d.labels, **ask)  # fmt: skip
+                        choices=list(LABEL_KINDS), default=d.labels, console=console, stream=stream)  # fmt: skip
     labelled = classes = 0
     if labels != "none":
         labelled = _ask_parsed(console, "How many labelled pairs / images?", "1000", parse_count, stream)
         if labels == "classes":
-            classes = IntPrompt.ask("How many classes?", default=10, **ask)
+            classes = IntPrompt.ask("How many classes?", default=10, console=console, stream=stream)
     memory = _ask_parsed(console, "Memory for the vector index (e.g. 2GB, 512MB; 'none' = no limit)?", "none",
                          lambda s: None if s.strip().lower() in ("none", "") else parse_bytes(s), stream)  # fmt: skip
     return Constraints(query, size, latency, hardware, domain, labels, labelled, classes, memory, multilingual)
@@ -69,7 +77,8 @@ def _section(title: str, body: str) -> None:
 def print_report(rec: Recommendation) -> None:
     """The readable report: each decision, its numbers, and the reasons under it."""
     c, m, t, s, lat = rec.constraints, rec.model, rec.training, rec.store, rec.latency
-    memory = "no memory limit" if c.memory_gb is None else f"{format_bytes(c.memory_bytes)} for the index"
+    limit = c.memory_bytes
+    memory = "no memory limit" if limit is None else f"{format_bytes(limit)} for the index"
     count = f"{c.labelled:,}" if c.labelled else "some"
     if c.labels == "none":
         labels = "no labels"

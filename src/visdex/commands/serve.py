@@ -6,7 +6,8 @@ from pathlib import Path
 
 import typer
 
-from ..cli import IndexOpt, _state, app, err, out
+from ..cli import IndexOpt, app, err, out
+from ..cli import root_options as _state
 from ..server.app import (  # light: the server's heavy imports wait for create_app
     DEFAULT_MAX_UPLOAD_BYTES,
     DEFAULT_MAX_UPLOAD_PIXELS,

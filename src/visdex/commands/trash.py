@@ -13,7 +13,8 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from ..cli import IndexOpt, _open, app, err, out
+from ..cli import IndexOpt, app, err, out
+from ..cli import open_from_cli as _open
 
 trash_app = typer.Typer(help="Files moved by `visdex dupes --trash`: list the batches, undo one.",
                         no_args_is_help=True)  # fmt: skip

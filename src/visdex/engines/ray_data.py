@@ -69,7 +69,9 @@ def _ray():
 def decode_batch(batch: dict[str, np.ndarray], preprocess: Preprocess, max_pixels: int | None) -> dict:
     """Ray task: paths -> model-sized uint8 crops and what the index records of each file. A file that does
     not decode gets ``ok=False`` and its reason (zeros for pixels), exactly as the local pipeline records it."""
-    from ..ingest import _Failed, _init_worker, _load
+    from ..stages import Failed as _Failed
+    from ..stages import init_worker as _init_worker
+    from ..stages import load as _load
 
     _init_worker(preprocess, max_pixels)
     out: dict[str, list] = {k: [] for k in ("i", "ok", "width", "height", "pixels", *TEXT_FIELDS)}
@@ -301,7 +303,8 @@ class _StderrToFile:
 
 
 def _results(b: dict[str, np.ndarray], todo: Sequence[FileInfo]) -> tuple[list, np.ndarray | None]:
-    from ..ingest import _Failed, _Loaded
+    from ..stages import Failed as _Failed
+    from ..stages import Loaded as _Loaded
 
     batch: list = []
     vectors = []

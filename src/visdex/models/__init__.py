@@ -16,10 +16,14 @@ Importing this package is cheap: torch and transformers are imported only when a
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import ModelLoadError, UnknownModel
 from .base import Embedder, Fingerprint, Preprocess
 from .catalog import CATALOG, ModelSpec
+
+if TYPE_CHECKING:
+    from .families.base import Family, ModelRef
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -31,6 +35,7 @@ __all__ = [
     "list_models",
     "load_embedder",
     "resolve_device",
+    "resolve_family",
 ]
 
 DEFAULT_MODEL = "clip-vit-b-32"
@@ -56,6 +61,19 @@ def get_spec(name: str) -> ModelSpec:
         return _BY_NAME[name]
     except KeyError:
         raise UnknownModel(name, list(_BY_NAME)) from None
+
+
+def resolve_family(name: str) -> tuple[Family, ModelRef]:
+    """The family adapter that owns ``name`` (catalog name, prefixed name or local directory) and the reference
+    it loads it by. Reads no weights and imports no torch; :class:`~visdex.errors.UnknownModel` for a name no
+    family takes.
+
+    >>> resolve_family("timm:resnet50.a1_in1k")[0].name  # doctest: +SKIP
+    'timm'
+    """
+    from .families import resolve
+
+    return resolve(name, list(_BY_NAME))
 
 
 def resolve_device(device: str = "auto") -> str:
@@ -113,8 +131,6 @@ def load_embedder(
 
         if is_head_dir(path):  # written by `visdex finetune labelled`: a base model plus a learnt head
             return load_head(path, device=resolve_device(device), batch_size=batch_size)
-    from .families import resolve
-
     # The family adapter owns loading; resolving reads no weights, so a bad name fails before torch is imported.
-    adapter, ref = resolve(name, list(_BY_NAME))
+    adapter, ref = resolve_family(name)
     return adapter.load(ref, device=resolve_device(device), batch_size=batch_size)

@@ -33,11 +33,15 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..errors import MissingDependency, ModelLoadError, UnknownModel
+from ..errors import MissingDependency, ModelLoadError, UnknownModel, UnsupportedModality
 from .base import Embedder, Fingerprint, Preprocess, l2_normalize
+
+if TYPE_CHECKING:
+    from concurrent.futures import ThreadPoolExecutor
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +125,7 @@ class FastTokenizer:
         return {k: np.asarray(arrays[k], np.int64) for k in self.settings["inputs"]}
 
 
-class _HFTokenizer:
+class HFTokenizer:
     """Fallback when ``tokenizers`` alone tokenises differently: the saved transformers tokenizer."""
 
     def __init__(self, folder: Path, settings: dict):
@@ -188,7 +192,7 @@ class OnnxEmbedder(Embedder):
             image_so = ort.SessionOptions()
             image_so.log_severity_level, image_so.intra_op_num_threads = 3, 1
             image_so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self._pool = None  # the lanes' threads, made on the first batch that needs them
+        self._pool: ThreadPoolExecutor | None = None  # the lanes' threads, made on the first batch that needs them
         self._sessions = {}
         for tower, info in manifest["towers"].items():
             if towers is not None and tower not in towers:  # a text query needs the text tower alone
@@ -197,13 +201,13 @@ class OnnxEmbedder(Embedder):
             self._sessions[tower] = ort.InferenceSession(str(path), text_so if tower == "text" else image_so,
                                                          providers=["CPUExecutionProvider"])  # fmt: skip
         self._classes = np.load(self.folder / "classes.npy") if (self.folder / "classes.npy").is_file() else None
-        self.tokenizer = None
+        self.tokenizer: FastTokenizer | HFTokenizer | None = None
         if "text" in self._sessions:
             settings = manifest["tokenizer"]
             if settings.get("backend") == "tokenizers":
                 self.tokenizer = FastTokenizer(self.folder / "tokenizer.json", settings)
             else:
-                self.tokenizer = _HFTokenizer(self.folder / "tokenizer", settings)
+                self.tokenizer = HFTokenizer(self.folder / "tokenizer", settings)
 
     @property
     def quality(self) -> dict:
@@ -241,15 +245,20 @@ class OnnxEmbedder(Embedder):
 
             self._pool = ThreadPoolExecutor(self._lanes, thread_name_prefix="visdex-onnx-lane")
         parts = np.array_split(batch, lanes)
-        return np.concatenate(list(self._pool.map(lambda part: self._run("image", {name: part}), parts)))
+        pool = self._pool
+        return np.concatenate(list(pool.map(lambda part: self._run("image", {name: part}), parts)))
 
     def _conse(self, probs: np.ndarray) -> np.ndarray:
-        m = self.manifest
-        return conse(probs, self._classes, int(m.get("conse_top_k", 10)), float(m.get("conse_temperature", 1.0)))
+        m, classes = self.manifest, self._classes
+        if classes is None:
+            raise ModelLoadError(f"{self.name}: the ONNX export has no classes.npy for ConSE")
+        return conse(probs, classes, int(m.get("conse_top_k", 10)), float(m.get("conse_temperature", 1.0)))
 
     def _embed_texts(self, texts: list[str]) -> np.ndarray:
-        step = _TEXT_BATCH
-        outs = [self._run("text", self.tokenizer(texts[i : i + step])) for i in range(0, len(texts), step)]
+        step, tokenizer = _TEXT_BATCH, self.tokenizer
+        if tokenizer is None:
+            raise UnsupportedModality(f"{self.name}: the ONNX export has no text tower")
+        outs = [self._run("text", tokenizer(texts[i : i + step])) for i in range(0, len(texts), step)]
         return np.concatenate(outs).astype(np.float32)
 
     def fingerprint(self) -> Fingerprint:
@@ -313,10 +322,9 @@ def model_identity(base_name: str) -> dict:
 
     ``revision`` is ``"unknown"`` for a hub model not downloaded yet. The model's family adapter decides.
     """
-    from . import _BY_NAME
-    from .families import resolve
+    from . import resolve_family
 
-    adapter, ref = resolve(base_name, list(_BY_NAME))
+    adapter, ref = resolve_family(base_name)
     return adapter.identity(ref)
 
 
@@ -329,7 +337,8 @@ def export_folder(identity: dict) -> Path:
     return cache_dir() / "onnx" / key[:20]
 
 
-def _read_manifest(folder: Path, identity: dict) -> dict | None:
+def read_manifest(folder: Path, identity: dict) -> dict | None:
+    """The manifest of the export in ``folder`` when it was made from ``identity``; None if absent or stale."""
     try:
         manifest = json.loads((folder / "manifest.json").read_text())
     except (OSError, ValueError):
@@ -356,7 +365,7 @@ def load_onnx(base_name: str, backend: str = "onnx-int8", device: str = "auto", 
         emb = load_embedder(base_name, device="cpu")
         identity = model_identity(base_name)
     folder = export_folder(identity)
-    manifest = _read_manifest(folder, identity)
+    manifest = read_manifest(folder, identity)
     if manifest is None:
         _require_export_tools()
         from .onnx_export import export_onnx
@@ -386,7 +395,7 @@ def load_reference_onnx(base_name: str, emb: Embedder | None = None, *, export: 
         return None
     found = None
     for ident in (identity, {**identity, **FP32_VARIANT}):
-        manifest = _read_manifest(export_folder(ident), ident)
+        manifest = read_manifest(export_folder(ident), ident)
         if manifest is not None and "image" in manifest.get("towers", {}):
             found = (export_folder(ident), manifest)
             break

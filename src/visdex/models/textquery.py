@@ -80,10 +80,10 @@ def _candidates(model_name: str) -> list[tuple[Path, dict, str]]:
 def _text_exports(model_name: str):
     """(folder, manifest, backend) of each cached export whose text tower could answer ``model_name``'s queries,
     best first (reads manifests, loads nothing)."""
-    from .onnx import _read_manifest
+    from .onnx import read_manifest
 
     for folder, identity, backend in _candidates(model_name):
-        manifest = _read_manifest(folder, identity)
+        manifest = read_manifest(folder, identity)
         if manifest is not None and backend in manifest.get("towers", {}).get("text", {}).get("files", {}):
             yield folder, manifest, backend
 
@@ -169,12 +169,12 @@ class QueryTextEmbedder(OnnxEmbedder):
 
 
 def _tokenizer(folder: Path, manifest: dict):
-    from .onnx import FastTokenizer, _HFTokenizer
+    from .onnx import FastTokenizer, HFTokenizer
 
     settings = manifest["tokenizer"]
     if settings.get("backend") == "tokenizers":
         return FastTokenizer(folder / "tokenizer.json", settings)
-    return _HFTokenizer(folder / "tokenizer", settings)
+    return HFTokenizer(folder / "tokenizer", settings)
 
 
 #: The query-ready copies of an export's text graphs: ``<export>/query/<graph stem>-ort<version>/``.
@@ -268,7 +268,7 @@ def export_text_tower(model_name: str, emb: Embedder | None = None) -> Path | No
         return None  # an onnx: model's own export (made when it was loaded) has its text tower already
     if emb is not None and not emb.supports_text:
         return None
-    from .onnx import OnnxEmbedder, _read_manifest, export_folder, model_identity
+    from .onnx import OnnxEmbedder, export_folder, model_identity, read_manifest
     from .onnx_export import export_onnx
 
     identity = {**model_identity(base), **TEXT_ONLY}
@@ -289,7 +289,7 @@ def export_text_tower(model_name: str, emb: Embedder | None = None) -> Path | No
 
         emb = load_embedder(base, device="cpu")  # the export traces on the CPU
     export_onnx(base, folder, identity, emb=emb, text_only=True)
-    if _read_manifest(folder, identity) is None:
+    if read_manifest(folder, identity) is None:
         return None
     prepare_query_graph(model_name)
     return folder

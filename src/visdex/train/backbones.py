@@ -14,10 +14,15 @@ estimate them badly, and the base model's statistics are what the cached prefix 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from ..models.families import Stage
 from .common import TrainSetupError
+
+if TYPE_CHECKING:
+    from torch import nn
 
 __all__ = ["Backbone", "Stage"]
 
@@ -28,20 +33,20 @@ class Backbone:
     def __init__(self, emb, train_blocks: int):
         self.emb = emb
         self.train_blocks = int(train_blocks)
-        self.module = None
+        self.module: nn.Module | None = None  # the network, when some of it trains
         self.stages: list[Stage] = []
         if self.train_blocks > 0:
-            self._build()
+            module = self._build()
             if self.train_blocks > len(self.stages):
                 raise TrainSetupError(f"--train-blocks {self.train_blocks}: {emb.name} has {len(self.stages)} "
                                       "trainable blocks")  # fmt: skip
-            for p in self.module.parameters():
+            for p in module.parameters():
                 p.requires_grad_(False)
             for p in self.trainable_parameters():
                 p.requires_grad_(True)
 
     # -- what the families look like -----------------------------------------------------------
-    def _build(self) -> None:
+    def _build(self) -> nn.Module:
         from ..models.families import adapter_for
 
         adapter = adapter_for(self.emb)
@@ -52,7 +57,8 @@ class Backbone:
                 f"families); {self.emb.name!r} is not one: train only the projection head (--train-blocks 0)"
             )
         self.module, self.stages, self._stem, self._pool = cut.module, cut.stages, cut.stem, cut.pool
-        self.module.eval()
+        cut.module.eval()
+        return cut.module
 
     @property
     def cut(self) -> int:
@@ -91,13 +97,13 @@ class Backbone:
         return any(name.startswith(p) for s in self.stages[self.cut :] for p in s.names)
 
     def trainable_parameters(self) -> list:
-        if self.train_blocks == 0:
+        if self.module is None:  # head only (train_blocks 0)
             return []
         return [p for n, p in self.module.named_parameters() if self._owned(n)]
 
     def trained_tensors(self) -> dict:
         """The trained stages' parameters by state-dict name (what a head file stores as ``backbone.<name>``)."""
-        if self.train_blocks == 0:
+        if self.module is None:  # head only (train_blocks 0)
             return {}
         return {n: p.detach().cpu().clone().contiguous() for n, p in self.module.named_parameters() if self._owned(n)}
 

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BadDataset, VisdexError
+from ..progress import TrainProgress
 
 TRAIN_DIR = "training"
 STATE_FILE = "state.pt"
@@ -45,25 +46,6 @@ class TrainSetupError(VisdexError):
 
 
 # -- progress ------------------------------------------------------------------------------------
-class TrainProgress:
-    """What a training run reports; the default reports nothing. The CLI draws bars from it.
-
-    ``phase`` opens a unit of work of ``total`` steps (feature caching, an epoch, an evaluation),
-    ``advance`` moves it, ``epoch_done`` summarises an epoch, ``failed`` names a skipped image.
-    ``start`` is the same as a phase without a new label (so evaluation code can report into it).
-    """
-
-    def phase(self, label: str, total: int) -> None: ...
-
-    def start(self, total: int) -> None: ...
-
-    def advance(self, n: int = 1) -> None: ...
-
-    def failed(self, path: str, reason: str) -> None: ...
-
-    def epoch_done(self, epoch: int, epochs: int, loss: float, score: float, best: bool) -> None: ...
-
-
 class Phase:
     """A :class:`TrainProgress` seen as evaluate.py's embedding progress, under a fixed label."""
 

@@ -48,7 +48,7 @@ from .common import (
     set_lr,
     split_by_group,
 )
-from .features import _decode
+from .features import decode_for_training
 
 TOWERS = ("image", "text")
 SCORE = "mean_recall"
@@ -145,7 +145,7 @@ class _Images:
 
     def load(self, paths: Sequence[str]) -> tuple[np.ndarray, list[int]]:
         """(n, 3, H, W) model-ready pixels of the readable ``paths`` and their positions."""
-        decoded = list(self.pool.map(lambda p: self.bad.get(p) or _decode(p, self.pre.draft_side), paths))
+        decoded = list(self.pool.map(lambda p: self.bad.get(p) or decode_for_training(p, self.pre.draft_side), paths))
         ok = []
         for i, (path, img) in enumerate(zip(paths, decoded, strict=True)):
             if isinstance(img, str):

@@ -59,7 +59,8 @@ class CachedFeatures:
         return self.features[v * self.n : (v + 1) * self.n]
 
 
-def _decode(path: str, draft: int) -> Image.Image | str:
+def decode_for_training(path: str, draft: int) -> Image.Image | str:
+    """A training image decoded at least ``draft`` px on its short side, or the reason it could not be."""
     try:
         return decode_image(path, max_pixels=config.get("max_pixels"), draft_size=draft).image
     except VisdexError as exc:
@@ -112,7 +113,7 @@ def cached_features(
         for start in range(0, n, batch_size):
             idx = list(range(start, min(n, start + batch_size)))
             images = []
-            for i, img in zip(idx, pool.map(lambda i: _decode(paths[i], draft), idx), strict=True):
+            for i, img in zip(idx, pool.map(lambda i: decode_for_training(paths[i], draft), idx), strict=True):
                 if isinstance(img, str):
                     failures.append((paths[i], img))
                     progress.failed(paths[i], img)

@@ -221,7 +221,7 @@ def finetune_labelled(
     else:
         trainer.history.append({"epoch": 0, "loss": None, "val": _score(trainer.net, val_f, val_labels)})
     start = trainer.epoch + 1
-    head_info = {"base": _loadable(model), "base_revision": emb.fingerprint().revision, "in_dim": int(emb.dim)}
+    head_info = {"base": loadable_name(model), "base_revision": emb.fingerprint().revision, "in_dim": int(emb.dim)}
     for epoch in range(start, epochs + 1):
         epoch_timer = Timer()
         mean_loss = trainer.train_epoch(epoch, epochs, batch_size, progress)
@@ -319,7 +319,7 @@ def _score(net: _Model, feats: CachedFeatures, labels: list[str]) -> dict:
     return metrics_from_labels(net.embed(feats.view(0)), labels).to_dict()
 
 
-def _loadable(model: str) -> str:
+def loadable_name(model: str) -> str:
     """The base as the head file names it: catalog and hf: names as they are, local folders absolute."""
     p = Path(model).expanduser()
     return str(p.resolve()) if not model.startswith("hf:") and p.is_dir() else model

@@ -116,7 +116,7 @@ def fit_pca(
     from ..evaluate import embed_image_files
     from ..models import load_embedder
     from ..models.head import PROJ_BIAS_KEY, PROJ_KEY
-    from .metric import _loadable
+    from .metric import loadable_name
 
     t0 = time.perf_counter()
     progress = progress or TrainProgress()
@@ -155,7 +155,7 @@ def fit_pca(
     recall = neighbour_recall(vectors, reduced, np.sort(held))
     tensors = {PROJ_KEY: torch.from_numpy(w).contiguous(), PROJ_BIAS_KEY: torch.from_numpy(bias).contiguous()}
     write_head_dir(out, tensors, {
-        "base": _loadable(model), "base_revision": emb.fingerprint().revision,
+        "base": loadable_name(model), "base_revision": emb.fingerprint().revision,
         "in_dim": int(emb.dim), "dim": dim, "backbone_tensors": 0, "text": emb.supports_text,
         "training": {"kind": "pca", "fitted_on": len(fit), "seed": seed, "source": str(data),
                      "variance_kept": round(kept, 4), "neighbour_recall_at_10": round(recall, 4)},
