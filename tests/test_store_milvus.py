@@ -584,3 +584,16 @@ def built_local(tmp_path, folder, tiny_clip):
     with open_index(tmp_path / "src-ix", model=str(tiny_clip)) as ix:
         ix.add([folder])
     return tmp_path / "src-ix"
+
+
+def test_cli_takes_milvus_index_kinds_for_a_milvus_index(capsys, tmp_path, folder, lite):
+    """`--ann ivf-sq8` / `diskann` (Milvus' own kinds) for an index in Milvus; the embedded store refuses them."""
+    ix = tmp_path / "ix"
+    code, _, err = run_cli(capsys, "index", folder, "--index", ix, "--model", "lite0-minilm", "--store", lite, "--ann",
+                           "ivf-sq8", "-q")  # fmt: skip
+    assert code == 0, err
+    code, out, _ = run_cli(capsys, "status", "--index", ix, "--json")
+    st = json.loads(out)["store"]
+    assert st["index"] == "IVF_SQ8" and st["index_params"] == {"nlist": 16}  # sized for the 8 photos
+    code, _, err = run_cli(capsys, "index", folder, "--index", tmp_path / "local", "--ann", "diskann", "-q")
+    assert code == 2 and "unknown --ann 'diskann'" in err

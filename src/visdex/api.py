@@ -119,7 +119,10 @@ class Index:
         self.one_shot = False
         self._store: VectorStore | None = None
         if ann is not None and ann not in ANN_KINDS:
-            raise BadQuery(f"unknown --ann {ann!r}: one of {', '.join(ANN_KINDS)}")
+            from .store.milvus import MILVUS_ANN  # an index in Milvus takes its kinds too (ivf-sq8, diskann)
+
+            if not (str(self.db.get_meta("store") or "").startswith("milvus") and ann in MILVUS_ANN):
+                raise BadQuery(f"unknown --ann {ann!r}: one of {', '.join(ANN_KINDS)}")
         self._ann = ann
         fp = self.db.fingerprint
         if fp is not None and model is not None and model_source(model) != fp.source:
