@@ -341,8 +341,8 @@ def original(request: Request, item_id: int) -> Response:
         headers = {"ETag": f'"{src.key}"', "Cache-Control": CACHE_CONTROL, "X-Content-Type-Options": "nosniff"}
         if queries.not_modified(request.headers.get("if-none-match"), headers["ETag"]):
             return Response(status_code=304, headers=headers)
-        media = queries.media_type(Path(src.path)) or "application/octet-stream"
-        return Response(thumbs.remote_bytes(src), media_type=media, headers=headers)
+        remote_media = queries.media_type(Path(src.path)) or "application/octet-stream"
+        return Response(thumbs.remote_bytes(src), media_type=remote_media, headers=headers)
     path = thumbs.existing_file(src)
     media = queries.media_type(path)
     if media is None:
