@@ -72,7 +72,8 @@ SQL_CALLS = {"execute", "executemany", "executescript"}
 SQL_START = re.compile(
     r"\s*(SELECT\s.*\bFROM\b|SELECT\s+(\d|COUNT|1\b)|INSERT\s+(OR\s+\w+\s+)?INTO\b|UPDATE\s+\w+\s+SET\b"
     r"|DELETE\s+FROM\b|CREATE\s+(TABLE|INDEX|UNIQUE|TRIGGER|VIEW|TEMP|VIRTUAL)\b|PRAGMA\s+\w+|REPLACE\s+INTO\b"
-    r"|VACUUM\b|DROP\s+(TABLE|INDEX|TRIGGER|VIEW)\b|BEGIN(\s+IMMEDIATE|\s+EXCLUSIVE)?\s*$|COMMIT\s*$|ROLLBACK\s*$)",
+    r"|VACUUM\b|DROP\s+(TABLE|INDEX|TRIGGER|VIEW)\b|ALTER\s+TABLE\b|WITH\s+(RECURSIVE\s+)?\w+(\s*\([^)]*\))?\s+AS\s*\(\s*SELECT\b"
+    r"|BEGIN(\s+IMMEDIATE|\s+EXCLUSIVE)?\s*$|COMMIT\s*$|ROLLBACK\s*$)",
     re.I | re.S,
 )
 
@@ -364,6 +365,8 @@ def _run(check: Callable[..., Iterator[tuple[int, str]]], code: str, *extra) -> 
         "q = 'CREATE TABLE t (a)'",
         "q = 'PRAGMA user_version'",
         "q = 'REPLACE INTO t VALUES (1)'",
+        "q = 'WITH best AS (SELECT 1) SELECT * FROM best'",
+        "q = 'ALTER TABLE files ADD COLUMN x'",
     ],
 )
 def test_sql_checker_finds(code):
@@ -377,6 +380,7 @@ def test_sql_checker_finds(code):
         "msg = 'Delete the index folder to start again'",
         "msg = 'Create one with: visdex index PATH'",
         "msg = 'select a model first'",
+        "msg = 'with care as (the docs say) it goes'",
         "cond = 'lower(files.format) = lower(?)'",
         "pool.submit(fn)",
     ],
