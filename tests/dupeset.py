@@ -146,3 +146,57 @@ def source_of(path: str) -> str:
 def scene_of(path: str) -> str:
     """The scene a file shows (similar shots share it; so do copies)."""
     return source_of(path).split("~")[0]
+
+
+# -- which copy is the original: the keeper ------------------------------------------------------------------------
+_DAY = 86400.0
+_T0 = 1.6e9  # 2020-09-13: file times are set relative to it
+
+
+def build_keeper_set(d: Path) -> dict[str, Path]:
+    """Three scenes whose original is not the file an older rule ("largest first, then oldest") would keep; a name
+    -> path map, the originals named ``original``. Copies carry no EXIF, as editors and messengers often strip it.
+
+    - ``coffee``: the original (EXIF date and camera, the oldest) and its edits: a caption bar (more pixels than the
+      original, no more detail), a screenshot of it, half size, re-saved at quality 40, colour changed.
+    - ``rocket``: the original stored twice unchanged (``a/`` and a backup folder, the same bytes, both newer) and a
+      colour edit of the same size with an older file time.
+    - ``chelsea``: the original with a camera name in EXIF (no date), newer than a re-save at quality 40 without EXIF.
+    """
+    import os
+    import shutil
+
+    d.mkdir(parents=True, exist_ok=True)
+    photos = real_photos()
+    out: dict[str, Path] = {}
+
+    def put(key: str, path: Path, days: float) -> None:
+        os.utime(path, (_T0 + days * _DAY, _T0 + days * _DAY))
+        out[key] = path
+
+    coffee = photos["coffee"]
+    put("coffee/original", write_photo(d, "coffee", coffee, exif_datetime="2019-05-01T10:00:00", make="Canon",
+                                       model="EOS 80D"), 0)  # fmt: skip
+    img = Image.fromarray(coffee)
+    put("coffee/caption", write_photo(d, "shared-coffee-caption", np.asarray(_caption(img))), 30)
+    put("coffee/screenshot", write_photo(d, "Screenshot 2020-10-01", np.asarray(_screenshot(img)), quality=75), 31)
+    half = np.asarray(img.resize((img.width // 2, img.height // 2)))
+    put("coffee/resized", write_photo(d, "coffee-small", half), 32)
+    put("coffee/q40", write_photo(d, "coffee-q40", coffee, quality=40), 33)
+    colour = np.asarray(ImageEnhance.Color(ImageEnhance.Brightness(img).enhance(1.15)).enhance(0.85))
+    put("coffee/color", write_photo(d, "coffee-edit", colour), 34)
+
+    rocket = photos["rocket"]
+    (d / "a").mkdir(exist_ok=True)
+    (d / "backup" / "2021").mkdir(parents=True, exist_ok=True)
+    put("rocket/original", write_photo(d / "a", "rocket", rocket), 400)
+    twin = d / "backup" / "2021" / "rocket.jpg"
+    shutil.copyfile(out["rocket/original"], twin)
+    put("rocket/twin", twin, 401)
+    r = Image.fromarray(rocket)
+    put("rocket/color", write_photo(d, "rocket-warm", np.asarray(ImageEnhance.Color(r).enhance(1.3))), 10)
+
+    cat = photos["chelsea"]
+    put("chelsea/original", write_photo(d, "chelsea", cat, make="Nikon", model="D750"), 500)
+    put("chelsea/q40", write_photo(d, "chelsea-q40", cat, quality=40), 20)
+    return out

@@ -14,7 +14,7 @@ import pytest
 
 from dupeset import build, scene_of, source_of
 from visdex import open_index
-from visdex.dupes import CANDIDATE_EF, NEIGHBOURS, SIMILAR_SHOT, _candidate_pairs, default_threshold, find_duplicates
+from visdex.dupes import CANDIDATE_EF, NEIGHBOURS, SIMILAR_SHOT, candidate_pairs, default_threshold, find_duplicates
 from visdex.store.db import IndexDB
 from visdex.store.hnsw import hnswlib_installed
 from visdex.store.local import LocalVectorStore
@@ -111,6 +111,8 @@ def test_copies_and_similar_shots_full_set(tmp_path, model):
     _check_kinds(groups)
     assert precision >= 0.95 and recall >= 0.95, (precision, recall)
     assert all(len({source_of(m.path) for m in g.members}) == 1 for g in groups if g.kind != SIMILAR_SHOT)
+    # the keeper is the unedited original, even where a caption bar or a screenshot frame has more pixels
+    assert all("__" not in g.keeper.path.rsplit("/", 1)[-1] for g in groups if g.kind != SIMILAR_SHOT)
 
 
 def test_same_decoded_pixels_are_exact(tmp_path):
@@ -158,13 +160,37 @@ def test_cli_shows_similar_shots_apart(capsys, tmp_path):
     assert code == 0 and "similar shots" in out and "1 groups; 1 files could go; 1 groups of similar shots" in out
 
 
-def test_keeper_is_largest_then_oldest(tmp_path, dupe_dir):
+def test_keeper_is_the_original_of_each_edited_set(tmp_path, dupe_dir):
     with open_index(tmp_path / "ix", model="effnet-lite0") as ix:
         ix.add([dupe_dir])
-        for g in find_duplicates(ix):
-            k = g.keeper
-            assert all((k.width or 0) * (k.height or 0) >= (m.width or 0) * (m.height or 0) for m in g.members)
-            assert g.members[0].id == g.keeper_id
+        groups = [g for g in find_duplicates(ix) if g.kind != SIMILAR_SHOT]
+    assert groups
+    for g in groups:  # the file without an edit in its name; a crop has fewer pixels but the same resolution
+        assert "__" not in g.keeper.path.rsplit("/", 1)[-1], [m.path for m in g.members]
+        assert g.members[0].id == g.keeper_id
+
+
+def test_keeper_prefers_resolution_then_unchanged_copies_then_exif_then_age(tmp_path):
+    """Real photos: a caption bar or a screenshot's frame adds pixels, not detail; the original stored twice beats
+    an older edit; EXIF beats an older re-save without it (tests/dupeset.py build_keeper_set)."""
+    from dupeset import build_keeper_set
+
+    files = build_keeper_set(tmp_path / "photos")
+    with open_index(tmp_path / "ix", model="effnet-lite0") as ix:
+        ix.add([tmp_path / "photos"])
+        groups = [g for g in find_duplicates(ix) if g.kind != SIMILAR_SHOT]
+    by_scene = {}
+    for g in groups:
+        scene = next(k.split("/")[0] for k, p in files.items() if str(p.resolve()) == g.keeper.path)
+        by_scene[scene] = g
+    for scene in ("coffee", "rocket", "chelsea"):
+        g = by_scene[scene]
+        want = {str(p.resolve()) for k, p in files.items() if k.startswith(scene + "/")}
+        assert {m.path for m in g.members} == want, scene  # every copy found, nothing else
+        assert g.keeper.path == str(files[f"{scene}/original"].resolve()), (scene, g.keeper.path)
+        assert all(m.removable == (m.id != g.keeper_id) for m in g.members)
+    twin = next(m for m in by_scene["rocket"].members if m.path == str(files["rocket/twin"].resolve()))
+    assert twin.kind == "exact" and by_scene["chelsea"].keeper.camera
 
 
 def test_exact_duplicates_and_cli(capsys, tmp_path, folder, tiny_clip):
@@ -217,11 +243,11 @@ def test_candidate_pass_finds_planted_copies_with_a_small_ef(tmp_path, engine):
     store = _SpyStore(IndexDB(tmp_path / "ix"), 48, ann="hnsw")
     store.hnsw_engine = engine
     store.upsert(np.arange(len(vecs)), vecs)
-    pairs = _candidate_pairs(SimpleNamespace(store=store), 0.9)
+    pairs = candidate_pairs(SimpleNamespace(store=store), 0.9)
     assert planted <= {(a, b) for a, b, _ in pairs}
     assert set(store.seen_ef) == {CANDIDATE_EF} and store.ef_search is None  # the pass's ef, then the default
     store.ef_search = 300  # a caller's own setting is kept
-    _candidate_pairs(SimpleNamespace(store=store), 0.9)
+    candidate_pairs(SimpleNamespace(store=store), 0.9)
     assert store.seen_ef[-1] == 300 and store.ef_search == 300
 
 
@@ -230,7 +256,7 @@ def test_candidate_pairs_are_each_knn_pair_once_with_its_exact_cosine(tmp_path):
     store = LocalVectorStore(IndexDB(tmp_path / "ix"), 16, ann="flat")
     ids = np.arange(1500) * 7 + 3  # ids that are not row numbers
     store.upsert(ids, vecs)
-    got = _candidate_pairs(SimpleNamespace(store=store), 0.8)
+    got = candidate_pairs(SimpleNamespace(store=store), 0.8)
     sims = vecs @ vecs.T
     np.fill_diagonal(sims, -np.inf)
     want = {}

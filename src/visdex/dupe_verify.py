@@ -61,6 +61,7 @@ class Evidence:
     share: float = 0.0  # inliers / matches
     cover: float = 0.0  # the larger of: share of A inside B, share of B inside A (after the transform)
     tiles: float = 0.0  # share of textured tiles that agree after alignment
+    scale: float = 0.0  # of the fitted transform, B's pixels per pixel of A at SIDE (0: no fit)
 
     def to_dict(self) -> dict:
         return {k: round(float(v), 4) for k, v in self.__dict__.items()}
@@ -74,9 +75,21 @@ def features(image) -> Features:
     s = SIDE / max(img.size)
     img = img.resize((max(1, round(img.width * s)), max(1, round(img.height * s))))
     grey = np.asarray(img)
-    kp, des = cv2.ORB_create(nfeatures=N_FEATURES, fastThreshold=10).detectAndCompute(grey, None)
+    kp, des = cv2.ORB.create(nfeatures=N_FEATURES, fastThreshold=10).detectAndCompute(grey, None)
     blurred = cv2.GaussianBlur(grey.astype(np.float32), (0, 0), 1.5)
-    return Features(blurred, np.float32([k.pt for k in kp]).reshape(-1, 2), des, _content(blurred))
+    points = np.asarray([k.pt for k in kp], dtype=np.float32).reshape(-1, 2)
+    return Features(blurred, points, des, _content(blurred))
+
+
+SAME_VIEW_DIFF = 1.0  # mean absolute difference (grey levels) under which two small views may be the same pixels
+
+
+def same_view(a: Features, b: Features) -> bool:
+    """Whether the small blurred views are (nearly) identical: the cheap test before a full decode checks for the
+    same pixels (two decodes of the same pixels differ only by resampling)."""
+    if a.blurred.shape != b.blurred.shape:
+        return False
+    return float(np.abs(a.blurred - b.blurred).mean()) < SAME_VIEW_DIFF
 
 
 def _content(x: np.ndarray) -> tuple[int, int, int, int]:
@@ -97,7 +110,7 @@ def _content(x: np.ndarray) -> tuple[int, int, int, int]:
 
 
 def _rect(x0: float, y0: float, x1: float, y1: float) -> np.ndarray:
-    return np.float32([[x0, y0], [x1, y0], [x1, y1], [x0, y1]])
+    return np.asarray([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], dtype=np.float32)
 
 
 def compare(a: Features, b: Features) -> Evidence:
@@ -119,6 +132,7 @@ def compare(a: Features, b: Features) -> Evidence:
     if M is None:
         return ev
     ev.inliers = int(inl.sum())
+    ev.scale = float(np.sqrt(abs(np.linalg.det(M[:, :2]))))
     ev.share = ev.inliers / len(good)
     # coverage between the contents (a screenshot's border would let a neighbouring burst frame fit inside it)
     corners = cv2.transform(_rect(*a.content)[None], M)[0]

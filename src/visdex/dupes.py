@@ -19,8 +19,13 @@ Two stages, so that copies are found and look-alikes are not:
 
 Groups: exact duplicates (same content hash, or the same decoded pixels) are joined by copy edges, strongest first,
 never across a pair shown to be two captures; only their members are offered for removal. Similar shots link those
-groups' keepers (and single images) into separate ``"similar shot"`` groups for a person to review. The keeper of
-a group is the largest image (pixels), then the oldest (EXIF date, then file mtime), then the shortest path.
+groups' keepers (and single images) into separate ``"similar shot"`` groups for a person to review.
+
+The **keeper** of a group is the file most likely to be the original (:func:`keeper_rank`): the one with the most
+pixels of the shared picture (its resolution, from the verified transforms: a caption bar or a screenshot's frame
+adds pixels but no detail; within 3%), then one stored more than once unchanged (an exact duplicate in the group),
+then one with EXIF (date taken or camera: editors and messengers often strip it), then the oldest file (mtime), then
+the shorter path.
 
 >>> groups = find_duplicates(ix)                                  # doctest: +SKIP
 >>> [(g.kind, len(g.members)) for g in groups]                    # doctest: +SKIP
@@ -30,13 +35,14 @@ a group is the largest image (pixels), then the oldest (EXIF date, then file mti
 from __future__ import annotations
 
 import fnmatch
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
 from .errors import BadQuery
+from .store.dupes_sql import same_hash_groups
 
 # Candidate thresholds (cosine) per model, set for recall ~1 on the test set in tests/test_dupes.py;
 # precision comes from the pixel verification. Names are fnmatch patterns, first match wins.
@@ -68,6 +74,7 @@ class DupeMember:
     size: int
     taken_at: str | None
     mtime: float
+    camera: str | None = None
     score: float = 1.0  # cosine to the keeper
     # how it relates to the group's keeper: "exact" (same bytes or pixels), "copy" (the same capture, edited) or
     # "similar shot" (another capture of the scene); the keeper has its group's kind
@@ -90,7 +97,9 @@ class DupeGroup:
 
 
 @dataclass
-class _UnionFind:
+class UnionFind:
+    """Disjoint sets of ids: exact duplicates, then duplicate groups."""
+
     parent: dict[int, int] = field(default_factory=dict)
 
     def find(self, x: int) -> int:
@@ -157,18 +166,20 @@ def pixel_similarity(a: np.ndarray, b: np.ndarray) -> float:
     return best
 
 
-def _candidate_pairs(ix, threshold: float, progress=None, device: str | None = None) -> list[tuple[int, int, float]]:
+def candidate_pairs(ix, threshold: float, progress=None, device: str | None = None) -> list[tuple[int, int, float]]:
     """(a, b, cosine) with a < b for every k-NN pair at or above ``threshold``. ``device`` (e.g. ``"cuda"``):
     exact k-NN by matrix products on that torch device (:mod:`visdex.gpu_dupes`) instead of the store's search."""
     if device is not None:
-        from .gpu_dupes import candidate_pairs
+        from .gpu_dupes import candidate_pairs as on_device
 
-        return candidate_pairs(ix.store, threshold, NEIGHBOURS, device=device, progress=progress)
+        return on_device(ix.store, threshold, NEIGHBOURS, device=device, progress=progress)
     store = ix.store
     ids = store.ids()
     if progress is not None:
         progress.start(len(ids))
-    lo, hi, sim = [], [], []
+    los: list[np.ndarray] = []
+    his: list[np.ndarray] = []
+    sims: list[np.ndarray] = []
     with _candidate_effort(store):
         for start in range(0, len(ids), BATCH):
             chunk = ids[start : start + BATCH]
@@ -176,19 +187,22 @@ def _candidate_pairs(ix, threshold: float, progress=None, device: str | None = N
             a, b, s = np.repeat(chunk, nbrs.shape[1]), nbrs.ravel(), scores.ravel()
             keep = (b >= 0) & (b != a) & (s >= threshold)
             a, b = a[keep], b[keep]
-            lo.append(np.minimum(a, b))
-            hi.append(np.maximum(a, b))
-            sim.append(s[keep])
+            los.append(np.minimum(a, b))
+            his.append(np.maximum(a, b))
+            sims.append(s[keep])
             if progress is not None:
                 progress.advance(len(chunk))
-    if not lo:
+    if not los:
         return []
-    lo, hi, sim = np.concatenate(lo), np.concatenate(hi), np.concatenate(sim)
+    lo, hi, sim = np.concatenate(los), np.concatenate(his), np.concatenate(sims)
     order = np.lexsort((-sim, hi, lo))  # each pair once (found from both ends), with its best score
     lo, hi, sim = lo[order], hi[order], sim[order]
     first = np.ones(len(lo), bool)
     first[1:] = (lo[1:] != lo[:-1]) | (hi[1:] != hi[:-1])
     return list(zip(lo[first].tolist(), hi[first].tolist(), sim[first].astype(float).tolist(), strict=True))
+
+
+_candidate_pairs = candidate_pairs  # the name other modules' tests and benchmarks use
 
 
 @contextmanager
@@ -206,15 +220,55 @@ def _candidate_effort(store):
 
 def _members(ix, ids: list[int]) -> list[DupeMember]:
     rows = ix.db.files_by_ids(ids)
-    return [DupeMember(i, r.path, r.width, r.height, r.size, r.taken_at, r.mtime) for i, r in rows.items()]
+    return [DupeMember(i, r.path, r.width, r.height, r.size, r.taken_at, r.mtime, r.camera) for i, r in rows.items()]
 
 
-def _keeper(members: list[DupeMember]) -> DupeMember:
-    def rank(m: DupeMember):
-        pixels = (m.width or 0) * (m.height or 0)
-        return (-pixels, m.taken_at or "9999", m.mtime, len(m.path), m.path)
+RESOLUTION_TOLERANCE = 0.97  # resolutions within 3% are equal (the fitted scale of a plain re-save is ~1 +- 1%)
 
-    return min(members, key=rank)
+
+def keeper_rank(m: DupeMember, resolution: float, top: float, twins: bool) -> tuple:
+    """Sort key of a group member as its keeper (smallest first): at the group's top resolution ``top`` (within
+    3%), stored more than once unchanged (``twins``), with EXIF (date taken or camera), the oldest, the shorter
+    path. ``resolution``: the member's pixels of the shared picture, on the group's common scale."""
+    return (resolution < top * RESOLUTION_TOLERANCE, not twins, not (m.taken_at or m.camera), m.mtime,
+            len(m.path), m.path)  # fmt: skip
+
+
+def _keeper(members: list[DupeMember], exact: UnionFind | None = None,
+            resolution: dict[int, float] | None = None) -> DupeMember:  # fmt: skip
+    """The member most likely the original (:func:`keeper_rank`). ``resolution``: per id, the pixels of the shared
+    picture (from :func:`_resolutions`); each member's own pixel count where missing."""
+    res = {m.id: (resolution or {}).get(m.id, float((m.width or 0) * (m.height or 0))) for m in members}
+    top = max(res.values())
+    root = {m.id: exact.find(m.id) if exact is not None else m.id for m in members}
+    sets = Counter(root.values())
+    return min(members, key=lambda m: keeper_rank(m, res[m.id], top, sets[root[m.id]] > 1))
+
+
+def _resolutions(members: list[DupeMember], scales: dict[tuple[int, int], float]) -> dict[int, float]:
+    """Each member's pixels of the shared picture, on one scale: from the first member along verified copy edges
+    (``scales[a, b]``: b's pixels per pixel of a, squared: an area ratio) and exact ones (equal); a member no
+    measured edge reaches keeps its own pixel count."""
+    own = {m.id: float((m.width or 0) * (m.height or 0)) for m in members}
+    ids = set(own)
+    nbrs: dict[int, list[tuple[int, float]]] = {}
+    for (a, b), s in scales.items():
+        if a in ids and b in ids and s > 0:
+            nbrs.setdefault(a, []).append((b, s))
+            nbrs.setdefault(b, []).append((a, 1 / s))
+    out: dict[int, float] = {}
+    for start in sorted(ids, key=lambda i: -own[i]):  # each connected part from its largest member
+        if start in out:
+            continue
+        out[start] = own[start]
+        todo = [start]
+        while todo:
+            x = todo.pop()
+            for y, s in nbrs.get(x, []):
+                if y not in out:
+                    out[y] = out[x] * s
+                    todo.append(y)
+    return out
 
 
 def find_duplicates(ix, *, threshold: float | None = None, exact_only: bool = False, verify: bool = True,
@@ -227,56 +281,102 @@ def find_duplicates(ix, *, threshold: float | None = None, exact_only: bool = Fa
         raise BadQuery("duplicates are found among files; this index holds a catalog")
     if threshold is not None and not -1.0 <= threshold <= 1.0:
         raise BadQuery("--threshold is a cosine between -1 and 1")
-    exact = _UnionFind()  # same bytes or same decoded pixels
-    for (ids,) in ix.db.conn.execute(
-        "SELECT group_concat(id) FROM files WHERE status = 'ok' AND hash IS NOT NULL GROUP BY hash HAVING COUNT(*) > 1"
-    ):
-        first, *rest = (int(x) for x in ids.split(","))
+    exact = UnionFind()  # same bytes or same decoded pixels
+    for first, *rest in same_hash_groups(ix.db):
         for other in rest:
             exact.union(first, other)
-    copies: list[tuple[float, int, int]] = []
-    similar: list[tuple[int, int]] = []
-    distinct: set[tuple[int, int]] = set()
+    found = Verified()
     if not exact_only and ix.db.fingerprint is not None:
         t = default_threshold(ix.model_name) if threshold is None else threshold
-        pairs = [(a, b) for a, b, _ in _candidate_pairs(ix, t, progress, device) if exact.find(a) != exact.find(b)]
+        pairs = [(a, b) for a, b, _ in candidate_pairs(ix, t, progress, device) if exact.find(a) != exact.find(b)]
         if not verify:
-            copies = [(1.0, a, b) for a, b in pairs]
+            found.copies = [(1.0, a, b) for a, b in pairs]
         else:
-            _verify_pairs(ix, pairs, exact, copies, similar, distinct, verify_threshold)
-    return _build_groups(ix, exact, copies, similar, distinct)
+            verify_pairs(ix, pairs, exact, found, verify_threshold)
+    return _build_groups(ix, exact, found)
 
 
-def _verify_pairs(ix, pairs, exact, copies, similar, distinct, verify_threshold: float) -> None:
-    """Sort candidate pairs into exact (same decoded pixels), copies (with a strength), similar shots, and pairs
-    that are two captures for sure (never merged). Without OpenCV, the older pixel correlation decides copies."""
+@dataclass
+class Verified:
+    """What verification found among candidate pairs."""
+
+    copies: list[tuple[float, int, int]] = field(default_factory=list)  # (strength, a, b): the same capture
+    similar: list[tuple[int, int]] = field(default_factory=list)  # two captures of one scene
+    distinct: set[tuple[int, int]] = field(default_factory=set)  # (a < b) two captures for sure: never merged
+    scales: dict[tuple[int, int], float] = field(default_factory=dict)  # copy (a, b): b's pixels per pixel of a
+    compared: int = 0  # pairs that ran the geometric (or pixel) check
+    skipped: int = 0  # pairs decided without it: exact duplicates, or a pair of exact sets already compared
+
+
+def verify_pairs(ix, pairs: list[tuple[int, int]], exact: UnionFind, found: Verified,
+                 verify_threshold: float = VERIFY_THRESHOLD) -> Verified:  # fmt: skip
+    """Sort candidate pairs into exact (same decoded pixels: joined in ``exact``), copies (with a strength and
+    a scale), similar shots, and pairs that are two captures for sure. Exact duplicates are never compared:
+    a pair inside one exact set is skipped, and a pair of exact sets is compared once (the same pixels give the
+    same answer). Without OpenCV, the older pixel correlation decides copies."""
     from . import dupe_verify as dv
 
     geometric = dv.available()
-    cache = _ImageCache(ix, geometric)
+    cache = ImageCache(ix, geometric)
+    done: dict[tuple[int, int], tuple[str | None, float, float, bool]] = {}  # exact-set pair -> its verdict
     for a, b in pairs:
-        if cache.same_pixels(a, b):
-            exact.union(a, b)
+        ra, rb = exact.find(a), exact.find(b)
+        if ra == rb:  # joined as the same pixels since the candidates were listed
+            found.skipped += 1
             continue
-        if not geometric:
-            sa, sb = cache.signature(a), cache.signature(b)
-            if sa is not None and sb is not None and pixel_similarity(sa, sb) >= verify_threshold:
-                copies.append((1.0, a, b))
-            continue
-        fa, fb = cache.features(a), cache.features(b)
-        if fa is None or fb is None:
-            continue
-        ev = dv.compare(fa, fb)
-        rel = dv.relation(ev)
+        key = (min(ra, rb), max(ra, rb))
+        if key not in done:
+            verdict = _verdict(cache, a, b, geometric, verify_threshold)
+            if verdict is None:  # the same decoded pixels
+                exact.union(a, b)
+                found.compared += 1
+                continue
+            if (ra, rb) != key:  # kept as key[1]'s pixels per pixel of key[0]
+                verdict = (verdict[0], verdict[1], _inverse(verdict[2]), verdict[3])
+            done[key] = verdict
+            found.compared += 1
+        else:
+            found.skipped += 1
+        rel, strength, scale, apart = done[key]
         if rel == "copy":
-            copies.append((ev.share * ev.tiles, a, b))
+            found.copies.append((strength, a, b))
+            found.scales[(a, b)] = scale if (ra, rb) == key else _inverse(scale)
         elif rel == "similar shot":
-            similar.append((a, b))
-            if dv.distinct_captures(ev):
-                distinct.add((min(a, b), max(a, b)))
+            found.similar.append((a, b))
+            if apart:
+                found.distinct.add((min(a, b), max(a, b)))
+    return found
 
 
-class _ImageCache:
+def _inverse(scale: float) -> float:
+    return 1 / scale if scale > 0 else 0.0  # 0: no transform was fitted
+
+
+def _verdict(cache: ImageCache, a: int, b: int, geometric: bool, verify_threshold: float
+             ) -> tuple[str | None, float, float, bool] | None:  # fmt: skip
+    """(relation, strength, scale, two captures for sure) of a pair, None for the same decoded pixels; scale is
+    b's pixels per pixel of a (an area ratio)."""
+    from . import dupe_verify as dv
+
+    if not geometric:
+        if cache.same_pixels(a, b):
+            return None
+        sa, sb = cache.signature(a), cache.signature(b)
+        if sa is not None and sb is not None and pixel_similarity(sa, sb) >= verify_threshold:
+            return "copy", 1.0, cache.pixels(b) / max(cache.pixels(a), 1), False
+        return None, 0.0, 1.0, False
+    fa, fb = cache.features(a), cache.features(b)
+    if fa is None or fb is None:
+        return None, 0.0, 1.0, False
+    if dv.same_view(fa, fb) and cache.same_pixels(a, b):  # a full decode only when the small views agree
+        return None
+    ev = dv.compare(fa, fb)
+    rel = dv.relation(ev)
+    linear = ev.scale * cache.long_side(b) / max(cache.long_side(a), 1)  # at SIDE -> in the files' own pixels
+    return rel, ev.share * ev.tiles, linear**2, rel == "similar shot" and dv.distinct_captures(ev)
+
+
+class ImageCache:
     """Decoded views of candidate images, read lazily (only candidates are read again) and kept for a while."""
 
     def __init__(self, ix, geometric: bool, size: int = 4096):
@@ -312,6 +412,14 @@ class _ImageCache:
             value = None
         return self._remember(self._feat, i, value)
 
+    def pixels(self, i: int) -> int:
+        row = self._row(i)
+        return (row.width or 0) * (row.height or 0) if row is not None else 0
+
+    def long_side(self, i: int) -> int:
+        row = self._row(i)
+        return max(row.width or 0, row.height or 0) if row is not None else 0
+
     def signature(self, i: int) -> np.ndarray | None:
         if i not in self._sig:
             row = self._row(i)
@@ -341,21 +449,21 @@ class _ImageCache:
         return self._digest[i]
 
 
-def _build_groups(ix, exact: _UnionFind, copies, similar, distinct) -> list[DupeGroup]:
+def _build_groups(ix, exact: UnionFind, found: Verified) -> list[DupeGroup]:
     """Duplicate groups: exact sets joined by copy edges, strongest first, never across a pair known to be two
     captures. Then similar-shot groups: duplicate groups (by their keepers) and single images linked by similar
     shots, with nothing in them offered for removal."""
-    uf = _UnionFind()
+    uf = UnionFind()
     members: dict[int, set[int]] = {}
     for x in list(exact.parent):
         uf.union(exact.find(x), x)
     for root, comp in _components(uf).items():
         members[root] = set(comp)
     apart: dict[int, set[int]] = {}
-    for a, b in distinct:
+    for a, b in found.distinct:
         apart.setdefault(a, set()).add(b)
         apart.setdefault(b, set()).add(a)
-    for _, a, b in sorted(copies, key=lambda e: (-e[0], e[1], e[2])):
+    for _, a, b in sorted(found.copies, key=lambda e: (-e[0], e[1], e[2])):
         ra, rb = uf.find(a), uf.find(b)
         if ra == rb:
             continue
@@ -368,13 +476,13 @@ def _build_groups(ix, exact: _UnionFind, copies, similar, distinct) -> list[Dupe
     groups = []
     keeper_of: dict[int, int] = {}  # duplicate-group root -> keeper id
     for comp in uf.groups():
-        g = _duplicate_group(ix, comp, exact)
+        g = _duplicate_group(ix, comp, exact, found.scales)
         if g is not None:
             groups.append(g)
             keeper_of[uf.find(comp[0])] = g.keeper_id
     groups.sort(key=lambda g: (-len(g.members), g.keeper.path))
-    shots = _UnionFind()
-    for a, b in similar:
+    shots = UnionFind()
+    for a, b in found.similar:
         ra, rb = uf.find(a), uf.find(b)
         if ra != rb:
             shots.union(keeper_of.get(ra, ra), keeper_of.get(rb, rb))
@@ -383,7 +491,7 @@ def _build_groups(ix, exact: _UnionFind, copies, similar, distinct) -> list[Dupe
     return groups + similar_groups
 
 
-def _components(uf: _UnionFind) -> dict[int, list[int]]:
+def _components(uf: UnionFind) -> dict[int, list[int]]:
     out: dict[int, list[int]] = {}
     for x in uf.parent:
         out.setdefault(uf.find(x), []).append(x)
@@ -398,11 +506,16 @@ def _scored(ix, members: list[DupeMember], keeper: DupeMember) -> None:
     members.sort(key=lambda m: (m.id != keeper.id, -m.score, m.path))
 
 
-def _duplicate_group(ix, comp: list[int], exact: _UnionFind) -> DupeGroup | None:
+def _duplicate_group(ix, comp: list[int], exact: UnionFind, scales: dict[tuple[int, int], float]
+                     ) -> DupeGroup | None:  # fmt: skip
     members = _members(ix, comp)
     if len(members) < 2:
         return None
-    keeper = _keeper(members)
+    edges = dict(scales)
+    for m in members:  # exact duplicates: the same pixels as their set's root
+        if exact.find(m.id) != m.id:
+            edges[(exact.find(m.id), m.id)] = 1.0
+    keeper = _keeper(members, exact, _resolutions(members, edges))
     for m in members:
         m.kind = "exact" if exact.find(m.id) == exact.find(keeper.id) else "copy"
         m.removable = m.id != keeper.id

@@ -8,7 +8,9 @@ turns its ImageNet class probabilities into MiniLM text-space vectors.
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
+from ...errors import UnknownModel
 from ..base import Embedder
 from .base import Family, FamilyProfile, ModelRef, Stage, Stages
 
@@ -40,8 +42,12 @@ class ConseFamily(Family):
         from ..hf import cached_hash_files
         from ..offline import revision_inputs
 
-        weights, method = revision_inputs(ref.spec.name)
         spec = ref.spec
+        if spec is None:  # the catalog routes only its own rows here
+            from ..offline import OFFLINE
+
+            raise UnknownModel(ref.name, sorted(OFFLINE))
+        weights, method = revision_inputs(spec.name)
         return {"source": spec.source, "revision": _method_hash(cached_hash_files(weights), method),
                 "preprocess": spec.preprocess.to_dict()}  # fmt: skip
 
@@ -77,7 +83,7 @@ class ConseFamily(Family):
                 pooled = self.net.forward_head(self.net.forward_features(pixels), pre_logits=True)
                 return torch.softmax(self.net.classifier(pooled), dim=-1) if probs else pooled
 
-        towers = {"image": (CNN(), (pixels,), ["pixels"], "cnn")}
+        towers: dict[str, tuple[Any, tuple, list[str], str]] = {"image": (CNN(), (pixels,), ["pixels"], "cnn")}
         if probs:
             example = emb.tokenizer(["a photo", "a photo of a cat on a sofa"], padding=True, return_tensors="pt")
             names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in example]
