@@ -95,7 +95,7 @@ class Preprocess:
 
     def normalize(self, batch_uint8: np.ndarray) -> np.ndarray:
         """(n, H, W, 3) uint8 -> (n, 3, H, W) float32, mean/std normalised."""
-        arr = batch_uint8.astype(np.float32) * self.rescale
+        arr: np.ndarray = batch_uint8.astype(np.float32) * self.rescale
         arr = (arr - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
         return np.ascontiguousarray(arr.transpose(0, 3, 1, 2))
 

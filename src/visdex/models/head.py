@@ -170,15 +170,12 @@ def load_head(path: str | Path, device: str = "cpu", batch_size: int | None = No
     overrides = {k[len(BACKBONE_PREFIX) :]: v for k, v in tensors.items() if k.startswith(BACKBONE_PREFIX)}
     if overrides:
         apply_backbone_tensors(backbone_module(base), overrides, str(weights))
-    proj = tensors.get(PROJ_KEY)
-    if proj is not None:
-        proj = proj.float().numpy()
-        if proj.ndim != 2 or proj.shape[1] != base.dim:
-            raise ModelLoadError(f"{weights}: projection {tuple(proj.shape)} does not take {base.dim}-d base vectors")
-    bias = tensors.get(PROJ_BIAS_KEY)
-    if bias is not None:
-        bias = bias.float().numpy()
-        if proj is None or bias.shape != (proj.shape[0],):
-            raise ModelLoadError(f"{weights}: a bias {tuple(bias.shape)} that does not fit the projection")
+    proj_t, bias_t = tensors.get(PROJ_KEY), tensors.get(PROJ_BIAS_KEY)
+    proj = proj_t.float().numpy() if proj_t is not None else None
+    if proj is not None and (proj.ndim != 2 or proj.shape[1] != base.dim):
+        raise ModelLoadError(f"{weights}: projection {tuple(proj.shape)} does not take {base.dim}-d base vectors")
+    bias = bias_t.float().numpy() if bias_t is not None else None
+    if bias is not None and (proj is None or bias.shape != (proj.shape[0],)):
+        raise ModelLoadError(f"{weights}: a bias {tuple(bias.shape)} that does not fit the projection")
     revision = head_revision(base_revision, cached_hash_files([weights]), cfg)
     return HeadEmbedder(path, base, proj, revision, cfg, bias)

@@ -147,7 +147,7 @@ def preprocess_from_config(cfg: dict, fallback: Preprocess) -> Preprocess:
     if cfg.get("do_normalize") is False:
         mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
     rescale = float(cfg.get("rescale_factor", 1 / 255)) if cfg.get("do_rescale", True) else 1.0
-    resample = _PIL_RESAMPLE.get(cfg.get("resample"), fallback.resample)  # nearest/lanczos: closest we have
+    resample = _PIL_RESAMPLE.get(cfg.get("resample", -1), fallback.resample)  # nearest/lanczos: closest we have
     size, crop = cfg.get("size"), cfg.get("crop_size")
     crop_side = _side(crop) if cfg.get("do_center_crop", crop is not None) else None
     if cfg.get("max_num_patches") and cfg.get("patch_size"):
@@ -158,9 +158,9 @@ def preprocess_from_config(cfg: dict, fallback: Preprocess) -> Preprocess:
         if size["height"] != size.get("width", size["height"]):
             log.warning("non-square input size %s: using a %d px square", size, size["height"])
         mode, resize_to, out = "squash", int(size["height"]), int(size["height"])
-    elif _side(size):
+    elif short := _side(size):
         # shortest-edge resize then centre crop; "height/width + crop" is approximated the same way.
-        mode, resize_to = "shortest", int(_side(size))
+        mode, resize_to = "shortest", int(short)
         out = int(crop_side or resize_to)
     else:
         mode, resize_to, out = fallback.mode, fallback.resize_to, fallback.size
@@ -315,6 +315,7 @@ def _weight_files(folder: Path) -> list[Path]:
 
 def _revision(source: str, local: bool) -> str:
     """Hub commit hash when the files came from the hub cache, else a sha256 of the weight files."""
+    folder: Path | None
     if local:
         folder = Path(source)
     else:
@@ -487,7 +488,9 @@ class TransformersFamily(Family):
             def forward(self, pixels):
                 return emb._image_batch(pixels)
 
-        towers = {"image": (ImageTower(), (pixels,), ["pixels"], "transformer")}
+        towers: dict[str, tuple[torch.nn.Module, tuple, list[str], str]] = {
+            "image": (ImageTower(), (pixels,), ["pixels"], "transformer")
+        }
         if emb.tokenizer is not None:
             example = emb.tokenizer(["a photo", "a photo of a cat on a sofa"], padding=True, return_tensors="pt")
             names = [k for k in ("input_ids", "attention_mask") if k in example]

@@ -42,7 +42,7 @@ import numpy as np
 
 from ..errors import ModelLoadError
 from .base import Embedder, l2_normalize
-from .families.base import full_precision
+from .families.base import Family, full_precision
 
 log = logging.getLogger(__name__)
 
@@ -306,18 +306,23 @@ def _quantise(src: Path, dst: Path, kind: str, preprocess, input_name: str) -> s
 # ---------------------------------------------------------------- tokenizer for the torch-free side
 
 
-def _export_tokenizer(emb: Embedder):
-    """The transformers tokenizer the exported text tower is fed by (the family's adapter may supply one)."""
+def _adapter(emb: Embedder) -> Family:
     from .families import adapter_for
 
-    return adapter_for(emb).export_tokenizer(emb)
+    adapter = adapter_for(emb)
+    if adapter is None:
+        raise ModelLoadError(f"{emb.name}: no model family knows how to export its text tower")
+    return adapter
+
+
+def _export_tokenizer(emb: Embedder):
+    """The transformers tokenizer the exported text tower is fed by (the family's adapter may supply one)."""
+    return _adapter(emb).export_tokenizer(emb)
 
 
 def _tokenizer_settings(emb: Embedder, names: list[str]) -> dict:
-    from .families import adapter_for
-
     tok = _export_tokenizer(emb)
-    wanted = adapter_for(emb).tokenizer_settings(emb)
+    wanted = _adapter(emb).tokenizer_settings(emb)
     return {
         "inputs": names, "max_length": int(wanted["max_length"]), "padding": wanted["padding"],
         "lowercase": bool(wanted["lowercase"]),
@@ -370,11 +375,11 @@ def _quality(emb: Embedder, folder: Path, manifest: dict) -> dict:
     with full_precision(emb):  # the reference is torch fp32, whatever the CPU's default precision
         ref_img = emb.embed_pixels(pixels) if pixels is not None else None
     ref_txt = emb.embed_texts(texts) if "text" in towers else None
-    out = {}
+    out: dict[str, dict] = {}
     for backend in sorted({b for info in towers.values() for b in info["files"] if b in ("onnx", "onnx-int8")}):
         onnx_emb = OnnxEmbedder(folder, manifest, backend=backend, name=emb.name)
         out[backend] = {}
-        if ref_img is not None:
+        if ref_img is not None and pixels is not None:
             out[backend]["image"] = _cosines(onnx_emb.embed_pixels(pixels), ref_img)
         if ref_txt is not None:
             out[backend]["text"] = _cosines(onnx_emb.embed_texts(texts), ref_txt)
@@ -462,15 +467,15 @@ def _export_into(emb: Embedder, tmp: Path, identity: dict, text_only: bool = Fal
         text = name == "text"
         if text_only and not text:
             continue
-        fp32, int8 = tmp / f"{name}.onnx", tmp / f"{name}.int8.onnx"
+        fp32, int8_path = tmp / f"{name}.onnx", tmp / f"{name}.int8.onnx"
         exporter = _export(module, example, names, fp32, text)
         if not int8:
             manifest["towers"][name] = {"inputs": names, "exporter": exporter, "int8": None,
                                         "files": {"onnx": fp32.name}}  # fmt: skip
         else:
             with _quiet():
-                method = _quantise(fp32, int8, kind, emb.preprocess, names[0])
-            files = {"onnx": fp32.name, "onnx-int8": int8.name, "int8": int8.name}  # "int8": kept if gated
+                method = _quantise(fp32, int8_path, kind, emb.preprocess, names[0])
+            files = {"onnx": fp32.name, "onnx-int8": int8_path.name, "int8": int8_path.name}  # "int8": kept if gated
             manifest["towers"][name] = {"inputs": names, "exporter": exporter, "int8": method, "files": files}
         if text:
             settings = _tokenizer_settings(emb, names)
@@ -478,10 +483,12 @@ def _export_into(emb: Embedder, tmp: Path, identity: dict, text_only: bool = Fal
             manifest["tokenizer"] = settings
     if not manifest["towers"]:
         raise ModelLoadError(f"{emb.name} has no text tower to export")
-    if hasattr(emb, "class_embeddings"):  # lite0-minilm: ConSE needs the class texts' MiniLM vectors (fp32)
+    from .offline import Lite0MiniLMEmbedder
+
+    if isinstance(emb, Lite0MiniLMEmbedder):  # ConSE needs the class texts' MiniLM vectors (fp32)
         np.save(tmp / "classes.npy", np.asarray(emb.class_embeddings, np.float32))
         manifest["conse_top_k"] = int(emb.top_k)
-        manifest["conse_temperature"] = float(emb.temperature)
+        manifest["conse_temperature"] = float(emb.temperature or 1.0)  # None only for image-only models
     manifest["quality"] = _quality(emb, tmp, manifest)
     if int8:
         _gate_int8(manifest)

@@ -192,7 +192,9 @@ class OpenClipFamily(Family):
             def forward(self, pixels):
                 return self.model.encode_image(pixels)
 
-        towers = {"image": (ImageTower(), (pixels,), ["pixels"], "transformer")}
+        towers: dict[str, tuple[torch.nn.Module, tuple, list[str], str]] = {
+            "image": (ImageTower(), (pixels,), ["pixels"], "transformer")
+        }
         tokenizer = self.export_tokenizer(emb)
         if tokenizer is not None:  # the CLIP BPE: a text tower fed by token ids, padded like OpenCLIP pads
 
@@ -330,7 +332,7 @@ def clip_bpe_tokenizer(model_max_length: int = 77):
 
     with gzip.open(default_bpe()) as f:
         lines = f.read().decode("utf-8").split("\n")[1 : 49152 - 256 - 1]
-    merges = [tuple(m.split()) for m in lines]
+    merges = [(a, b) for a, b in (m.split() for m in lines)]  # each line: "left right"
     vocab = list(bytes_to_unicode().values())
     vocab = vocab + [v + "</w>" for v in vocab] + ["".join(m) for m in merges] + ["<|startoftext|>", "<|endoftext|>"]
     ids = {t: i for i, t in enumerate(vocab)}

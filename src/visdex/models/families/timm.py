@@ -187,7 +187,8 @@ class TimmFamily(Family):
             x = torch.stack([transform(im.convert("RGB")) for im in images])
             return net.forward_head(net.forward_features(x), pre_logits=True)
 
-        return forward, int(net.num_features)
+        # torch types every Module attribute as Tensor | Module; timm's num_features is an int
+        return forward, int(net.num_features)  # type: ignore[arg-type]
 
 
 FAMILY = TimmFamily()
