@@ -14,7 +14,17 @@ import pytest
 
 from dupeset import build, scene_of, source_of
 from visdex import open_index
-from visdex.dupes import CANDIDATE_EF, NEIGHBOURS, SIMILAR_SHOT, candidate_pairs, default_threshold, find_duplicates
+from visdex.dupes import (
+    CANDIDATE_EF,
+    NEIGHBOURS,
+    SIMILAR_SHOT,
+    UnionFind,
+    Verified,
+    candidate_pairs,
+    default_threshold,
+    find_duplicates,
+    verify_pairs,
+)
 from visdex.store.db import IndexDB
 from visdex.store.hnsw import hnswlib_installed
 from visdex.store.local import LocalVectorStore
@@ -134,6 +144,18 @@ def test_same_decoded_pixels_are_exact(tmp_path):
     kinds = {m.path.rsplit("/", 1)[-1]: m.kind for m in g.members if m.id != g.keeper_id}
     assert g.kind == "copy" and g.keeper.path.endswith(("coffee.png", "coffee-resaved.png"))
     assert kinds["coffee-small.png"] == "copy" and "exact" in kinds.values()  # the keeper's twin is exact
+    # verification compares the twins once (exact), then the small copy with one of them only: the other pair
+    # takes the same verdict without a second geometric check
+    with open_index(tmp_path / "ix") as ix:
+        ids = {m.path.rsplit("/", 1)[-1]: m.id for m in g.members}
+        pairs = [(ids["coffee.png"], ids["coffee-resaved.png"]), (ids["coffee.png"], ids["coffee-small.png"]),
+                 (ids["coffee-resaved.png"], ids["coffee-small.png"])]  # fmt: skip
+        exact = UnionFind()
+        found = verify_pairs(ix, pairs, exact, Verified())
+    assert (found.compared, found.skipped) == (2, 1)
+    assert exact.find(ids["coffee.png"]) == exact.find(ids["coffee-resaved.png"])
+    assert {(a, b) for _, a, b in found.copies} == set(pairs[1:])
+    assert found.scales[pairs[1]] == pytest.approx(0.25, rel=0.05)  # half size: a quarter of the pixels
 
 
 def test_cli_shows_similar_shots_apart(capsys, tmp_path):
