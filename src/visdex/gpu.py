@@ -45,7 +45,7 @@ PROBE_FILES = 24  # files timed by choose_decoder
 
 
 def is_cuda(embedder: Embedder) -> bool:
-    return str(getattr(embedder, "device", "cpu")).startswith("cuda")
+    return str(embedder.device).startswith("cuda")
 
 
 def image_forward(emb: Embedder) -> tuple[Callable, Callable[[np.ndarray], np.ndarray]] | None:

@@ -179,7 +179,7 @@ def ingest(
 def stages_for(embedder: Embedder, batch_size: int | None = None) -> Stages:
     """The decode and embed stages for ``embedder``: the GPU path's for a CUDA embedder visdex knows how to
     feed, else the CPU's. ``batch_size`` (None: the ``batch_size`` setting, or the GPU path's own) wins."""
-    if str(getattr(embedder, "device", "cpu")).startswith("cuda"):
+    if str(embedder.device).startswith("cuda"):
         from .gpu import gpu_stages  # the GPU path loads only for a CUDA embedder
 
         gpu = gpu_stages(embedder, batch_size)

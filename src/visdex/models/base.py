@@ -172,6 +172,8 @@ class Embedder(ABC):
     modalities: frozenset[str] = frozenset({"image"})
     preprocess: Preprocess
     device: str = "cpu"
+    #: The family adapter that made it (:mod:`visdex.models.families`), by its name; "" for none.
+    family: str = ""
     #: Image forward passes on a CPU in bfloat16 (torch autocast, fp32 accumulation): None follows the
     #: ``cpu_backend`` setting and the CPU (see :func:`visdex.models.families.base.uses_cpu_bf16`).
     cpu_bf16: bool | None = None

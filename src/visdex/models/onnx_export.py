@@ -455,7 +455,7 @@ def _export_into(emb: Embedder, tmp: Path, identity: dict, text_only: bool = Fal
     fp = emb.fingerprint()
     manifest: dict = {
         "format": FORMAT_VERSION, "identity": identity, "base_fingerprint": json.loads(fp.to_json()),
-        "family": getattr(emb, "family", ""), "dim": emb.dim,
+        "family": emb.family, "dim": emb.dim,
         "preprocess": emb.preprocess.to_dict(), "draft_scale": emb.preprocess.draft_scale, "towers": {},
         "versions": versions(),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
