@@ -27,10 +27,10 @@ import numpy as np
 from . import config
 from .decode import hash_file
 from .files import FileInfo
-from .models.base import Embedder
+from .models.base import Embedder, Preprocess
 from .progress import Progress
 from .sources import expand_roots, scan_roots
-from .stages import CpuStages, Decoded, Failed, Loaded, Stages, default_workers
+from .stages import CpuStages, Decoded, Failed, Loaded, Stages, decoded, default_workers
 
 __all__ = ["IngestReport", "Progress", "default_workers", "ingest", "stages_for"]
 
@@ -150,12 +150,22 @@ def ingest(
             store.flush()
         report.seconds = time.perf_counter() - t0
         return report
+    workers = default_workers() if workers is None else workers
+    progress.start(len(plan.todo))  # the bar shows while the model loads; decoding may start now too
+    early = None
     if callable(embedder) and not isinstance(embedder, Embedder):
-        embedder = embedder(len(plan.todo))
+        hint = getattr(embedder, "preprocess_hint", None) if engine is None else None
+        if hint is not None:  # the decode workers start on the model's likely preprocessing while it loads (seconds
+            early = _Early(hint, decoded(plan.todo, hint, workers))  # of imports on one core; the others idle)
+        try:
+            embedder = embedder(len(plan.todo))
+        except BaseException:
+            if early is not None:
+                early.close()
+            raise
     store = store() if callable(store) else store
     if engine is not None:  # decode + embed elsewhere (a Ray cluster); each batch written here as it arrives
         existing = {i.path for i in plan.todo if db.file_by_path(i.path) is not None}
-        progress.start(len(plan.todo))
         for batch, vectors in engine.embedded(plan.todo, embedder, batch_size=batch_size):
             for r in batch:
                 if isinstance(r, Failed):
@@ -166,10 +176,12 @@ def ingest(
         report.seconds = time.perf_counter() - t0
         return report
     stages = stages_for(embedder, batch_size)
-    workers = default_workers() if workers is None else workers
     existing = {path for path in (i.path for i in plan.todo) if db.file_by_path(path) is not None}
-    progress.start(len(plan.todo))
-    batches = _batches(stages.decoded(plan.todo, workers), stages.batch_size, progress)
+    reuse = early.results(embedder.preprocess) if early is not None and isinstance(stages, CpuStages) else None
+    if early is not None and reuse is None:
+        early.close()
+    results = reuse if reuse is not None else stages.decoded(plan.todo, workers)
+    batches = _batches(results, stages.batch_size, progress)
     _embed_and_store(db, store, stages.embed, batches, existing, report, progress)
     store.flush()
     report.seconds = time.perf_counter() - t0
@@ -186,6 +198,22 @@ def stages_for(embedder: Embedder, batch_size: int | None = None) -> Stages:
         if gpu is not None:
             return gpu
     return CpuStages(embedder, batch_size or config.get("batch_size"))
+
+
+class _Early:
+    """Decoding started before the model loaded, on a preprocessing hint: its results are used when the loaded
+    model's preprocessing is the hint, else it is dropped (the files are decoded again, correctly)."""
+
+    def __init__(self, hint: Preprocess, results: Iterator[Decoded]):
+        self.hint, self._results = hint, results  # a pool's first window of files is decoding already
+
+    def results(self, preprocess: Preprocess) -> Iterator[Decoded] | None:
+        return self._results if preprocess == self.hint else None
+
+    def close(self) -> None:
+        close = getattr(self._results, "close", None)
+        if close is not None:
+            close()
 
 
 def _batches(results: Iterator[Decoded], batch_size: int, progress: Progress) -> Iterator[list[Decoded]]:

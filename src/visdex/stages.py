@@ -187,13 +187,35 @@ def decoded(
     so memory stays bounded however far decoding runs ahead of the model."""
     max_pixels = config.get("max_pixels")
     if workers <= 1 or len(files) < POOL_MIN_FILES:
-        init_worker(preprocess, max_pixels)
-        yield from map(load, files)
-        return
+        return _in_process(files, preprocess, max_pixels)
     chunk = chunk or CHUNK_FILES
     window = window or max(2 * workers, -(-PREFETCH_IMAGES // chunk))
     chunks = [list(files[i : i + chunk]) for i in range(0, len(files), chunk)]
-    yield from _pool_decoded(chunks, preprocess, max_pixels, workers, window)
+    return _pool_decoded(chunks, preprocess, max_pixels, workers, window)
+
+
+def _in_process(files: Sequence[FileInfo], preprocess: Preprocess, max_pixels: int | None) -> Iterator[Decoded]:
+    init_worker(preprocess, max_pixels)
+    yield from map(load, files)
+
+
+class _Running:
+    """A pool's results, in order; the pool decodes from creation on (not from the first ``next``, so ingest can
+    start it before the model loads). ``close`` stops the pool even before the first ``next``, where a
+    generator's ``finally`` would not run."""
+
+    def __init__(self, pool: ProcessPoolExecutor, results: Iterator[Decoded]):
+        self._pool, self._results = pool, results
+
+    def __iter__(self) -> _Running:
+        return self
+
+    def __next__(self) -> Decoded:
+        return next(self._results)
+
+    def close(self) -> None:
+        self._results.close()  # type: ignore[attr-defined]
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _new_pool(workers: int, preprocess: Preprocess, max_pixels: int | None) -> ProcessPoolExecutor:
@@ -211,6 +233,15 @@ def _pool_decoded(chunks: list[list[FileInfo]], preprocess: Preprocess, max_pixe
     try:
         for c in itertools.islice(todo, window):
             pending.append((c, pool.submit(_load_chunk, c)))
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    return _Running(pool, _pool_results(pool, pending, todo, preprocess, max_pixels, workers))
+
+
+def _pool_results(pool: ProcessPoolExecutor, pending: deque, todo: Iterator[list[FileInfo]], preprocess: Preprocess,
+                  max_pixels: int | None, workers: int) -> Iterator[Decoded]:  # fmt: skip
+    try:
         while pending:
             c, fut = pending.popleft()
             try:
