@@ -360,9 +360,3 @@ def allowed_ids(db: IndexDB, expr: str) -> np.ndarray:
     catalog = db.kind == "catalog"
     sql, params = compile_where(expr, catalog=catalog)
     return matching_ids(db, sql, params, catalog=catalog)
-
-
-# The names store/milvus_where.py imports until it moves to the public ones (issue 11).
-_Tok = Token
-_is_number = is_number
-_number = parse_number

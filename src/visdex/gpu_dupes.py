@@ -99,9 +99,9 @@ def dense_candidate_pairs(vectors, ids: np.ndarray, threshold: float, neighbours
         cos = torch.cat([(x[lo[i : i + RESCORE_CHUNK]] * x[hi[i : i + RESCORE_CHUNK]]).sum(1)
                          for i in range(0, len(key), RESCORE_CHUNK)]) if len(key) else x.new_zeros(0)  # fmt: skip
         ok = cos >= threshold
-        lo, hi, cos = lo[ok].cpu().numpy(), hi[ok].cpu().numpy(), cos[ok].cpu().numpy()
-    a, b = ids[lo], ids[hi]
-    return np.minimum(a, b), np.maximum(a, b), cos.astype(np.float32)
+        lo_np, hi_np, cos_np = lo[ok].cpu().numpy(), hi[ok].cpu().numpy(), cos[ok].cpu().numpy()
+    a, b = ids[lo_np], ids[hi_np]
+    return np.minimum(a, b), np.maximum(a, b), cos_np.astype(np.float32)
 
 
 def candidate_pairs(store, threshold: float, neighbours: int = NEIGHBOURS, *, device: str = "auto",

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..filters import FILE_FIELDS, ITEM_FIELDS, WhereLeaf, WhereNode, _is_number, _number, _Tok, parse_where
+from ..filters import FILE_FIELDS, ITEM_FIELDS, Token, WhereLeaf, WhereNode, is_number, parse_number, parse_where
 from .db import IndexDB
 
 # -- the filter fields stored with each vector ---------------------------------------------
@@ -188,7 +188,7 @@ class _Translator:
         ids = np.fromiter((r[0] for r in rows), np.int64)
         return f"id in [{','.join(map(str, ids.tolist()))}]"
 
-    def compare(self, ftok: _Tok, op: str, raw: str) -> tuple[str, str | None] | None:
+    def compare(self, ftok: Token, op: str, raw: str) -> tuple[str, str | None] | None:
         """(condition, null guard) for one comparison, or None when it has no faithful translation."""
         name = ftok.value.lower()
         if self.catalog and name not in ITEM_FIELDS:
@@ -202,7 +202,7 @@ class _Translator:
             if op == "~":
                 return None
             guard = f"{field} is not null" if nullable else None
-            return f"{field} {_ORDER[op]} {_num(_number(raw, kind, ftok))}", guard
+            return f"{field} {_ORDER[op]} {_num(parse_number(raw, kind, ftok))}", guard
         if kind == "folder":
             return _folder(op, raw)
         if kind == "date":
@@ -254,7 +254,7 @@ def _attr(name: str, op: str, raw: str) -> tuple[str, str | None] | None:
     if op == "~":
         like = glob_to_like(ascii_lower(raw))
         return None if like is None else (f"{text} like {lit(like)}", f"exists {text}")
-    if _is_number(raw):
+    if is_number(raw):
         return f"{num} {_ORDER[op]} {_num(float(raw))}", f"exists {num}"
     if op in ("=", "!="):
         return f"{text} {_ORDER[op]} {lit(ascii_lower(raw))}", f"exists {text}"
