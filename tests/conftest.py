@@ -11,6 +11,9 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# fp32 torch for module- and session-scoped fixtures too (they are built before the per-test settings below): on
+# a CPU with AMX, auto would run bf16 there and fp32 in the test, and exact comparisons would differ by ~1e-3.
+os.environ["VISDEX_CPU_BACKEND"] = "torch"
 
 
 @pytest.fixture(scope="session", autouse=True)
