@@ -134,3 +134,20 @@ def test_auto_keeps_the_offline_cnns_in_fp32(monkeypatch, tmp_path, tiny_clip):
             assert not uses_cpu_bf16(cnn)
     finally:
         fb.cpu_has_amx_bf16.cache_clear()
+
+
+def test_auto_runs_timm_and_openclip_vits_in_bf16_and_their_cnns_in_fp32(monkeypatch, tmp_path):
+    import visdex.models.families.base as fb
+
+    from tinymodels import make_tiny_openclip, make_tiny_timm
+
+    monkeypatch.setattr(fb, "CPUINFO", _cpuinfo(tmp_path, "amx_bf16"))
+    fb.cpu_has_amx_bf16.cache_clear()
+    try:
+        monkeypatch.setenv("VISDEX_CPU_BACKEND", "auto")
+        vit = load_embedder(str(make_tiny_timm(tmp_path / "vit", arch="test_vit")), device="cpu")
+        cnn = load_embedder(str(make_tiny_timm(tmp_path / "cnn", arch="test_resnet")), device="cpu")
+        clip = load_embedder(str(make_tiny_openclip(tmp_path / "oc")), device="cpu")
+        assert uses_cpu_bf16(vit) and not uses_cpu_bf16(cnn) and uses_cpu_bf16(clip)
+    finally:
+        fb.cpu_has_amx_bf16.cache_clear()

@@ -85,6 +85,8 @@ class OpenClipEmbedder(Embedder):
         self.model = model.eval().to(device=device, dtype=self.dtype)
         self.tokenizer = tokenizer
         self.preprocess = preprocess_from_cfg(dict(model.visual.preprocess_cfg))
+        # bf16 on an AMX CPU by default for a ViT image tower only (ResNet / ConvNeXt / MobileCLIP stay fp32)
+        self.cpu_bf16_auto = type(model.visual).__name__ == "VisionTransformer"
         self.modalities = frozenset({"image", "text"} if tokenizer is not None else {"image"})
         with torch.inference_mode():
             probe = torch.zeros(1, 3, self.preprocess.size, self.preprocess.size, device=device, dtype=self.dtype)

@@ -62,6 +62,8 @@ class TimmEmbedder(Embedder):
         self.preprocess = preprocess_from_data_config(resolve_data_config({}, model=net))
         self.dim = int(net.num_features if not hasattr(net, "head_hidden_size") else net.head_hidden_size)
         self.modalities = frozenset({"image"})
+        # bf16 on an AMX CPU by default for ViTs only: CNNs' bf16 vectors drift more (see models/offline.py)
+        self.cpu_bf16_auto = hasattr(net, "blocks") and hasattr(net, "patch_embed")
 
     def _image_batch(self, x):
         return self.model.forward_head(self.model.forward_features(x), pre_logits=True)
