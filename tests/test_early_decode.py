@@ -20,6 +20,12 @@ def _vectors(ix) -> dict[str, np.ndarray]:
     return {path.rsplit("/", 1)[-1]: ix.store.get([i])[0] for i, path in rows}
 
 
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path, monkeypatch):
+    """A cache of this test's own: the session's shared one holds hints that other tests' runs left."""
+    monkeypatch.setenv("VISDEX_CACHE_DIR", str(tmp_path / "cache"))
+
+
 @pytest.fixture
 def pooled(monkeypatch):
     """Decode in a pool (the photo folder is small) and record each decode pass's preprocessing, in order."""
