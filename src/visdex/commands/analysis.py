@@ -38,7 +38,7 @@ def dupes(
     apply: bool = typer.Option(False, "--apply", help="With --move-to / --trash: move the files (default: dry run)."),
     yes: bool = typer.Option(False, "--yes", "-y", help="With --apply: do not ask for confirmation."),
 ) -> None:
-    """Exact and near-duplicate images in groups, each with a suggested keeper (largest, then oldest).
+    """Exact and near-duplicate images in groups, each with a suggested keeper (the likely original).
 
     With --trash or --move-to DIR: move the copies out of the way (a dry run first; --apply to do it)."""
     from ..dupes import find_duplicates

@@ -213,8 +213,9 @@ def duplicates(
     exact_only: Annotated[bool, Query(description="Only byte-identical files.")] = False,
     wait: Wait = ANALYSIS_WAIT,
 ) -> dict | Response:
-    """Each group lists its members and the suggested keeper (largest, then oldest). Computed in the background
-    once per index state: 202 with `progress` until then."""
+    """Each group lists its members and the suggested keeper (the likely original: highest resolution of the
+    shared picture, then EXIF date, then oldest). Computed in the background once per index state: 202 with
+    `progress` until then."""
     from .background import dupes_job
 
     groups = analysis(request, dupes_job(threshold, exact_only), wait)
