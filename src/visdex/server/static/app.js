@@ -1096,9 +1096,12 @@
       const res = await analysis("api/duplicates?" + p,
         (pc) => { $("dupes-meta").textContent = "Looking for duplicates…" + pc; }, () => key === dupesKey);
       if (!res || key !== dupesKey) return;
-      const files = res.groups.reduce((n, g) => n + g.members.length, 0);
+      // a file can sit in a copy group and a similar-shot group: count each once; only removable members could go
+      const ids = new Set(), gone = new Set();
+      for (const g of res.groups) for (const m of g.members) { ids.add(m.id); if (m.removable) gone.add(m.id); }
+      const files = ids.size;
       $("dupes-meta").textContent = res.count
-        ? `${res.count} group${res.count === 1 ? "" : "s"}, ${files} files — ${files - res.count} could go`
+        ? `${res.count} group${res.count === 1 ? "" : "s"}, ${files} files — ${gone.size} could go`
         : "No duplicates found.";
       const members = res.groups.flatMap((g) => g.members); // the viewer's arrows walk every group
       $("dupes").replaceChildren(...res.groups.map((g, i) => dupeGroup(g, i, members)));
