@@ -43,6 +43,26 @@ def _isolated_data_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("VISDEX_CPU_BACKEND", "torch")  # likewise CPU indexing on ONNX (test_textquery.py)
 
 
+@pytest.fixture
+def cpu_flags(tmp_path, monkeypatch):
+    """``cpu_flags("amx_bf16 avx2")``: from then on this test runs as on a CPU whose ``/proc/cpuinfo`` lists those
+    flags (what decides bf16 on the CPU); returns that cpuinfo file's path."""
+    import visdex.models.families.base as families_base
+
+    made: list[Path] = []
+
+    def use(flags: str) -> str:
+        path = tmp_path / f"cpuinfo-{len(made)}"
+        path.write_text(f"processor\t: 0\nmodel name\t: test\nflags\t\t: fpu sse2 avx512f {flags}\n\n")
+        made.append(path)
+        monkeypatch.setattr(families_base, "CPUINFO", str(path))
+        families_base.cpu_has_amx_bf16.cache_clear()
+        return str(path)
+
+    yield use
+    families_base.cpu_has_amx_bf16.cache_clear()
+
+
 @pytest.fixture(scope="session")
 def photos(tmp_path_factory) -> dict[str, Path]:
     """scikit-image's bundled real photos written as JPEGs, name -> path."""

@@ -14,15 +14,9 @@ from visdex.models import load_embedder
 from visdex.models.families.base import cpu_bf16_default, cpu_has_amx_bf16, full_precision, uses_cpu_bf16
 
 
-def _cpuinfo(tmp_path, flags: str) -> str:
-    path = tmp_path / f"cpuinfo-{len(list(tmp_path.iterdir()))}"
-    path.write_text(f"processor\t: 0\nmodel name\t: test\nflags\t\t: fpu sse2 avx512f {flags}\n\n")
-    return str(path)
-
-
-def test_amx_is_read_from_the_cpu_flags(tmp_path):
-    assert cpu_has_amx_bf16(_cpuinfo(tmp_path, "amx_tile amx_bf16 amx_int8")) is True
-    assert cpu_has_amx_bf16(_cpuinfo(tmp_path, "avx512_bf16 amx_tile")) is False  # bf16 dot products only
+def test_amx_is_read_from_the_cpu_flags(tmp_path, cpu_flags):
+    assert cpu_has_amx_bf16(cpu_flags("amx_tile amx_bf16 amx_int8")) is True
+    assert cpu_has_amx_bf16(cpu_flags("avx512_bf16 amx_tile")) is False  # bf16 dot products only
     assert cpu_has_amx_bf16(str(tmp_path / "missing")) is False
 
 
@@ -36,31 +30,20 @@ def test_amx_is_read_from_the_cpu_flags(tmp_path):
         ("auto", False, False),
     ],
 )
-def test_the_setting_and_the_cpu_choose_bf16(monkeypatch, tmp_path, setting, amx, want):
-    import visdex.models.families.base as fb
-
+def test_the_setting_and_the_cpu_choose_bf16(monkeypatch, setting, amx, want, cpu_flags):
     monkeypatch.setenv("VISDEX_CPU_BACKEND", setting)
-    monkeypatch.setattr(fb, "CPUINFO", _cpuinfo(tmp_path, "amx_bf16" if amx else "avx2"))
-    fb.cpu_has_amx_bf16.cache_clear()
-    try:
-        assert cpu_bf16_default() is want
-    finally:
-        fb.cpu_has_amx_bf16.cache_clear()
+    cpu_flags("amx_bf16" if amx else "avx2")
+    assert cpu_bf16_default() is want
 
 
-def test_onnx_export_is_not_wanted_where_bf16_runs(monkeypatch, tmp_path):
-    import visdex.models.families.base as fb
+def test_onnx_export_is_not_wanted_where_bf16_runs(monkeypatch, cpu_flags):
     from visdex.api import _cpu_onnx_wanted
 
-    monkeypatch.setattr(fb, "CPUINFO", _cpuinfo(tmp_path, "amx_bf16"))
-    fb.cpu_has_amx_bf16.cache_clear()
-    try:
-        monkeypatch.setenv("VISDEX_CPU_BACKEND", "auto")
-        assert not _cpu_onnx_wanted("clip-vit-b-32", "cpu", 1000)  # torch bf16 is the faster path there
-        monkeypatch.setenv("VISDEX_CPU_BACKEND", "onnx")
-        assert _cpu_onnx_wanted("clip-vit-b-32", "cpu", 1000)
-    finally:
-        fb.cpu_has_amx_bf16.cache_clear()
+    cpu_flags("amx_bf16")
+    monkeypatch.setenv("VISDEX_CPU_BACKEND", "auto")
+    assert not _cpu_onnx_wanted("clip-vit-b-32", "cpu", 1000)  # torch bf16 is the faster path there
+    monkeypatch.setenv("VISDEX_CPU_BACKEND", "onnx")
+    assert _cpu_onnx_wanted("clip-vit-b-32", "cpu", 1000)
 
 
 def test_bad_backend_setting_is_a_clear_error(monkeypatch):
@@ -115,39 +98,28 @@ def test_bf16_keeps_real_weights_neighbours_on_real_photos(monkeypatch, photos):
     assert (neighbours(fast) == neighbours(exact)).all()
 
 
-def test_auto_keeps_the_offline_cnns_in_fp32(monkeypatch, tmp_path, tiny_clip):
+def test_auto_keeps_the_offline_cnns_in_fp32(monkeypatch, tiny_clip, cpu_flags):
     """On an AMX CPU, auto runs transformers in bf16 but not the offline CNNs (their vectors drift more);
     forcing bf16 runs both."""
-    import visdex.models.families.base as fb
     from visdex.api import _cpu_onnx_wanted
 
-    monkeypatch.setattr(fb, "CPUINFO", _cpuinfo(tmp_path, "amx_bf16"))
-    fb.cpu_has_amx_bf16.cache_clear()
-    try:
-        monkeypatch.setenv("VISDEX_CPU_BACKEND", "auto")
-        cnn, vit = load_embedder("effnet-lite0", device="cpu"), load_embedder(str(tiny_clip), device="cpu")
-        assert uses_cpu_bf16(vit) and not uses_cpu_bf16(cnn)
-        assert _cpu_onnx_wanted("lite0-minilm", "cpu", 1000)  # its fp32 ONNX towers stay the fast path
-        monkeypatch.setenv("VISDEX_CPU_BACKEND", "bf16")
-        assert uses_cpu_bf16(cnn)
-        with full_precision(cnn):
-            assert not uses_cpu_bf16(cnn)
-    finally:
-        fb.cpu_has_amx_bf16.cache_clear()
+    cpu_flags("amx_bf16")
+    monkeypatch.setenv("VISDEX_CPU_BACKEND", "auto")
+    cnn, vit = load_embedder("effnet-lite0", device="cpu"), load_embedder(str(tiny_clip), device="cpu")
+    assert uses_cpu_bf16(vit) and not uses_cpu_bf16(cnn)
+    assert _cpu_onnx_wanted("lite0-minilm", "cpu", 1000)  # its fp32 ONNX towers stay the fast path
+    monkeypatch.setenv("VISDEX_CPU_BACKEND", "bf16")
+    assert uses_cpu_bf16(cnn)
+    with full_precision(cnn):
+        assert not uses_cpu_bf16(cnn)
 
 
-def test_auto_runs_timm_and_openclip_vits_in_bf16_and_their_cnns_in_fp32(monkeypatch, tmp_path):
-    import visdex.models.families.base as fb
-
+def test_auto_runs_timm_and_openclip_vits_in_bf16_and_their_cnns_in_fp32(monkeypatch, tmp_path, cpu_flags):
     from tinymodels import make_tiny_openclip, make_tiny_timm
 
-    monkeypatch.setattr(fb, "CPUINFO", _cpuinfo(tmp_path, "amx_bf16"))
-    fb.cpu_has_amx_bf16.cache_clear()
-    try:
-        monkeypatch.setenv("VISDEX_CPU_BACKEND", "auto")
-        vit = load_embedder(str(make_tiny_timm(tmp_path / "vit", arch="test_vit")), device="cpu")
-        cnn = load_embedder(str(make_tiny_timm(tmp_path / "cnn", arch="test_resnet")), device="cpu")
-        clip = load_embedder(str(make_tiny_openclip(tmp_path / "oc")), device="cpu")
-        assert uses_cpu_bf16(vit) and not uses_cpu_bf16(cnn) and uses_cpu_bf16(clip)
-    finally:
-        fb.cpu_has_amx_bf16.cache_clear()
+    cpu_flags("amx_bf16")
+    monkeypatch.setenv("VISDEX_CPU_BACKEND", "auto")
+    vit = load_embedder(str(make_tiny_timm(tmp_path / "vit", arch="test_vit")), device="cpu")
+    cnn = load_embedder(str(make_tiny_timm(tmp_path / "cnn", arch="test_resnet")), device="cpu")
+    clip = load_embedder(str(make_tiny_openclip(tmp_path / "oc")), device="cpu")
+    assert uses_cpu_bf16(vit) and not uses_cpu_bf16(cnn) and uses_cpu_bf16(clip)

@@ -194,12 +194,11 @@ def test_search_on_an_empty_index_says_so(capsys, tmp_path):
 
 
 def test_cpu_indexing_runs_onnx_fp32_with_the_models_own_fingerprint(
-    fast_queries, tmp_path, folder, tiny_clip, monkeypatch, request
+    fast_queries, tmp_path, folder, tiny_clip, monkeypatch, cpu_flags
 ):
     """The default CPU backend on a CPU without AMX: ONNX fp32 once its export pays for itself; the vectors and
     the fingerprint are the torch model's, so one index takes vectors from either (a GPU later, the CPU now)."""
     import visdex.api
-    import visdex.models.families.base as families_base
     from visdex.models.onnx import OnnxEmbedder
 
     files = sorted(folder.iterdir())
@@ -213,11 +212,7 @@ def test_cpu_indexing_runs_onnx_fp32_with_the_models_own_fingerprint(
         want = {h.path.rsplit("/", 1)[-1]: ix.store.get([h.id])[0] for h in ix.search("a cat", k=100)}
         torch_fp = ix.fingerprint
     monkeypatch.setenv("VISDEX_CPU_BACKEND", "auto")
-    no_amx = tmp_path / "cpuinfo"  # a CPU without AMX: there auto picks ONNX fp32 (with AMX, torch bf16)
-    no_amx.write_text("flags\t: fpu avx2 avx512f\n")
-    monkeypatch.setattr(families_base, "CPUINFO", str(no_amx))
-    families_base.cpu_has_amx_bf16.cache_clear()
-    request.addfinalizer(families_base.cpu_has_amx_bf16.cache_clear)
+    cpu_flags("avx2")  # a CPU without AMX: there auto picks ONNX fp32 (with AMX, torch bf16)
     monkeypatch.setattr(visdex.api, "ONNX_MIN_IMAGES", 10_000)  # too few images to pay for an export: torch
     with open_index(tmp_path / "ix", model=str(tiny_clip)) as ix:
         ix.add([half])

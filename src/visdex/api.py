@@ -580,14 +580,16 @@ def _cpu_onnx_wanted(model_name: str, device: str | None, todo: int) -> bool:
     torch's bf16 forward pass is the faster one). Imports nothing heavy."""
     import importlib.util
 
+    from .models.onnx import split_backend
+
     choice = config.get("cpu_backend")
-    if choice in ("torch", "bf16") or _backend(model_name) != "torch" or todo <= 0:
+    backend, bare = split_backend(model_name)
+    if choice in ("torch", "bf16") or backend != "torch" or todo <= 0:
         return False
     if choice == "auto":
         from .models.catalog import CATALOG
         from .models.families.base import cpu_has_amx_bf16
 
-        bare = split_backend_name(model_name)
         cnn = any(s.name == bare and s.offline for s in CATALOG)  # the offline CNNs stay fp32 (cpu_bf16_auto)
         if cpu_has_amx_bf16() and not cnn:  # torch in bf16 beats ONNX fp32 2-3x there, and needs no export
             return False
@@ -650,12 +652,6 @@ def _backend(name: str) -> str:
     from .models.onnx import split_backend
 
     return split_backend(name)[0]
-
-
-def split_backend_name(name: str) -> str:
-    from .models.onnx import split_backend
-
-    return split_backend(name)[1]
 
 
 def _check_query_model(emb: Embedder, fp: Fingerprint, path) -> None:
