@@ -19,6 +19,7 @@ def exact_topk(vecs: np.ndarray, ids: np.ndarray, q: np.ndarray, k: int) -> np.n
 
 class StoreContract:
     dim = 16
+    filters_itself = False  # compile_where gives the backend's own filter (Milvus), not None (filter by ids)
 
     @pytest.fixture
     def store(self, tmp_path):
@@ -48,6 +49,24 @@ class StoreContract:
         np.testing.assert_allclose(store.get([3])[0], vecs[7], atol=1e-6)
         _, got = store.search(vecs[7:8], 2)
         assert set(got[0]) == {3, 7}
+
+    def test_iter_vectors_reads_every_vector_once(self, store):
+        vecs, ids = rand_vecs(50, self.dim), np.arange(100, 150)
+        store.upsert(ids, vecs)
+        store.delete([120, 121])
+        seen: dict[int, np.ndarray] = {}
+        for part_ids, part_vecs in store.iter_vectors(7):
+            assert len(part_ids) == len(part_vecs) <= 7
+            for i, v in zip(part_ids.tolist(), part_vecs, strict=True):
+                assert i not in seen
+                seen[i] = v
+        assert sorted(seen) == [i for i in range(100, 150) if i not in (120, 121)]
+        for i, v in seen.items():
+            np.testing.assert_allclose(v, vecs[i - 100], atol=1e-3)
+
+    def test_compile_where_says_who_filters(self, store):
+        store.upsert(np.arange(3), rand_vecs(3, self.dim))
+        assert (store.compile_where("format = jpeg") is not None) == self.filters_itself
 
     def test_delete(self, store):
         vecs = rand_vecs(20, self.dim)

@@ -11,7 +11,10 @@ c. ``env``: no ``VISDEX_*`` environment variable is read outside ``config.py`` (
 d. ``error-text``: the HTTP layer (``server/``) never reads an error's message to decide anything
    (``str(exc)`` / ``exc.args`` compared, searched, split or ``startswith``-tested): errors carry fields;
 e. ``extras``: every ``visdex[EXTRA]`` and every ``MissingDependency(..., extra=...)`` in ``src/`` names an
-   extra of pyproject.toml.
+   extra of pyproject.toml;
+f. ``internals``: no code reads or sets another object's private attribute (``ix._store = None``): an object's
+   internals change through its own methods (``Index.reload_store``, ``Index.use_model``); ``self`` / ``cls``
+   are fine, and so are the few private names other libraries document for use (``os._exit``);
 
 Each rule's checker is also run on a small bad and good snippet, so a checker that stops finding anything fails.
 """
@@ -34,7 +37,7 @@ SRC = ROOT / "src" / "visdex"
 # list only shrinks. Nothing may be added to it.
 PENDING: dict[str, set[str]] = {}
 
-RULES = ("sql", "private", "env", "error-text", "extras")
+RULES = ("sql", "private", "env", "error-text", "extras", "internals")
 
 # -- reading the sources -------------------------------------------------------------------------------------
 
@@ -133,6 +136,24 @@ def check_private(tree: ast.AST, rel: str = "x.py") -> Iterator[tuple[int, str]]
             base = node.value
             if isinstance(base, ast.Name) and base.id in modules:
                 yield _line(node), f"reads {base.id}.{node.attr}"
+
+
+# -- f. another object's internals ---------------------------------------------------------------------------
+# private names of other libraries that their own docs tell users to reach: os._exit (leave a forked child at
+# once), timm's ViT position-embedding step (its documented forward_features calls it; our patch-grid cut does)
+FOREIGN_PRIVATE = {"_exit", "_pos_embed"}
+
+
+def check_internals(tree: ast.AST) -> Iterator[tuple[int, str]]:
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and _private(node.attr) and node.attr not in FOREIGN_PRIVATE:
+            base = node.value
+            if isinstance(base, ast.Name) and base.id in ("self", "cls"):
+                continue
+            if isinstance(base, ast.Call) and isinstance(base.func, ast.Name) and base.func.id == "super":
+                continue
+            verb = "sets" if isinstance(node.ctx, ast.Store) else "reads"
+            yield _line(node), f"{verb} {ast.unparse(node)} (another object's internals)"
 
 
 # -- c. VISDEX_* settings ------------------------------------------------------------------------------------
@@ -311,6 +332,8 @@ def _findings(rule: str, rel: str) -> list[tuple[int, str]]:
         found += check_error_text(tree)
     elif rule == "extras":
         found += check_extras(tree, text, _extras())
+    elif rule == "internals":
+        found += check_internals(tree)
     return sorted(set(found))
 
 
@@ -489,3 +512,33 @@ def test_extras_checker():
     assert len(_run(check_extras, "MissingDependency('x', 'nope')", "", extras)) == 1
     good = "raise MissingDependency('fastapi', extra='server')\n# pip install 'visdex[server,onnx]'\n"
     assert _run(check_extras, good, good, extras) == []
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "ix._store = None",
+        "ix._store, x = None, 1",
+        "self.ix._text_embedder = emb",
+        "emb._image_batch(x)",
+        "f(state._lock)",
+    ],
+)
+def test_internals_checker_finds(code):
+    assert _run(check_internals, code)
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "self._store = None",
+        "cls._cache.clear()",
+        "super()._setup()",
+        "os._exit(1)",
+        "ix.reload_store()",
+        "x.__class__",
+        "m._pos_embed(x)",
+    ],
+)
+def test_internals_checker_passes(code):
+    assert not _run(check_internals, code)

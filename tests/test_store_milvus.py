@@ -36,6 +36,8 @@ def lite(tmp_path_factory) -> str:
 
 
 class TestMilvusStoreContract(StoreContract):
+    filters_itself = True
+
     @pytest.fixture
     def store(self, tmp_path, lite):
         return MilvusVectorStore(IndexDB(tmp_path / "ix"), self.dim, lite)

@@ -29,6 +29,7 @@ from .store.db import IndexDB
 from .store.local import ANN_KINDS, LocalVectorStore
 
 log = logging.getLogger(__name__)
+_KEEP = object()  # reload_store(): keep the recorded location
 
 if TYPE_CHECKING:  # a text search imports neither Pillow nor the ingest pipeline
     from PIL import Image
@@ -180,6 +181,15 @@ class Index:
             self._text_embedder = emb if emb is not None else self.embedder
         return self._text_embedder
 
+    def use_fast_text_queries(self) -> Embedder:
+        """Answer text queries with the model's cached ONNX text tower when there is one, even though the model
+        is loaded (a server that has just exported it); else with the model. Returns what embeds them now."""
+        from .models.textquery import fast_text_embedder
+
+        fast = fast_text_embedder(self._query_model or self.model_name, self.db.fingerprint)
+        self._text_embedder = fast if fast is not None else self.embedder
+        return self._text_embedder
+
     @property
     def model_loaded(self) -> bool:
         """Whether this index had to load its full model (torch) so far -- a search answered by the fast
@@ -213,6 +223,24 @@ class Index:
             if isinstance(self._store, LocalVectorStore):
                 self._store.one_shot = self.one_shot
         return self._store
+
+    @property
+    def store_spec(self):
+        """Where the vectors live when not in the embedded store: the Milvus location (None: local)."""
+        return self._store_spec
+
+    def reload_store(self, spec=_KEEP) -> None:
+        """Forget the opened vector store (and the ANN index it holds in memory), so the next use opens it again
+        from what the index records now: after another process wrote vectors, or after a migration moved them
+        (``spec``: the new location; a Milvus spec, or None for the embedded store)."""
+        self._store = None
+        if spec is not _KEEP:
+            self._store_spec = spec
+
+    def use_model(self, name: str, emb: Embedder, store: VectorStore) -> None:
+        """After a rebuild swapped in the vectors of ``emb`` (the model called ``name``; see :mod:`visdex.rebuild`):
+        the index searches with this model and this store from now on."""
+        self.model_name, self._embedder, self._text_embedder, self._store = name, emb, None, store
 
     # -- writing --------------------------------------------------------------------------
     def add(
@@ -525,8 +553,8 @@ class Index:
 
         if not where:
             return None
-        pushdown = getattr(self.store, "compile_where", None)
-        return pushdown(where) if pushdown is not None else allowed_ids(self.db, where)
+        pushed = self.store.compile_where(where)
+        return pushed if pushed is not None else allowed_ids(self.db, where)
 
     def status(self, max_failures: int = 50) -> IndexStatus:
         counts, items = self.db.counts(), self.db.item_counts()

@@ -153,6 +153,16 @@ def is_set(name: str) -> bool:
     return os.environ.get(_BY_NAME[name].env) not in (None, "")
 
 
+def default(name: str) -> Any:
+    """A setting's default from the table, whatever the environment says (modules that need a default as a
+    constant read it here, so every default is written once).
+
+    >>> default("max_pixels")
+    178956970
+    """
+    return _BY_NAME[name].default
+
+
 def get(name: str) -> Any:
     """The value of a setting: ``VISDEX_<NAME>`` if set, else the default.
 

@@ -39,6 +39,7 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from . import config
 from .errors import BadImage, ImageTooLarge, MissingDependency, VisdexError
 
 __all__ = [
@@ -56,7 +57,7 @@ __all__ = [
 
 #: Largest image (width x height) decoded by default: twice Pillow's own warning threshold,
 #: i.e. the point where Pillow itself refuses. ``VISDEX_MAX_PIXELS`` overrides it in the CLI.
-DEFAULT_MAX_PIXELS = 178_956_970
+DEFAULT_MAX_PIXELS: int = config.default("max_pixels")
 
 #: Longest side over shortest side beyond which the image is cropped to its centre part of this shape.
 #: A panorama is 4-12:1, a phone's scrolling screenshot 20-30:1; at 32:1 a 518 px model input is 26 MB.

@@ -6,6 +6,11 @@ the CLI uses; ``http_status`` is what the HTTP layer answers with. An error abou
 names it in ``field`` (as the Python API names it: ``where``, ``k``, ``crop``), so the HTTP layer
 can report the field without reading the message; an error about a file named by the caller
 carries it in ``path``.
+
+Library messages never name a command-line flag: where a message names its argument it writes
+``{field}``, which ``str(err)`` renders as the field's own name (``top must be at least 1``) and
+the CLI as its flag (``named("--top")``: ``--top must be at least 1``). A whole command line a
+user can run (``visdex index FOLDER --index PATH``) is advice, not a flag name, and stays.
 """
 
 from __future__ import annotations
@@ -18,9 +23,18 @@ class VisdexError(Exception):
     http_status = 500
 
     def __init__(self, *args, field: str | None = None, path: str | None = None):
+        template = args[0] if args and isinstance(args[0], str) and field and "{field}" in args[0] else None
+        if template is not None:
+            args = (template.replace("{field}", field or ""), *args[1:])
         super().__init__(*args)
         self.field = field
         self.path = path
+        self._template = template
+
+    def named(self, name: str) -> str:
+        """The message with the argument called ``name`` (the CLI passes its flag, ``--top``) where it names
+        the argument; the plain message when it does not."""
+        return self._template.replace("{field}", name) if self._template is not None else str(self)
 
 
 class UnknownModel(VisdexError):

@@ -98,7 +98,7 @@ def export_clip_retrieval(ix, out: str | os.PathLike, *, shard_size: int = DEFAU
     try:
         (tmp / "img_emb").mkdir()
         (tmp / "metadata").mkdir()
-        for n, (ids, vecs) in enumerate(_rechunk(_all_vectors(store), shard_size)):
+        for n, (ids, vecs) in enumerate(_rechunk(store.iter_vectors(16384), shard_size)):
             rows = _metadata_rows(ix.db, ids)
             keep = np.array([r is not None for r in rows], bool)  # a vector whose row is gone (mid-write elsewhere)
             ids, vecs, found = ids[keep], vecs[keep], [r for r in rows if r is not None]
@@ -118,16 +118,6 @@ def export_clip_retrieval(ix, out: str | os.PathLike, *, shard_size: int = DEFAU
         raise
     report.seconds = time.perf_counter() - t0
     return report
-
-
-def _all_vectors(store, chunk: int = 16384) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    it = getattr(store, "iter_vectors", None)
-    if it is not None:
-        yield from it(chunk)
-        return
-    ids = np.sort(store.ids())  # any VectorStore: ids, then vectors by chunk
-    for start in range(0, len(ids), chunk):
-        yield ids[start : start + chunk], store.get(ids[start : start + chunk])
 
 
 def _rechunk(batches: Iterable[tuple[np.ndarray, np.ndarray]], size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:

@@ -110,8 +110,7 @@ def _switch(ix, target, collection: str | None, source_url: str) -> None:
             uninstall_outbox(ix.db)
             record_store(ix.db, LOCAL)
         ix.db.bump_generation()
-    ix._store = None
-    ix._store_spec = target if isinstance(target, MilvusSpec) else None
+    ix.reload_store(target if isinstance(target, MilvusSpec) else None)
 
 
 def _cleanup(ix, source, report: MigrateReport) -> None:

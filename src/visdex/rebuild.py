@@ -23,6 +23,7 @@ import numpy as np
 from . import config
 from .files import FileInfo
 from .models.base import Embedder, Fingerprint, l2_normalize
+from .store.base import VectorStore
 
 
 @dataclass
@@ -61,8 +62,8 @@ def rebuild_index(ix, model: str, *, progress=None, workers: int | None = None,
         report.embedded = _shadow_items(db, emb, progress, workers, batch_size)
     else:
         report.embedded = _shadow_files(db, emb, progress, workers, batch_size)
-    report.failed = _swap(ix, fp)
-    ix._embedder = emb
+    report.failed, store = _swap(ix, fp)
+    ix.use_model(fp.name, emb, store)
     report.seconds = time.perf_counter() - t0
     return report
 
@@ -151,13 +152,13 @@ def _text_weight(row_hash: str | None) -> float:
         return 0.0
 
 
-def _swap(ix, fp: Fingerprint) -> int:
+def _swap(ix, fp: Fingerprint) -> tuple[int, VectorStore]:
     """One transaction: the old vectors and fingerprint out, the rebuild's in. Returns the rows left without a
-    vector (recorded as failed)."""
+    vector (recorded as failed) and the store that holds the new vectors."""
     from .store.backends import open_store
 
     db, old = ix.db, ix.db.fingerprint
-    spec = ix._store_spec
+    spec = ix.store_spec
     with db.transaction():
         misses = db.shadow_misses()
         open_store(db, old.dim, spec=spec).clear()
@@ -168,7 +169,5 @@ def _swap(ix, fp: Fingerprint) -> int:
             new.upsert(ids, np.frombuffer(b"".join(r[1] for r in rows), np.float32).reshape(len(rows), fp.dim))
         db.fail_rows(misses)
         db.drop_shadow()
-    ix.model_name = fp.name
-    ix._store = new
     new.flush()  # the derived ANN file of the new vectors (local), or the push to Milvus
-    return len(misses)
+    return len(misses), new

@@ -264,12 +264,12 @@ class HFEmbedder(Embedder):
     def lowercases(self, tokenizer) -> bool:
         return False
 
-    def _image_batch(self, x):
+    def image_tower(self, x):
         return model_features(self.model.get_image_features(pixel_values=x))
 
     # -- the contract ------------------------------------------------------------------------------
     def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
-        return l2_normalize(torch_batches(self, pixels, self._image_batch))
+        return l2_normalize(torch_batches(self, pixels, self.image_tower))
 
     def _embed_texts(self, texts: list[str]) -> np.ndarray:
         import torch
@@ -468,7 +468,7 @@ class TransformersFamily(Family):
                 "preprocess": ref.spec.preprocess.to_dict() if ref.spec is not None else None}  # fmt: skip
 
     def image_forward(self, emb):
-        return emb._image_batch, l2_normalize
+        return emb.image_tower, l2_normalize
 
     def caption_training(self, emb):
         if not emb.supports_text:
@@ -486,7 +486,7 @@ class TransformersFamily(Family):
                 self.model = emb.model
 
             def forward(self, pixels):
-                return emb._image_batch(pixels)
+                return emb.image_tower(pixels)
 
         towers: dict[str, tuple[torch.nn.Module, tuple, list[str], str]] = {
             "image": (ImageTower(), (pixels,), ["pixels"], "transformer")

@@ -26,7 +26,7 @@ def caption_training(emb) -> CaptionTraining:
     return CaptionTraining(
         towers=towers,
         # the embedder's own image forward (CLIP, SigLIP, SigLIP 2 NaFlex): training sees what indexing computes
-        image_features=emb._image_batch,
+        image_features=emb.image_tower,
         text_features=lambda texts: model_features(model.get_text_features(**_tokens(emb, texts))),
         logit_scale=model.logit_scale,
         logit_bias=getattr(model, "logit_bias", None),

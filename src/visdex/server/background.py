@@ -197,7 +197,8 @@ class Background:
                 entry = self._entries[key]
                 entry.started, generation = time.monotonic(), self.generation
                 if self._reload:  # the store caches FAISS in memory; a fresh one reloads the vectors
-                    ix._store, self._reload = None, False
+                    ix.reload_store()
+                    self._reload = False
             self._compute(ix, key, entry, generation)
 
     def _sync(self, gen: int) -> None:

@@ -238,11 +238,7 @@ class ServedIndex:
                     self.ix.prepare_text_queries()
                 except Exception as exc:  # noqa: BLE001 -- only speed is lost: torch answers text queries
                     log.warning("could not export the text tower to ONNX (%s); text queries use the model", exc)
-                self.ix._text_embedder = None  # pick up the export just made
-                from ..models.textquery import fast_text_embedder
-
-                fast = fast_text_embedder(self.ix.model_name, self.ix.fingerprint)
-                self.ix._text_embedder = fast if fast is not None else emb
+                self.ix.use_fast_text_queries()  # the export just made
                 self.ix.text_embedder.embed_texts(["warm up"])  # first forward pays one-off allocations
             self._image_model = self._onnx_image_tower(emb) if "image" in emb.modalities else None
             self._warm = True
@@ -341,7 +337,7 @@ class ServedIndex:
             self._fingerprint, self._warm = fingerprint, False
             self.warm()
         else:  # the store caches the FAISS index in memory; a fresh one reloads it from disk / SQLite
-            self.ix._store = None
+            self.ix.reload_store()
             if fingerprint is not None:
                 _ = self.ix.store.index
         self._generation = gen

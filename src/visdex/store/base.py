@@ -8,7 +8,7 @@ so the score is the inner product (= cosine).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -45,6 +45,20 @@ class VectorStore(ABC):
     @abstractmethod
     def ids(self) -> np.ndarray:
         """All stored ids (int64)."""
+
+    def iter_vectors(self, chunk: int = 65536) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Every stored ``(ids, vectors)``, in batches of at most ``chunk`` rows, in no promised order. This
+        default reads ids, then vectors by batch; a backend that can stream both in one pass overrides it."""
+        ids = np.sort(self.ids())
+        for start in range(0, len(ids), chunk):
+            part = ids[start : start + chunk]
+            yield part, self.get(part)
+
+    def compile_where(self, where: str) -> Any:
+        """A ``where`` filter in the backend's own terms, for a backend that filters by itself (Milvus): the
+        caller passes it to :meth:`search` as ``allowed``. None (this default) means the backend filters by
+        ids: the caller finds the ids matching ``where`` in the index database and passes those."""
+        return None
 
     def clear(self) -> None:
         """Drop every vector (an index rebuilt with another model). Backends do it in one step."""

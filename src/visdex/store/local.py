@@ -47,7 +47,7 @@ import math
 import os
 import stat
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -317,7 +317,7 @@ class LocalVectorStore(VectorStore):
         self._small = (generation, ids, vecs)
         return ids, vecs
 
-    def iter_vectors(self, chunk: int = 65536):
+    def iter_vectors(self, chunk: int = 65536) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(ids, vectors) batches of every stored vector, by id, read from SQLite (the truth)."""
         cur = self.db.conn.execute("SELECT id, vec FROM vectors ORDER BY id")
         while rows := cur.fetchmany(chunk):

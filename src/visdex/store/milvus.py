@@ -32,10 +32,10 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import numpy as np
 
 from ..errors import BadQuery, MissingDependency, StoreError
-from .base import VectorStore, as_ids, empty_results, pad_results
+from .base import HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH, HNSW_M, VectorStore, as_ids, empty_results, pad_results
 from .db import IndexDB
 from .milvus_bulk import BULK_MIN, FILE_ROWS, BulkImporter, BulkUnsupported
-from .milvus_where import INT_FIELDS, JSON_FIELDS, VARCHAR_FIELDS, scalar_fields
+from .milvus_where import INT_FIELDS, JSON_FIELDS, VARCHAR_FIELDS, MilvusFilter, scalar_fields
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,6 @@ PUSH_BATCH = 2048
 BULK_AT = 1_000_000  # inside bulk_load(): pending changes that make a commit push them (~2 GB of 512-d vectors)
 ID_FILTER_CHUNK = 50_000  # ids per "id in [...]" expression; larger allowed sets are searched in chunks
 MAX_TOPK = 16_384  # Milvus' limit on k
-HNSW_M, HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH = 32, 80, 512
 IVF_NLIST, IVF_NPROBE = 1024, 32  # a collection made before visdex sized its index (see ivf_lists) was built so
 DEFAULT_ROWS = 1_000_000  # an index whose size is unknown is sized for this many vectors
 SEGMENT_BYTES = 1 << 30  # Milvus' dataCoord.segment.maxSize (1024 MB): IVF lists are built per sealed segment
@@ -631,8 +630,8 @@ class MilvusVectorStore(VectorStore):
             ids[row, : len(order)] = np.asarray(got_i[row], np.int64)[order]
         return pad_results(scores, ids, k)
 
-    def compile_where(self, where: str):
-        """A ``--where`` filter as a Milvus expression (see :mod:`.milvus_where`), for :meth:`search`."""
+    def compile_where(self, where: str) -> MilvusFilter:
+        """A ``where`` filter as a Milvus expression (see :mod:`.milvus_where`), for :meth:`search`."""
         from .milvus_where import MilvusFilter, translate_where
 
         f = translate_where(self.db, where)
@@ -669,10 +668,15 @@ class MilvusVectorStore(VectorStore):
             return int(client.query(self.collection, filter="", output_fields=["count(*)"])[0]["count(*)"])
 
     def ids(self) -> np.ndarray:
-        return np.sort(np.fromiter((i for batch, _ in self.iter_vectors(vectors=False) for i in batch), np.int64))
+        return np.sort(np.fromiter((i for batch, _ in self._scan(4096, vectors=False) for i in batch), np.int64))
 
-    def iter_vectors(self, batch: int = 4096, vectors: bool = True) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+    def iter_vectors(self, chunk: int = 4096) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Every (ids, vectors) in batches, in no particular order."""
+        for ids, vecs in self._scan(chunk, vectors=True):
+            assert vecs is not None
+            yield ids, vecs
+
+    def _scan(self, batch: int, vectors: bool) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
         self._sync()
         client = self._conn()
         fields = ["id", "vector"] if vectors else ["id"]

@@ -24,7 +24,7 @@ class Dinov2Embedder(HFEmbedder):
     def output_dim(config) -> int:
         return int(config.hidden_size)
 
-    def _image_batch(self, x):
+    def image_tower(self, x):
         return self.model(pixel_values=x).pooler_output  # layer-normed CLS token
 
 

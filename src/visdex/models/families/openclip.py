@@ -93,11 +93,11 @@ class OpenClipEmbedder(Embedder):
             self.dim = int(self.model.encode_image(probe).shape[-1])
         self.context_length = int(getattr(tokenizer, "context_length", 0) or getattr(model, "context_length", 77))
 
-    def _image_batch(self, x):
+    def image_tower(self, x):
         return self.model.encode_image(x)
 
     def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
-        return l2_normalize(torch_batches(self, pixels, self._image_batch))
+        return l2_normalize(torch_batches(self, pixels, self.image_tower))
 
     def _embed_texts(self, texts: list[str]) -> np.ndarray:
         import torch
@@ -181,7 +181,7 @@ class OpenClipFamily(Family):
         return {"source": model_name, "revision": revision(model_name), "family": self.name}
 
     def image_forward(self, emb):
-        return emb._image_batch, l2_normalize
+        return emb.image_tower, l2_normalize
 
     def onnx_towers(self, emb, pixels) -> dict:
         import torch
@@ -226,7 +226,7 @@ class OpenClipFamily(Family):
             text_tower = ([text], _blocks(text), [getattr(text, n, None) for n in ("ln_final", "text_projection")])
         return CaptionTraining(
             towers={"image": _image_tower(model.visual), "text": _clean(text_tower)},
-            image_features=emb._image_batch,
+            image_features=emb.image_tower,
             text_features=lambda texts: model.encode_text(emb.tokenizer(texts).to(emb.device)),
             logit_scale=model.logit_scale,
             logit_bias=getattr(model, "logit_bias", None),  # OpenCLIP's SigLIP models: the sigmoid loss

@@ -39,7 +39,7 @@ class SiglipEmbedder(HFEmbedder):
 class NaflexEmbedder(SiglipEmbedder):
     """SigLIP 2 NaFlex: flattened patches, a full mask and the grid shape instead of a pixel tensor."""
 
-    def _image_batch(self, x):
+    def image_tower(self, x):
         return model_features(self.model.get_image_features(**naflex_inputs(x, self.model.config)))
 
 

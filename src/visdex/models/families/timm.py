@@ -65,11 +65,11 @@ class TimmEmbedder(Embedder):
         # bf16 on an AMX CPU by default for ViTs only: CNNs' bf16 vectors drift more (see models/offline.py)
         self.cpu_bf16_auto = hasattr(net, "blocks") and hasattr(net, "patch_embed")
 
-    def _image_batch(self, x):
+    def image_tower(self, x):
         return self.model.forward_head(self.model.forward_features(x), pre_logits=True)
 
     def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
-        return l2_normalize(torch_batches(self, pixels, self._image_batch))
+        return l2_normalize(torch_batches(self, pixels, self.image_tower))
 
     def fingerprint(self) -> Fingerprint:
         return Fingerprint(
@@ -139,7 +139,7 @@ class TimmFamily(Family):
         return {"source": model_name, "revision": revision(model_name), "family": self.name}
 
     def image_forward(self, emb):
-        return emb._image_batch, l2_normalize
+        return emb.image_tower, l2_normalize
 
     def onnx_towers(self, emb, pixels) -> dict:
         import torch
