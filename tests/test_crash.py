@@ -191,7 +191,7 @@ def test_a_file_that_no_longer_decodes_is_recorded_failed_by_the_rebuild(indexed
         rep = ix.rebuild(str(tiny_clip_b))
         st = ix.status()
     assert rep.failed == 1 and st.files_ok == st.vectors == 9 and st.files_failed == 1
-    assert "not re-embedded by --rebuild" in dict(st.failures)[str(broken.resolve())]
+    assert "not re-embedded by the rebuild" in dict(st.failures)[str(broken.resolve())]
 
 
 def test_a_catalog_rebuild_makes_the_vectors_a_fresh_index_would(tmp_path, photos, tiny_clip, tiny_clip_b):

@@ -123,7 +123,7 @@ class Index:
             from .store.milvus import MILVUS_ANN  # an index in Milvus takes its kinds too (ivf-sq8, diskann)
 
             if not (str(self.db.get_meta("store") or "").startswith("milvus") and ann in MILVUS_ANN):
-                raise BadQuery(f"unknown --ann {ann!r}: one of {', '.join(ANN_KINDS)}")
+                raise BadQuery(f"unknown {{field}} {ann!r}: one of {', '.join(ANN_KINDS)}", field="ann")
         self._ann = ann
         fp = self.db.fingerprint
         if fp is not None and model is not None and model_source(model) != fp.source:
@@ -139,8 +139,8 @@ class Index:
     def _mismatch_message(self, fp: Fingerprint, asked: str) -> str:
         return (
             f"the index at {self.path} was built with {fp.short()}, not {asked!r}; vectors of different models "
-            f"cannot be compared. Search it without --model (an index remembers its model), or re-index it with "
-            f"the new model: visdex index --index {self.path} --model {asked} --rebuild"
+            f"cannot be compared. Search it without choosing a model (an index remembers its own), or "
+            f"re-index it with the new model: visdex index --index {self.path} --model {asked} --rebuild"
         )
 
     @property
@@ -263,7 +263,7 @@ class Index:
         if fp is not None and self._query_model is not None:  # another backend: may search, never add (said at once,
             raise ModelMismatch(  # even when nothing would need embedding)
                 f"the index at {self.path} was built with {fp.name!r}; {self._query_model!r} may search it but not "
-                f"add to it. Index without --model, or re-index: "
+                f"add to it. Index without choosing a model (the index's own is used), or re-index: "
                 f"visdex index --index {self.path} --model {self._query_model} --rebuild"
             )
 
@@ -358,7 +358,8 @@ class Index:
         if fp is not None and not emb.fingerprint().compatible(fp):
             raise ModelMismatch(
                 f"the index at {self.path} was built with {fp.name!r}; {emb.name!r} may search it but not add to it. "
-                f"Index without --model, or re-index: visdex index --index {self.path} --model {emb.name} --rebuild"
+                f"Index without choosing a model (the index's own is used), or re-index: "
+                f"visdex index --index {self.path} --model {emb.name} --rebuild"
             )
 
     def ensure_kind(self, kind: str) -> None:
@@ -370,7 +371,7 @@ class Index:
             what = {"catalog": "a catalog (items)", "files": "folders of images"}
             raise BadQuery(
                 f"the index at {self.path} holds {what[current]}; it cannot also hold {what[kind]}. "
-                "Use another --index for it."
+                "Use another index for it."
             )
 
     def ensure_fingerprint(self, emb: Embedder | None = None) -> None:
@@ -692,7 +693,7 @@ def _check_query_model(emb: Embedder, fp: Fingerprint, path) -> None:
             f"the index at {path} was built with {fp.short()}; {emb.name!r} does not make vectors close enough to "
             f"search it (needs a cosine of at least {QUERY_MIN_COSINE} on every probe"
             + (f"; {note})" if note else ")")
-            + ". Search without --model, or re-index with it: "
+            + ". Search without choosing a model, or re-index with it: "
             f"visdex index --index {path} --model {emb.name} --rebuild"
         )
 

@@ -79,9 +79,9 @@ def export_clip_retrieval(ix, out: str | os.PathLike, *, shard_size: int = DEFAU
     be empty; the folder is written aside and renamed into place, so a failed export leaves nothing half-made."""
     t0 = time.perf_counter()
     if dtype not in DTYPES:
-        raise BadQuery(f"unknown --dtype {dtype!r}: one of {', '.join(DTYPES)}", field="dtype")
+        raise BadQuery(f"unknown {{field}} {dtype!r}: one of {', '.join(DTYPES)}", field="dtype")
     if shard_size < 1:
-        raise BadQuery("--shard-size must be at least 1", field="shard_size")
+        raise BadQuery("{field} must be at least 1", field="shard_size")
     out = Path(out).expanduser().absolute()
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise BadQuery(f"{out} exists and is not an empty folder; export into a new folder", path=str(out))
@@ -280,7 +280,8 @@ def _check_model(ix, layout: list[Shard], sidecar: dict | None) -> None:
         fp = Fingerprint(**declared)
         if fp.source != model_source(ix.model_name):
             raise ModelMismatch(f"these vectors were made by {fp.short()}, not {ix.model_name!r}; vectors of "
-                                f"different models cannot be compared. Import them with --model {fp.name}")  # fmt: skip
+                                f"different models cannot be compared. Import them with {{field}}={fp.name}",
+                                field="model")  # fmt: skip
     want = _model_dim(ix)
     if dim != want:
         raise ModelMismatch(f"the vectors are {dim}-d but {ix.model_name!r} makes {want}-d vectors: they come from "

@@ -96,7 +96,7 @@ def _shadow_files(db, emb: Embedder, progress, workers: int, batch_size: int) ->
             pending.append((row, result.pixels, None))
             done += 1
         else:
-            pending.append((row, None, f"not re-embedded by --rebuild: {result.reason}"))
+            pending.append((row, None, f"not re-embedded by the rebuild: {result.reason}"))
             progress.failed(row.path, result.reason)
         if len(pending) >= batch_size:
             commit()
@@ -138,7 +138,7 @@ def _shadow_items(db, emb: Embedder, progress, workers: int, batch_size: int) ->
             if weight and it["title"] and counts[i]:
                 vecs[i] = l2_normalize((1 - weight) * vecs[i] + weight * emb.embed_texts([it["title"]])[0])[0]
         rows = [(it["id"], vecs[i].astype(np.float32).tobytes() if counts[i] else None,
-                 None if counts[i] else "not re-embedded by --rebuild: no image could be read", None, None,
+                 None if counts[i] else "not re-embedded by the rebuild: no image could be read", None, None,
                  it["row_hash"]) for i, it in enumerate(chunk)]  # fmt: skip
         db.put_shadow(rows)
         done += int((counts > 0).sum())

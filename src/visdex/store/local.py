@@ -91,7 +91,7 @@ def _faiss():
 def parse_ann(ann: str) -> tuple[str, str]:
     """``"hnsw-sq8"`` -> ``("hnsw", "sq8")``; ``"flat"`` -> ``("flat", "fp32")``."""
     if ann not in ANN_KINDS:
-        raise BadQuery(f"unknown --ann {ann!r}: one of {', '.join(ANN_KINDS)}")
+        raise BadQuery(f"unknown {{field}} {ann!r}: one of {', '.join(ANN_KINDS)}", field="ann")
     base, _, codec = ann.partition("-")
     return base, codec or ("pq" if base == "ivfpq" else "fp32")
 
