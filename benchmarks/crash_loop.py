@@ -7,7 +7,10 @@ Each iteration picks a phase and starts the real CLI in a subprocess:
 - ``tag``: ``visdex tag --labels ...``;
 - ``delete``: some files are removed from the folder, then ``visdex index FOLDER`` prunes them;
 - ``trash``: exact copies of a few files are made and indexed, then ``visdex dupes --exact-only --trash --apply``
-  moves them to ``.visdex-trash``; after it, ``visdex trash undo`` (always after a kill, else one time in two).
+  moves them to ``.visdex-trash``; after it, ``visdex trash undo`` (always after a kill, else one time in two);
+- ``ray`` (with ``--ray``): as ``index``, through ``visdex index --engine ray`` on a local Ray cluster started
+  once for the loop (``ray start --head``, as a user's cluster): the driver is killed; after it, no embedding
+  actor of its job may still run (Ray ends a dead driver's workers).
 
 It is killed (SIGKILL) a random time after its first write reached the database (or, one time in five,
 a random time after it started: start-up and planning). After each kill:
@@ -24,6 +27,7 @@ At the end every file is restored, a last clean ``visdex index`` runs and the sa
 file of the folder indexed, no temporary file left. Results -> JSON (kills per phase, failures: must be 0).
 
     python benchmarks/crash_loop.py --iterations 50       # ~10 min on 2 busy cores -> results/crash_loop.json
+    python benchmarks/crash_loop.py --iterations 50 --ray # the Ray path too (needs visdex[ray])
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ import json
 import os
 import platform
 import random
+import re
 import shutil
 import signal
 import sqlite3
@@ -51,6 +56,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 RESULTS = ROOT / "benchmarks" / "results"
 PHASES = ("index", "rebuild", "tag", "delete", "trash")
+RAY_ACTOR = "EmbedActor"  # in the process title of the Ray workers that embed (ray::MapWorker(MapBatches(EmbedActor)))
 LABELS = "cat,dog,car,tree,beach,house"
 SELF_SAMPLE = 5
 
@@ -222,6 +228,60 @@ def run_and_kill(launcher, args: list[str], ix: Path, rng: random.Random, worker
             "orphans": orphans(tag)}  # fmt: skip
 
 
+class RayCluster:
+    """A local Ray cluster for the loop's ``ray`` runs, started as a user starts one (``ray start --head``)."""
+
+    def __init__(self, cpus: int = 2):
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        self.address = f"127.0.0.1:{port}"
+        self.tag = f"ray-{uuid.uuid4().hex}"  # in the environment of every process of this cluster (not another's)
+        # a local test cluster without a token (as tests/test_ray.py's), so the killed drivers can join it: they
+        # inherit the setting from this process's environment
+        os.environ["RAY_AUTH_MODE"] = "disabled"
+        self.env = {**_env(self.tag, 1), "RAY_USAGE_STATS_ENABLED": "0"}
+        self.temp = Path(tempfile.mkdtemp(prefix="vr", dir="/tmp"))  # short: Ray's socket paths must fit 107 bytes
+        out = subprocess.run([str(Path(sys.executable).with_name("ray")), "start", "--head", f"--port={port}",
+                              f"--num-cpus={cpus}", "--include-dashboard=false", f"--temp-dir={self.temp}"],
+                             env=self.env, check=True, capture_output=True, text=True).stdout  # fmt: skip
+        # the address Ray bound, as it tells workers to join ("ray start --address='10.0.0.5:6379'")
+        found = re.search(r"--address='([^']+)'", out)
+        self.address = found.group(1) if found else self.address
+
+    def orphans(self, wait: float = 15.0) -> int:
+        """Embedding workers of a killed driver's job still alive after ``wait`` seconds (killed if any)."""
+        deadline = time.monotonic() + wait
+        while True:
+            alive = [pid for pid in _tagged(self.tag) if _alive(pid) and _titled(pid, RAY_ACTOR)]
+            if not alive or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        for pid in alive:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        return len(alive)
+
+    def stop(self) -> None:
+        """This cluster's processes only (``ray stop`` would end every Ray cluster on the machine)."""
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            for pid in _tagged(self.tag):
+                with contextlib.suppress(OSError):
+                    os.kill(pid, sig)
+            time.sleep(2)
+        shutil.rmtree(self.temp, ignore_errors=True)
+
+
+def _titled(pid: int, needle: str) -> bool:
+    """Whether a process's command line (a Ray worker's process title) contains ``needle``."""
+    try:
+        return needle.encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
 def orphans(tag: str, wait: float = 5.0) -> int:
     """Processes of a killed run still alive after ``wait`` seconds (its decode workers); killed if any."""
     deadline = time.monotonic() + wait
@@ -367,24 +427,27 @@ def check_index(ix: Path, rng: random.Random, status_inline: bool = True) -> lis
 def crash_loop(work: Path, iterations: int, *, seed: int = 0, model: str = "tiny", files: int = 80,
                workers: int = 2, batch_size: int = 4, phases: list[str] | None = None,
                status_inline: bool = False, fork: bool = False, early_fraction: float = 0.2,
-               log=print) -> dict:  # fmt: skip
+               ray: bool = False, log=print) -> dict:  # fmt: skip
     """Run the loop in ``work`` (a scratch folder); returns the results (see the module docstring). ``fork``:
     runs forked from one warm process (:class:`Zygote`) instead of fresh interpreters."""
     t_start = time.perf_counter()
     models = make_models(work / "models", model)
     launcher = Zygote(work, models) if fork else Subprocesses()
+    cluster = RayCluster() if ray else None
     try:
         res = _loop(launcher, work, models, iterations, seed, model, files, workers, batch_size, phases,
-                    status_inline, early_fraction, log)  # fmt: skip
+                    status_inline, early_fraction, log, cluster)  # fmt: skip
     finally:
         launcher.close()
+        if cluster is not None:
+            cluster.stop()
     res["seconds"] = round(time.perf_counter() - t_start, 1)
     return res
 
 
 def _loop(launcher, work: Path, models: list[str], iterations: int, seed: int, model: str, files: int, workers: int,
           batch_size: int, phases: list[str] | None, status_inline: bool, early_fraction: float,
-          log) -> dict:  # fmt: skip
+          log, cluster: RayCluster | None = None) -> dict:  # fmt: skip
     rng = random.Random(seed)
     folder, stash, ix = work / "photos", work / "stash", work / "ix"
     stash.mkdir(parents=True, exist_ok=True)
@@ -395,22 +458,26 @@ def _loop(launcher, work: Path, models: list[str], iterations: int, seed: int, m
     )
     if r.returncode != 0:
         raise RuntimeError(f"the first index run failed: {r.stderr}")
-    kills = dict.fromkeys(PHASES, 0)
-    finished = dict.fromkeys(PHASES, 0)
+    choices = (*PHASES, "ray") if cluster is not None else PHASES
+    kills = dict.fromkeys(choices, 0)
+    finished = dict.fromkeys(choices, 0)
     failures: list[dict] = []
     orphaned = 0
-    window = dict.fromkeys(PHASES, 0.15)  # seconds after the first write in which to kill; learnt from runs
+    window = dict.fromkeys(choices, 0.15)  # seconds after the first write in which to kill; learnt from runs
     runs = []
     for it in range(iterations):
-        phase = phases[it % len(phases)] if phases else rng.choice(PHASES)
+        phase = phases[it % len(phases)] if phases else rng.choice(choices)
         common = ["--index", str(ix), "-q", "--batch-size", str(batch_size)]
-        if phase == "index":
+        if phase in ("index", "ray"):
             for p in stash.iterdir():
                 shutil.move(p, folder / p.name)
             for p in rng.sample(sorted(_files(folder)), max(3, files // 8)):  # rewritten: re-embedded
                 p.write_bytes(p.read_bytes())
                 os.utime(p, (time.time(), time.time() + rng.random()))
             args = ["index", str(folder), *common]
+            if phase == "ray":
+                assert cluster is not None, "the ray phase needs crash_loop(..., ray=True)"
+                args += ["--engine", "ray", "--ray-address", cluster.address]
         elif phase == "rebuild":
             target = models[1 - current]
             args = ["index", "--rebuild", "--model", target, *common]
@@ -439,6 +506,8 @@ def _loop(launcher, work: Path, models: list[str], iterations: int, seed: int, m
                 window[phase] = max(0.05, out["seconds"] - out["first_write_s"])
         if not out["killed"] and out["rc"] != 0:
             failures.append({"iteration": it, "phase": phase, "problem": f"exit {out['rc']}: {out['stderr']}"})
+        if phase == "ray" and cluster is not None:
+            out["orphans"] += cluster.orphans()
         orphaned += out["orphans"]
         if out["orphans"]:
             failures.append({"iteration": it, "phase": phase, "problem": f"{out['orphans']} orphaned workers"})
@@ -493,11 +562,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--fork", action="store_true", help="fork runs from one warm process (fast; not a fresh CLI)")
+    ap.add_argument("--ray", action="store_true", help="add the ray phase (a local Ray cluster; needs visdex[ray])")
     ap.add_argument("--out", type=Path, default=RESULTS / "crash_loop.json")
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="visdex-crash-") as tmp:
         res = crash_loop(Path(tmp), args.iterations, seed=args.seed, model=args.model, files=args.files,
-                         workers=args.workers, batch_size=args.batch_size, fork=args.fork)  # fmt: skip
+                         workers=args.workers, batch_size=args.batch_size, fork=args.fork, ray=args.ray)  # fmt: skip
     res["machine"] = {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()}
     res["command"] = "python benchmarks/crash_loop.py " + " ".join(argv if argv is not None else sys.argv[1:])
     args.out.parent.mkdir(parents=True, exist_ok=True)
