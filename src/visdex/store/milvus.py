@@ -22,6 +22,7 @@ import json
 import logging
 import re
 import threading
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -60,6 +61,10 @@ DISKANN_SEARCH_LIST = 100
 MILVUS_ANN = ("auto", "flat", "hnsw", "ivf-sq8", "ivfpq", "diskann")
 ROOT_FIELD = "root"  # partition key: a file's root folder (or shard), "catalog" for items
 PARTITIONS = 64  # Milvus hashes partition-key values into this many partitions
+NULLABLE_SINCE = (2, 5)  # older servers ignore nullable=True and refuse rows with a None: no filter fields there
+UPSERT_ROUTES_SINCE = (2, 4)  # 2.3's upsert ignores the partition key (rows land where `root == ...` never looks)
+COPY_BATCH = 2048  # rows per request while a re-size copies a collection aside
+DROP_GRACE_S = 1.0  # after the alias moves, searches that resolved it before get this long on the old collection
 
 
 _OUTBOX_DDL = (
@@ -229,6 +234,22 @@ def _hint(spec: MilvusSpec, e: Exception) -> str:
     return "; is the server running? `docker compose up -d` next to visdex's docker-compose.yml starts one"
 
 
+def _server_version(client) -> tuple[int, int]:
+    """(major, minor) of the server; an unreadable version counts as current."""
+    try:
+        m = re.match(r"v?(\d+)\.(\d+)", str(client.get_server_version()))
+    except Exception:  # pymilvus raises MilvusException / grpc errors: a server that does not say
+        m = None
+    return (int(m[1]), int(m[2])) if m else (99, 0)
+
+
+def _id_exprs(ids) -> list[str]:
+    """``id in [...]`` expressions of at most :data:`ID_FILTER_CHUNK` ids each (none for no ids)."""
+    ids = as_ids(ids)
+    return [f"id in [{','.join(map(str, ids[s : s + ID_FILTER_CHUNK].tolist()))}]"
+            for s in range(0, len(ids), ID_FILTER_CHUNK)]  # fmt: skip
+
+
 def new_collection_name() -> str:
     return f"visdex_{uuid.uuid4().hex[:16]}"
 
@@ -270,6 +291,8 @@ class MilvusVectorStore(VectorStore):
         self.collection: str = name
         self.ef_search: int | None = None
         self._has_root = True
+        self._has_fields = True  # False: a collection on a server older than 2.5 (id, vector, root only)
+        self._version = (99, 0)  # the server's (major, minor), read on connecting
         self._client = None
         self._lock = threading.RLock()
         self._pending = 0
@@ -319,6 +342,7 @@ class MilvusVectorStore(VectorStore):
                 return self._client
             client = connect(self.spec)
             with self._errors("open the collection"):
+                self._version = (99, 0) if self.spec.lite else _server_version(client)
                 if client.has_collection(self.collection):
                     self._check_dim(client)  # also notes whether it has the root partition key
                     client.load_collection(self.collection)
@@ -337,37 +361,77 @@ class MilvusVectorStore(VectorStore):
     def _check_dim(self, client) -> None:
         desc = client.describe_collection(self.collection)
         self._has_root = any(f["name"] == ROOT_FIELD for f in desc["fields"])  # collections made before it: none
+        self._has_fields = any(f["name"] == "path" for f in desc["fields"])
         vec = next((f for f in desc["fields"] if f["name"] == "vector"), None)
         dim = int((vec or {}).get("params", {}).get("dim", -1))
         if dim != self.dim:
             raise StoreError(f"the Milvus collection {self.collection} holds {dim}-d vectors, not {self.dim}-d: "
                              "it belongs to another index or model; pick another with ?collection=NAME")  # fmt: skip
 
-    def _create(self, client) -> None:
+    def _schema(self):
+        """The collection's fields: id, vector, the root partition key and the nullable ``--where`` fields (Milvus
+        2.5+; an older server gets id, vector and root only: its filters are answered by SQL, see compile_where)."""
         from pymilvus import DataType, MilvusClient
 
         schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
         schema.add_field("id", DataType.INT64, is_primary=True)
         schema.add_field("vector", DataType.FLOAT_VECTOR, dim=self.dim)
-        # Partition key: a search filtered to some roots (folders, shards) reads only their partitions.
-        schema.add_field(ROOT_FIELD, DataType.VARCHAR, max_length=65_535, is_partition_key=True)
-        for name in VARCHAR_FIELDS:
-            schema.add_field(name, DataType.VARCHAR, max_length=65_535, nullable=True)
-        for name in INT_FIELDS:
-            schema.add_field(name, DataType.INT64, nullable=True)
-        schema.add_field("mtime", DataType.DOUBLE, nullable=True)
-        for name in JSON_FIELDS:
-            schema.add_field(name, DataType.JSON, nullable=True)
+        if self._has_root:  # partition key: a search filtered to some roots (folders, shards) reads only theirs
+            schema.add_field(ROOT_FIELD, DataType.VARCHAR, max_length=65_535, is_partition_key=True)
+        if self._has_fields:
+            for name in VARCHAR_FIELDS:
+                schema.add_field(name, DataType.VARCHAR, max_length=65_535, nullable=True)
+            for name in INT_FIELDS:
+                schema.add_field(name, DataType.INT64, nullable=True)
+            schema.add_field("mtime", DataType.DOUBLE, nullable=True)
+            for name in JSON_FIELDS:
+                schema.add_field(name, DataType.JSON, nullable=True)
+        return schema
+
+    def _make(self, client, name: str, kind: str, build: dict) -> None:
         params = client.prepare_index_params()
-        rows = self._size_hint()
-        kind, build = self._index_plan(rows)
         params.add_index("vector", index_type=kind, metric_type="IP", params=build)
         # Strong: a search sees every write acknowledged before it, from any process.
-        client.create_collection(self.collection, schema=schema, index_params=params, consistency_level="Strong",
-                                 num_partitions=PARTITIONS)  # fmt: skip
+        client.create_collection(name, schema=self._schema(), index_params=params, consistency_level="Strong",
+                                 **({"num_partitions": PARTITIONS} if self._has_root else {}))  # fmt: skip
+
+    def _create(self, client) -> None:
+        """A new collection. On a server it is made under a physical name with ``self.collection`` as an alias,
+        so a re-size can build a new one aside and move the alias (:meth:`fit_index`); milvus-lite has no aliases."""
+        self._has_fields = self._version >= NULLABLE_SINCE
+        rows = self._size_hint()
+        kind, build = self._index_plan(rows)
+        if self.spec.lite:
+            self._make(client, self.collection, kind, build)
+        else:
+            self._drop_strays(client, keep=None)  # a killed process's half-made collection
+            physical = self._physical_name()
+            self._make(client, physical, kind, build)
+            client.create_alias(physical, self.collection)
         self._record_index(kind, build, rows)
         log.info("created Milvus collection %s (%s, %d-d) on %s", self.collection, kind, self.dim,
                  self.spec.describe())  # fmt: skip
+
+    def _physical_name(self) -> str:
+        return f"{self.collection}__{uuid.uuid4().hex[:8]}"
+
+    def _target(self, client) -> str | None:
+        """The collection ``self.collection`` is an alias of; None: it is a collection itself (milvus-lite, or made
+        before visdex used aliases)."""
+        if self.spec.lite:
+            return None
+        try:
+            return client.describe_alias(self.collection)["collection_name"]
+        except Exception:  # pymilvus raises MilvusException: not an alias
+            return None
+
+    def _drop_strays(self, client, keep: str | None) -> None:
+        """Drop this index's physical collections that no alias points at (a re-size or create that was killed)."""
+        prefix = f"{self.collection}__"
+        for name in client.list_collections():
+            if name.startswith(prefix) and name != keep and re.fullmatch(r"[0-9a-f]{8}", name[len(prefix) :]):
+                log.info("dropping %s, left by an interrupted re-size", name)
+                client.drop_collection(name)
 
     def _record_index(self, kind: str, params: dict, rows: int) -> None:
         self.db.set_meta(META_INDEX, json.dumps({"collection": self.collection, "type": kind, "params": params,
@@ -377,7 +441,10 @@ class MilvusVectorStore(VectorStore):
         """Re-build the vector index when the collection outgrew the one it has (indexing ends with this): an IVF
         index sized for a collection a :data:`RESIZE_GROWTH` times smaller gets the nlist of its size now, and
         "auto" on a server moves to IVF codes or DISKANN once the vectors pass the query nodes' RAM. Milvus cannot
-        change an index in place: release, drop, create, load (searches wait meanwhile). True if re-built."""
+        change an index in place. On a server the new index is built aside: a new collection, filled from the old
+        one, loaded, then the alias searches go through moves to it (searches keep answering from the old one
+        meanwhile). On milvus-lite (no aliases) and on a collection made before visdex used aliases: release, drop,
+        create, load in place (searches wait meanwhile). True if re-built."""
         built = self._built()
         if built is None:
             return False  # a collection made before visdex sized its index is left as it was built
@@ -386,17 +453,51 @@ class MilvusVectorStore(VectorStore):
         kind, params = self._index_plan(n)
         if kind == built["type"] and (params == built["params"] or n < RESIZE_GROWTH * built["rows"]):
             return False
+        target = self._target(client)
         with self._lock, self._errors("re-build the vector index"):
-            client.release_collection(self.collection)
-            client.drop_index(self.collection, "vector")
-            index = client.prepare_index_params()
-            index.add_index("vector", index_type=kind, metric_type="IP", params=params)
-            client.create_index(self.collection, index)
-            client.load_collection(self.collection)
+            if target is not None:
+                self._rebuild_aside(client, target, kind, params)
+            else:
+                self._rebuild_in_place(client, kind, params)
         self._record_index(kind, params, n)
         log.info("re-built the vector index of %s for %d vectors: %s %s (was %s %s for %d)", self.collection, n,
                  kind, params, built["type"], built["params"], built["rows"])  # fmt: skip
         return True
+
+    def _rebuild_in_place(self, client, kind: str, params: dict) -> None:
+        client.release_collection(self.collection)
+        client.drop_index(self.collection, "vector")
+        index = client.prepare_index_params()
+        index.add_index("vector", index_type=kind, metric_type="IP", params=params)
+        client.create_index(self.collection, index)
+        client.load_collection(self.collection)
+
+    def _rebuild_aside(self, client, old: str, kind: str, params: dict) -> None:
+        """Build a collection with the new index next to ``old``, copy every row into it, load it, move the alias.
+        Writes wait (they go through this store's lock); searches through the alias read ``old`` until it moves. A
+        process killed meanwhile leaves ``old`` in use and a stray that the next re-size drops."""
+        self._drop_strays(client, keep=old)
+        new = self._physical_name()
+        self._make(client, new, kind, params)
+        try:
+            fields = ["id", "vector"] + ([ROOT_FIELD] if self._has_root else [])
+            fields += [*VARCHAR_FIELDS, *INT_FIELDS, "mtime", *JSON_FIELDS] if self._has_fields else []
+            step = max(1, min(COPY_BATCH, (8 << 20) // (4 * self.dim)))
+            it = client.query_iterator(old, batch_size=step, filter="", output_fields=fields)
+            try:
+                while rows := it.next():
+                    client.insert(new, [dict(r) for r in rows])
+            finally:
+                it.close()
+            have, want = self._count_in(client, new), self._count_in(client, old)
+            if have != want:
+                raise StoreError(f"the re-sized copy of {self.collection} holds {have} rows, not {want}: not used")
+        except BaseException:
+            client.drop_collection(new)
+            raise
+        client.alter_alias(new, self.collection)
+        time.sleep(DROP_GRACE_S)
+        client.drop_collection(old)
 
     def _errors(self, what: str):
         return _MilvusErrors(self, what)
@@ -542,7 +643,7 @@ class MilvusVectorStore(VectorStore):
 
     def _rows(self, ids: Sequence[int], vecs: Sequence[np.ndarray]) -> list[dict]:
         """Collection rows: id, vector, the partition key and the filter fields."""
-        fields = scalar_fields(self.db, ids)
+        fields = scalar_fields(self.db, ids) if self._has_fields else {int(i): {} for i in ids}
         if self._has_root:
             roots = self._roots(ids)
             for i in fields:
@@ -554,7 +655,12 @@ class MilvusVectorStore(VectorStore):
         step = max(1, min(PUSH_BATCH, (8 << 20) // (4 * self.dim)))  # ~8 MB per request
         with self._errors("write to the collection"):
             for start in range(0, len(ids), step):
-                client.upsert(self.collection, self._rows(ids[start : start + step], vecs[start : start + step]))
+                rows = self._rows(ids[start : start + step], vecs[start : start + step])
+                if self._version >= UPSERT_ROUTES_SINCE:
+                    client.upsert(self.collection, rows)
+                else:  # not atomic: a search in between misses these rows, never sees them twice
+                    client.delete(self.collection, ids=[r["id"] for r in rows])
+                    client.insert(self.collection, rows)
 
     def _roots(self, ids: Sequence[int]) -> dict[int, str]:
         """The root (folder or shard) each file id was found under; items have none."""
@@ -600,14 +706,14 @@ class MilvusVectorStore(VectorStore):
         self._sync()
         client = self._conn()
         kk = min(k, MAX_TOPK)
-        if isinstance(allowed, MilvusFilter):
+        if isinstance(allowed, MilvusFilter) and allowed.ids is not None:
+            exprs = [f"({allowed.expr}) and ({e})" if allowed.expr else e for e in _id_exprs(allowed.ids)]
+        elif isinstance(allowed, MilvusFilter):
             exprs = [allowed.expr]
         elif allowed is None:
             exprs = [""]
         else:
-            allowed = as_ids(allowed)
-            exprs = [f"id in [{','.join(map(str, allowed[s : s + ID_FILTER_CHUNK].tolist()))}]"
-                     for s in range(0, len(allowed), ID_FILTER_CHUNK)]  # fmt: skip
+            exprs = _id_exprs(allowed)
         if not len(queries) or not exprs:
             return empty_results(len(queries), k)
         built = self._built() or {}
@@ -632,10 +738,14 @@ class MilvusVectorStore(VectorStore):
 
     def compile_where(self, where: str) -> MilvusFilter:
         """A ``where`` filter as a Milvus expression (see :mod:`.milvus_where`), for :meth:`search`."""
+        from ..filters import allowed_ids
         from .milvus_where import MilvusFilter, translate_where
 
-        f = translate_where(self.db, where)
+        self._conn()  # which fields the collection has
         roots = root_clause(where, self.db.roots(), self.db.kind == "catalog") if self._has_root else None
+        if not self._has_fields:  # a server older than 2.5: SQL answers, Milvus still prunes to the roots
+            return MilvusFilter(roots or "", 1, ids=allowed_ids(self.db, where))
+        f = translate_where(self.db, where)
         return MilvusFilter(f"({roots}) and ({f.expr})", f.fallbacks) if roots else f
 
     def _fetch(self, client, ids: Sequence[int]) -> dict[int, np.ndarray]:
@@ -664,8 +774,11 @@ class MilvusVectorStore(VectorStore):
         return self._count(self._conn())
 
     def _count(self, client) -> int:
+        return self._count_in(client, self.collection)
+
+    def _count_in(self, client, name: str) -> int:
         with self._errors("count"):
-            return int(client.query(self.collection, filter="", output_fields=["count(*)"])[0]["count(*)"])
+            return int(client.query(name, filter="", output_fields=["count(*)"])[0]["count(*)"])
 
     def ids(self) -> np.ndarray:
         return np.sort(np.fromiter((i for batch, _ in self._scan(4096, vectors=False) for i in batch), np.int64))
@@ -707,7 +820,8 @@ class MilvusVectorStore(VectorStore):
         return {"backend": f"milvus ({self.spec.describe()}, {index}, {load.lower()})", "store": self.spec.url,
                 "collection": self.collection, "ann": self.ann, "count": count, "dim": self.dim, "index": index,
                 "index_params": params, "indexed_rows": idx.get("indexed_rows"), "load_state": load,
-                "partition_key": ROOT_FIELD if self._has_root else None}  # fmt: skip
+                "partition_key": ROOT_FIELD if self._has_root else None, "alias_of": self._target(client),
+                "filter_fields": self._has_fields}  # fmt: skip
 
     def flush(self) -> None:
         """Push every pending change and fit the index to the collection's size (indexing ends with this)."""
@@ -729,7 +843,12 @@ class MilvusVectorStore(VectorStore):
         with self._lock:
             client = connect(self.spec)
             with self._errors("drop the collection"):
-                if client.has_collection(self.collection):
+                target = self._target(client)
+                if target is not None:
+                    client.drop_alias(self.collection)
+                    client.drop_collection(target)
+                    self._drop_strays(client, keep=None)
+                elif client.has_collection(self.collection):
                     client.drop_collection(self.collection)
             self._client, self._pending = None, 0
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -124,10 +124,12 @@ _ORDER = {"<": "<", "<=": "<=", ">": ">", ">=": ">=", "=": "==", "!=": "!="}
 
 @dataclass(frozen=True)
 class MilvusFilter:
-    """A translated filter: ``expr`` for Milvus; ``fallbacks`` comparisons were answered by SQL id lists."""
+    """A translated filter: ``expr`` for Milvus; ``fallbacks`` comparisons were answered by SQL id lists. ``ids``:
+    the whole filter answered by SQL (a collection without filter fields), searched as ``expr and id in [...]``."""
 
     expr: str
     fallbacks: int = 0
+    ids: np.ndarray | None = field(default=None, compare=False, repr=False)
 
 
 def lit(text: str) -> str:
