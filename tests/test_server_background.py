@@ -147,3 +147,39 @@ def test_the_ui_shows_the_progress_then_the_map(gallery, tmp_path, browser):
             page.close()
     finally:
         release.set()
+
+
+def test_close_ends_a_running_job_and_the_worker_closes_its_own_index(gallery):
+    """Shutting the server down mid-computation: the job ends at its next progress report, and the index is
+    closed by the worker after it (closing it from the shutting thread made the job read a closed database)."""
+    from visdex.server.background import Background
+
+    bg = Background(lambda: open_index(gallery[0], create=False))
+    started, errors = threading.Event(), []
+
+    def long_job(ix, progress):
+        progress.start(1_000_000)
+        started.set()
+        for _ in range(1_000_000):  # ~17 min if never stopped
+            try:
+                ix.db.counts()  # reads the database between steps, as the analyses do
+            except Exception as exc:  # noqa: BLE001 -- what the test looks for
+                errors.append(exc)
+                raise
+            progress.advance()
+        return "finished"
+
+    bg.start()
+    deadline = time.monotonic() + 30
+    while bg.generation is None:  # the worker has opened its index (a first sync would drop a job asked before)
+        assert time.monotonic() < deadline, "the worker never opened the index"
+        time.sleep(0.05)
+    bg.get(("long",), long_job, wait=0)
+    assert started.wait(30), "the worker never took the job"
+    thread = bg._thread
+    t0 = time.monotonic()
+    bg.close()
+    assert time.monotonic() - t0 < 5, "close waited for the job instead of stopping it"
+    assert thread is not None and not thread.is_alive()
+    assert not errors, errors
+    assert bg.status()["jobs"]["long"]["status"] != "ready"

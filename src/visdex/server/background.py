@@ -54,17 +54,29 @@ class Pending:
         return out
 
 
-class Progress:
-    """The progress hook the library calls (``start(total)``, ``advance(n)``); each step yields the CPU a moment."""
+class Stopped(BaseException):
+    """Raised inside a job, at its next progress report, when the server shuts down: the job ends there (a
+    BaseException, so that no job's own ``except Exception`` keeps it running on a closing index)."""
 
-    def __init__(self) -> None:
+
+class Progress:
+    """The progress hook the library calls (``start(total)``, ``advance(n)``); each step yields the CPU a moment
+    and ends the job (:class:`Stopped`) once ``stop`` is set."""
+
+    def __init__(self, stop: threading.Event | None = None) -> None:
+        self.stop = stop
         self.total = 0
         self.done = 0
         self.stages = 1  # a job in several passes (each start() begins one) reports across them
         self.stage = 0
         self.names: list[str] = []  # the steps' names, for a job that names them (step())
 
+    def _check(self) -> None:
+        if self.stop is not None and self.stop.is_set():
+            raise Stopped
+
     def start(self, total: int) -> None:
+        self._check()
         if self.total:
             self.stage = min(self.stage + 1, self.stages - 1)
         self.total, self.done = max(int(total), 1), 0
@@ -73,6 +85,7 @@ class Progress:
         """Step ``index`` of the named ``names`` begins (a start() within it counts inside the step)."""
         self.names, self.stages = list(names), max(len(names), 1)
         self.stage, self.total, self.done = min(index, self.stages - 1), 0, 0
+        self._check()
         time.sleep(0.001)
 
     def pending(self) -> Pending:
@@ -80,6 +93,7 @@ class Progress:
 
     def advance(self, n: int = 1) -> None:
         self.done += n
+        self._check()
         time.sleep(0.001)  # yield the GIL to request threads between batches
 
     @property
@@ -120,6 +134,7 @@ class Background:
         self.generation: int | None = None
         self._thread: threading.Thread | None = None
         self._stop = False
+        self._stopping = threading.Event()  # seen by a running job at its next progress report
         self.computed = 0  # jobs finished (the tests check that a new index state recomputes)
 
     # -- the request side ---------------------------------------------------------------
@@ -169,13 +184,20 @@ class Background:
             return {"generation": self.generation, "jobs": out}
 
     def close(self) -> None:
+        """Stop the worker: a running job ends at its next progress report, and the worker closes its own index
+        (never this thread: a job still inside one long step would then read a closed database)."""
         with self._cond:
             self._stop = True
+            self._stopping.set()
             self._cond.notify_all()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-        if self._ix is not None:
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout=10)
+            if thread.is_alive():  # a daemon thread: it ends with the process, or closes its index when done
+                log.info("analyses: a job is still inside a step without progress reports; it is left to end")
+        elif self._ix is not None:
             self._ix.close()
+            self._ix = None
 
     # -- the worker -----------------------------------------------------------------------
     def _run(self) -> None:
@@ -185,6 +207,15 @@ class Background:
         except Exception:  # noqa: BLE001 -- a server without analyses still searches
             log.exception("analyses: could not open the index")
             return
+        try:
+            self._loop(ix)
+        except Stopped:
+            pass
+        finally:
+            self._ix = None
+            ix.close()  # here, on its own thread, after its last job
+
+    def _loop(self, ix: Index) -> None:
         while True:
             with self._cond:
                 if self._stop:
@@ -230,6 +261,7 @@ class Background:
 
     def _compute(self, ix: Index, key: Key, entry: _Entry, generation: int | None) -> None:
         t0 = time.perf_counter()
+        entry.progress.stop = self._stopping
         try:
             result, error = entry.job(ix, entry.progress), None
         except Exception as exc:  # noqa: BLE001 -- the request that asks gets it (its typed error: 400, 501, ...)
