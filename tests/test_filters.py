@@ -206,7 +206,7 @@ def test_tag_template_must_have_one_placeholder(meta_index, capsys):
     assert prompts_for(["beach"], "a photo of") == ["a photo of beach"]
     assert prompts_for(["beach"], "{{literal}} {}") == ["{literal} beach"]
     for bad in ("{}{}{}", "{0} and {1}", "{name}", "a { b", "{:d}"):
-        with pytest.raises(BadQuery, match="--template"):
+        with pytest.raises(BadQuery, match="^template "):
             prompts_for(["beach"], bad)
     ix, _ = meta_index
     code, _, err = run_cli(capsys, "tag", "--labels", "a,b", "--template", "{}{}{}", "--index", ix.path)

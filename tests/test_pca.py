@@ -77,7 +77,7 @@ def test_fit_on_an_index_reads_its_vectors(tmp_path, crops, tiny_clip, tiny_dino
 
 
 def test_bad_settings(tmp_path, crops, tiny_clip, photos):
-    with pytest.raises(TrainSetupError, match="--dim"):
+    with pytest.raises(TrainSetupError, match="^dim must be"):
         fit_pca(str(tiny_clip), crops, tmp_path / "a", dim=16)
     few = tmp_path / "few"
     few.mkdir()

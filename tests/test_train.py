@@ -381,7 +381,7 @@ def test_resume_continues_to_the_same_result(tiny_dinov2, labelled, tmp_path, lo
     full = _dino_run(tiny_dinov2, labelled, tmp_path / "full", loss=loss, epochs=3)
     with pytest.raises(KeyboardInterrupt):
         _dino_run(tiny_dinov2, labelled, tmp_path / "cut", loss=loss, epochs=3, progress=_StopAfter(1))
-    with pytest.raises(TrainSetupError, match="--resume"):
+    with pytest.raises(TrainSetupError, match="add resume to continue"):
         _dino_run(tiny_dinov2, labelled, tmp_path / "cut", loss=loss, epochs=3)
     with pytest.raises(TrainSetupError, match="lr"):
         _dino_run(tiny_dinov2, labelled, tmp_path / "cut", loss=loss, epochs=3, lr=0.5, resume=True)

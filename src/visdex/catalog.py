@@ -125,9 +125,11 @@ def read_catalog(
     extra_img = [c for c in columns if c.lower().startswith("image") and c != imgc]
     titlec = _pick(columns, title_column, TITLE_COLUMNS, "title")
     if idc is None:
-        raise BadQuery(f"the catalog needs an id column (one of {', '.join(ID_COLUMNS)}, or --id-column)")
+        raise BadQuery(f"the catalog needs an id column (one of {', '.join(ID_COLUMNS)}, or {{field}})",
+                       field="id_column")  # fmt: skip
     if imgc is None and not extra_img:
-        raise BadQuery(f"the catalog needs an image column (one of {', '.join(IMAGE_COLUMNS)}, or --image-column)")
+        raise BadQuery(f"the catalog needs an image column (one of {', '.join(IMAGE_COLUMNS)}, or {{field}})",
+                       field="image_column")  # fmt: skip
     base = path.parent
     rows, seen = [], set()
     for n, rec in enumerate(records, 1):
@@ -183,7 +185,7 @@ def ingest_catalog(
     from .ingest import Progress, default_workers
 
     if not 0.0 <= text_weight < 1.0:
-        raise BadQuery("--text-weight must be in [0, 1)")
+        raise BadQuery("{field} must be in [0, 1)", field="text_weight")
     t0 = time.perf_counter()
     progress = progress or Progress()
     rows = read_catalog(path, id_column=id_column, image_column=image_column, title_column=title_column)
@@ -191,7 +193,8 @@ def ingest_catalog(
     emb = ix.embedder
     ix.ensure_fingerprint()
     if text_weight and not emb.supports_text:
-        raise BadQuery(f"--text-weight needs a text-and-image model; {ix.model_name!r} embeds images only")
+        raise BadQuery(f"{{field}} needs a text-and-image model; {ix.model_name!r} embeds images only",
+                       field="text_weight")  # fmt: skip
     db, store = ix.db, ix.store
     known = db.item_keys()
     report = CatalogReport()

@@ -476,15 +476,58 @@ CORE_COMMANDS = ("index", "search", "similar", "status", "models")
 QUICK_COMMANDS = ("search", "similar", "status")
 
 
-def _command_name(argv: list[str]) -> str | None:
-    """The command ``argv`` runs (the first word after the root options), None for none (root --help)."""
-    args = iter(argv)
-    for arg in args:
+def _command_at(argv: list[str]) -> int | None:
+    """Where in ``argv`` the command it runs is named (the first word after the root options), None for none."""
+    args = enumerate(argv)
+    for i, arg in args:
         if arg in ("--index", "-i"):
             next(args, None)  # the root option's value
         elif not arg.startswith("-"):
-            return arg
+            return i
     return None
+
+
+def _command_name(argv: list[str]) -> str | None:
+    """The command ``argv`` runs (the first word after the root options), None for none (root --help)."""
+    at = _command_at(argv)
+    return None if at is None else argv[at]
+
+
+def _cli_name(field: str, argv: list[str]) -> str:
+    """How the command line ``argv`` spells the library's argument ``field``: the longest ``--name`` of the
+    option of the command it ran (or of a group above it: the root's ``--index``) whose parameter is ``field``
+    (``--top``), a positional argument's metavar (``FOLDER``); ``--field-name`` when none is called that."""
+    import typer.main
+    from typer.core import TyperArgument, TyperGroup  # Typer's own classes: it may vendor Click (0.29 does)
+
+    cmd = typer.main.get_command(app)
+    ctx = typer.Context(cmd, info_name="visdex")
+    params = list(cmd.params)
+    at = _command_at(argv)
+    while isinstance(cmd, TyperGroup) and at is not None:
+        cmd = cmd.get_command(ctx, argv[at])
+        if cmd is None:
+            break
+        params = [*cmd.params, *params]  # the command's own parameters first
+        at = next((i for i in range(at + 1, len(argv)) if not argv[i].startswith("-")), None)  # a group's command
+    for p in params:
+        if p.name == field:
+            if isinstance(p, TyperArgument):
+                return p.metavar or p.name.upper()
+            return max([o for o in p.opts if o.startswith("--")] or p.opts, key=len)
+    return "--" + field.replace("_", "-")
+
+
+def error_message(e: VisdexError, argv: list[str]) -> str:
+    """``e``'s message as the command line ``argv`` says it: the argument it names (``e.field``) spelled as the
+    command's flag (``--top must be at least 1``, where the library says ``top must be at least 1``)."""
+    if e.field is None:
+        return str(e)
+    try:
+        name = _cli_name(e.field, argv)
+    except Exception:  # noqa: BLE001 -- only a name in a message: the field's own spelling will do
+        name = "--" + e.field.replace("_", "-")
+    return e.named(name)
 
 
 def _needs_command_modules(argv: list[str]) -> bool:
@@ -529,7 +572,7 @@ def main() -> None:
     except VisdexError as e:
         if root_options["traceback"]:
             raise
-        err.print(f"[red]error:[/] {escape(str(e))}", highlight=False)
+        err.print(f"[red]error:[/] {escape(error_message(e, sys.argv[1:]))}", highlight=False)
         sys.exit(e.exit_code)
     except FileNotFoundError as e:
         if root_options["traceback"]:

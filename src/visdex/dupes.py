@@ -280,7 +280,7 @@ def find_duplicates(ix, *, threshold: float | None = None, exact_only: bool = Fa
     if ix.db.kind == "catalog":
         raise BadQuery("duplicates are found among files; this index holds a catalog")
     if threshold is not None and not -1.0 <= threshold <= 1.0:
-        raise BadQuery("--threshold is a cosine between -1 and 1")
+        raise BadQuery("{field} is a cosine between -1 and 1", field="threshold")
     exact = UnionFind()  # same bytes or same decoded pixels
     for first, *rest in same_hash_groups(ix.db):
         for other in rest:

@@ -77,12 +77,13 @@ class MissingDependency(VisdexError):
     exit_code = 4
     http_status = 501
 
-    def __init__(self, package: str, extra: str | None = None, purpose: str = ""):
+    def __init__(self, package: str, extra: str | None = None, purpose: str = "", *, field: str | None = None):
         self.package = package
         self.extra = extra
         what = f" (needed for {purpose})" if purpose else ""
         fix = f"pip install 'visdex[{extra}]'" if extra else f"pip install {package}"
-        super().__init__(f"{package} is not installed{what}; install it with: {fix}")
+        # a purpose that names an argument writes {field}: "{field} umap" reads "--method umap" on the CLI
+        super().__init__(f"{package} is not installed{what}; install it with: {fix}", field=field)
 
 
 class BadImage(VisdexError):

@@ -95,7 +95,7 @@ def cut_hits(hits: list[Hit], min_score: float | None = None, within: float | No
         hits = [h for h in hits if h.score >= min_score]
     if within is not None and hits:
         if within < 0:
-            raise BadQuery("--within must be >= 0")
+            raise BadQuery("{field} must be >= 0", field="within")
         top = hits[0].score
         hits = [h for h in hits if h.score >= top - within]
     return hits

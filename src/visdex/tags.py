@@ -38,21 +38,22 @@ class TagReport:
         return {"images": self.images, "labels": self.labels, "counts": self.counts}
 
 
-def parse_labels(text: str | None = None, file: str | None = None) -> list[str]:
+def parse_labels(labels: str | None = None, labels_file: str | None = None) -> list[str]:
     """Labels from a comma-separated string and/or a file with one label per line (``#`` comments)."""
-    labels: list[str] = []
-    if text:
-        labels += [x.strip() for x in text.split(",")]
-    if file:
+    found: list[str] = []
+    if labels:
+        found += [x.strip() for x in labels.split(",")]
+    if labels_file:
         try:
-            with open(file, encoding="utf-8") as f:
-                labels += [x.strip() for x in f if x.strip() and not x.lstrip().startswith("#")]
+            with open(labels_file, encoding="utf-8") as f:
+                found += [x.strip() for x in f if x.strip() and not x.lstrip().startswith("#")]
         except OSError as e:
-            raise BadQuery(f"cannot read the labels file {file}: {e.strerror}") from e
-    labels = list(dict.fromkeys(x for x in labels if x))
-    if len(labels) < 2:
-        raise BadQuery("give at least two labels (--labels 'beach,mountain,city' or --labels-file)")
-    return labels
+            raise BadQuery(f"cannot read the labels file {labels_file}: {e.strerror}", path=labels_file) from e
+    found = list(dict.fromkeys(x for x in found if x))
+    if len(found) < 2:
+        raise BadQuery("give at least two labels ({field} 'beach,mountain,city', or one a line in labels_file)",
+                       field="labels")  # fmt: skip
+    return found
 
 
 def prompts_for(labels: Sequence[str], template: str = DEFAULT_TEMPLATE) -> list[str]:
@@ -65,11 +66,13 @@ def prompts_for(labels: Sequence[str], template: str = DEFAULT_TEMPLATE) -> list
         fields = [f + (spec or "") + (conv or "") for _, f, spec, conv in string.Formatter().parse(template)
                   if f is not None]  # fmt: skip
     except ValueError as e:  # a lone "{" or "}"
-        raise BadQuery(f"--template {template!r}: {e} (write {{{{ and }}}} for literal braces)") from None
+        raise BadQuery(f"{{field}} {template!r}: {e} (write {{{{ and }}}} for literal braces)",
+                       field="template") from None  # fmt: skip
     if not fields:
         return [f"{template} {x}" for x in labels]
     if fields != [""]:
-        raise BadQuery(f"--template {template!r}: give exactly one {{}} where the label goes, e.g. 'a photo of {{}}'")
+        raise BadQuery(f"{{field}} {template!r}: give exactly one {{}} where the label goes, e.g. 'a photo of {{}}'",
+                       field="template")  # fmt: skip
     return [template.format(x) for x in labels]
 
 
@@ -95,7 +98,7 @@ def tag_index(
     if ix.db.kind == "catalog":
         raise BadQuery("tags are for folder indexes; a catalog's attributes already filter its items")
     if top < 1:
-        raise BadQuery("--top must be at least 1")
+        raise BadQuery("{field} must be at least 1", field="top")
     labels = list(labels)
     min_score = 1.0 / len(labels) if min_score is None else min_score
     prompts = prompts_for(labels, template)

@@ -65,17 +65,17 @@ def _embed_2d(x: np.ndarray, method: str, seed: int) -> tuple[np.ndarray, str]:
         try:
             import umap
         except ImportError as e:
-            raise MissingDependency("umap-learn", extra="map", purpose="--method umap") from e
+            raise MissingDependency("umap-learn", extra="map", purpose="{field} umap", field="method") from e
         reducer = umap.UMAP(n_components=2, n_neighbors=min(15, n - 1), metric="cosine", random_state=seed)
         return reducer.fit_transform(x), "umap"
     if method == "tsne":
         if not _has_sklearn():
-            raise MissingDependency("scikit-learn", extra="map", purpose="--method tsne")
+            raise MissingDependency("scikit-learn", extra="map", purpose="{field} tsne", field="method")
         from sklearn.manifold import TSNE
 
         perplexity = max(2.0, min(30.0, (n - 1) / 3))
         return TSNE(2, perplexity=perplexity, init="pca", random_state=seed, metric="cosine").fit_transform(x), "tsne"
-    raise BadQuery(f"unknown --method {method!r}: auto, umap, tsne or pca")
+    raise BadQuery(f"unknown {{field}} {method!r}: auto, umap, tsne or pca", field="method")
 
 
 def _has_sklearn() -> bool:

@@ -148,7 +148,7 @@ class RayEngine:
                  workers: int | None = None, batch_size: int | None = None, cpus_per_worker: float = 1.0,
                  init: dict | None = None):  # fmt: skip
         if gpus_per_worker is not None and gpus_per_worker < 0:
-            raise VisdexError(f"--gpus-per-worker must be 0 or more, not {gpus_per_worker}", field="gpus_per_worker")
+            raise VisdexError(f"{{field}} must be 0 or more, not {gpus_per_worker}", field="gpus_per_worker")
         self.address, self.gpus_per_worker, self.workers = address, gpus_per_worker, workers
         self.batch_size, self.cpus_per_worker, self.init = batch_size, cpus_per_worker, init or {}
         self._started = False

@@ -38,8 +38,8 @@ class Backbone:
         if self.train_blocks > 0:
             module = self._build()
             if self.train_blocks > len(self.stages):
-                raise TrainSetupError(f"--train-blocks {self.train_blocks}: {emb.name} has {len(self.stages)} "
-                                      "trainable blocks")  # fmt: skip
+                raise TrainSetupError(f"{{field}} {self.train_blocks}: {emb.name} has {len(self.stages)} "
+                                      "trainable blocks", field="train_blocks")  # fmt: skip
             for p in module.parameters():
                 p.requires_grad_(False)
             for p in self.trainable_parameters():
@@ -53,8 +53,9 @@ class Backbone:
         cut = adapter.trainable_stages(self.emb) if adapter is not None else None
         if cut is None:
             raise TrainSetupError(
-                f"--train-blocks needs a network visdex knows how to cut ({', '.join(trainable_families())} "
-                f"families); {self.emb.name!r} is not one: train only the projection head (--train-blocks 0)"
+                f"{{field}} needs a network visdex knows how to cut ({', '.join(trainable_families())} "
+                f"families); {self.emb.name!r} is not one: train only the projection head ({{field}} 0)",
+                field="train_blocks",
             )
         self.module, self.stages, self._stem, self._pool = cut.module, cut.stages, cut.stem, cut.pool
         cut.module.eval()

@@ -45,6 +45,19 @@ class TrainSetupError(VisdexError):
     http_status = 400
 
 
+def check_least(**values: tuple[float | None, float]) -> None:
+    """``name=(value, least)`` for each setting: a TrainSetupError naming the first whose value is under its least
+    (None: not set, nothing to check).
+
+    >>> check_least(epochs=(0, 1))
+    Traceback (most recent call last):
+    visdex.train.common.TrainSetupError: epochs must be at least 1, not 0
+    """
+    for name, (value, least) in values.items():
+        if value is not None and value < least:
+            raise TrainSetupError(f"{{field}} must be at least {least}, not {value}", field=name)
+
+
 # -- progress ------------------------------------------------------------------------------------
 class Phase:
     """A :class:`TrainProgress` seen as evaluate.py's embedding progress, under a fixed label."""
@@ -126,14 +139,15 @@ class RunDir:
         """Check the directory suits a new run (empty or missing) or a resume (has a checkpoint)."""
         if resume:
             if not self.state.is_file():
-                raise TrainSetupError(f"nothing to resume in {self.root}: no {TRAIN_DIR}/{STATE_FILE} (run without "
-                                      "--resume to start)")  # fmt: skip
+                raise TrainSetupError(f"nothing to resume in {self.root}: no {TRAIN_DIR}/{STATE_FILE} (start without "
+                                      "{field})", field="resume")  # fmt: skip
             return
         if self.state.is_file():
-            raise TrainSetupError(f"{self.root} holds a training run already; add --resume to continue it, "
-                                  "or choose another --out")  # fmt: skip
+            raise TrainSetupError(f"{self.root} holds a training run already; add {{field}} to continue it, "
+                                  "or choose another output directory", field="resume")  # fmt: skip
         if self.root.exists() and (not self.root.is_dir() or any(p.name != TRAIN_DIR for p in self.root.iterdir())):
-            raise TrainSetupError(f"--out {self.root} exists and is not empty; give a new or empty directory")
+            raise TrainSetupError(f"{{field}} {self.root} exists and is not empty; give a new or empty directory",
+                                  field="out")  # fmt: skip
         self.cache.mkdir(parents=True, exist_ok=True)
 
     def write_run(self, data: dict) -> None:
@@ -186,7 +200,8 @@ def load_state(run: RunDir, settings: dict) -> dict:
     differ = sorted(k for k in set(old) | set(settings) if k not in RESUME_FREE and old.get(k) != settings.get(k))
     if differ:
         what = ", ".join(f"{k}: {old.get(k)!r} -> {settings.get(k)!r}" for k in differ)
-        raise TrainSetupError(f"--resume needs the settings of the run in {run.root}; these differ: {what}")
+        raise TrainSetupError(f"{{field}} needs the settings of the run in {run.root}; these differ: {what}",
+                              field="resume")  # fmt: skip
     return state
 
 
@@ -225,7 +240,8 @@ def split_by_group(
     True
     """
     if not 0 < fraction < 1:
-        raise TrainSetupError(f"--val-fraction must be between 0 and 1 (exclusive), not {fraction}")
+        # named as the fine-tuning functions call it: their val_fraction is this fraction
+        raise TrainSetupError(f"{{field}} must be between 0 and 1 (exclusive), not {fraction}", field="val_fraction")
     groups = sorted({row[key] for row in items})
     rng = np.random.default_rng([seed, 7])
     n_out = min(len(groups) - 1, max(1, round(len(groups) * fraction)))

@@ -41,6 +41,7 @@ from .common import (
     Timer,
     TrainProgress,
     TrainSetupError,
+    check_least,
     epoch_rng,
     load_state,
     read_set,
@@ -118,12 +119,12 @@ def select_trainable(model, parts: CaptionTraining, freeze: Sequence[str], train
         else:
             if train_blocks > len(layers):
                 known = f"has {len(layers)} layers" if layers else "has no blocks visdex can pick (train it whole)"
-                raise TrainSetupError(f"--train-blocks {train_blocks}: the {tower} tower {known}")
+                raise TrainSetupError(f"{{field}} {train_blocks}: the {tower} tower {known}", field="train_blocks")
             region += layers[len(layers) - train_blocks :] + top
     if lora:
         ids = {id(m) for r in region if isinstance(r, torch.nn.Module) for m in r.modules()}
         if not add_lora(model, lora, lora_alpha, where=lambda _, layer: id(layer) in ids):
-            raise TrainSetupError("--lora found no Linear layer to adapt in the trained blocks")
+            raise TrainSetupError("{field} found no Linear layer to adapt in the trained blocks", field="lora")
     else:
         for r in region:
             for p in [r] if isinstance(r, torch.nn.Parameter) else r.parameters():
@@ -244,9 +245,9 @@ def finetune_captions(
     timer = Timer()
     freeze = sorted(set(freeze))
     if set(freeze) - set(TOWERS) or len(freeze) == len(TOWERS):
-        raise TrainSetupError(f"--freeze takes image or text (not both: nothing would train), not {freeze}")
-    if lora < 0 or (train_blocks is not None and train_blocks < 0) or epochs < 1 or batch_size < 2:
-        raise TrainSetupError("--lora and --train-blocks cannot be negative, --epochs >= 1, --batch-size >= 2")
+        raise TrainSetupError(f"{{field}} takes image or text (not both: nothing would train), not {freeze}",
+                              field="freeze")  # fmt: skip
+    check_least(lora=(lora, 0), train_blocks=(train_blocks, 0), epochs=(epochs, 1), batch_size=(batch_size, 2))
     lr = lr if lr is not None else (1e-4 if lora else 1e-5)
     check_caption_model_name(model)
     train_pairs, val_pairs, test_pairs = read_caption_sets(data, val, val_fraction, test, seed)

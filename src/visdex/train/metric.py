@@ -31,6 +31,7 @@ from .common import (
     TrainProgress,
     TrainSetupError,
     check_labelled,
+    check_least,
     epoch_rng,
     load_state,
     read_set,
@@ -79,13 +80,12 @@ def _settings(model, data, val, val_fraction, test, loss, dim, train_blocks, aug
 def _check_options(loss: str, dim: int, train_blocks: int, augment: int, epochs: int, batch_size: int) -> None:
     if loss not in METRIC_LOSSES:
         raise TrainSetupError(f"unknown loss {loss!r}; choose one of {', '.join(METRIC_LOSSES)}")
-    if dim < 0 or train_blocks < 0 or augment < 0:
-        raise TrainSetupError("--dim, --train-blocks and --augment cannot be negative")
+    check_least(dim=(dim, 0), train_blocks=(train_blocks, 0), augment=(augment, 0), epochs=(epochs, 1))
     if dim == 0 and train_blocks == 0:
-        raise TrainSetupError("--dim 0 (no projection head) with --train-blocks 0 leaves nothing to train")
-    if epochs < 1 or batch_size < 2 * K_PER_CLASS:
-        raise TrainSetupError(f"--epochs must be >= 1 and --batch-size >= {2 * K_PER_CLASS} (2 classes x "
-                              f"{K_PER_CLASS} images)")  # fmt: skip
+        raise TrainSetupError("{field} 0 (no projection head) with train_blocks 0 leaves nothing to train", field="dim")
+    if batch_size < 2 * K_PER_CLASS:
+        raise TrainSetupError(f"{{field}} must be at least {2 * K_PER_CLASS} (2 classes x {K_PER_CLASS} images), "
+                              f"not {batch_size}", field="batch_size")  # fmt: skip
 
 
 def pk_batches(codes: np.ndarray, batch_size: int, steps: int, rng: np.random.Generator) -> list[np.ndarray]:

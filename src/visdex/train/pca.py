@@ -122,12 +122,13 @@ def fit_pca(
     progress = progress or TrainProgress()
     data, out = Path(data).expanduser(), Path(out).expanduser()
     if out.exists() and any(out.iterdir()):
-        raise TrainSetupError(f"{out} exists and is not empty; choose a new --out")
+        raise TrainSetupError(f"{{field}} {out} exists and is not empty; give a new or empty directory", field="out")
     if not data.exists():
         raise TrainSetupError(f"no such folder or index: {data}")
     emb = load_embedder(model, device=device or "auto")
     if dim < 1 or dim >= emb.dim:
-        raise TrainSetupError(f"--dim must be between 1 and {emb.dim - 1} for {model} ({emb.dim}-d vectors)")
+        raise TrainSetupError(f"{{field}} must be between 1 and {emb.dim - 1} for {model} ({emb.dim}-d vectors)",
+                              field="dim")  # fmt: skip
     failed = 0
     if (data / "index.db").is_file():
         vectors = _index_vectors(data, emb, sample, seed)
