@@ -45,7 +45,7 @@ def cluster_index(ix, k: int | None = None, *, seed: int = 0, progress=None) -> 
         raise BadQuery("clustering needs at least two indexed images")
     k = auto_k(n) if k is None else k
     if not 1 <= k <= n:
-        raise BadQuery(f"k must be between 1 and the number of indexed items ({n})", field="k")
+        raise BadQuery(f"{{field}} must be between 1 and the number of indexed items ({n})", field="k")
     vecs = ix.store.get(ids)
     rng = np.random.default_rng(seed)
     train = vecs if n <= TRAIN_SAMPLE else vecs[rng.choice(n, TRAIN_SAMPLE, replace=False)]

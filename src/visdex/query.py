@@ -58,11 +58,11 @@ class Crop:
         try:
             x, y, w, h = (float(p) for p in parts)
         except ValueError:
-            raise BadQuery(f"crop takes x,y,w,h (pixels, or fractions <= 1), not {text!r}", field="crop") from None
+            raise BadQuery(f"{{field}} takes x,y,w,h (pixels, or fractions <= 1), not {text!r}", field="crop") from None
         if not all(math.isfinite(v) and abs(v) <= MAX_CROP for v in (x, y, w, h)):
-            raise BadQuery(f"crop {text!r}: each of x,y,w,h must be a finite number up to {MAX_CROP:.0f}", field="crop")
+            raise BadQuery(f"{{field}} {text!r}: each of x,y,w,h must be a finite number up to {MAX_CROP:.0f}", field="crop")
         if min(x, y) < 0 or w <= 0 or h <= 0:
-            raise BadQuery(f"crop {text!r}: x and y must be >= 0, width and height > 0", field="crop")
+            raise BadQuery(f"{{field}} {text!r}: x and y must be >= 0, width and height > 0", field="crop")
         return cls(x, y, w, h, relative=max(x, y, w, h) <= 1.0)
 
     def box(self, width: int, height: int) -> tuple[int, int, int, int]:
@@ -72,7 +72,7 @@ class Crop:
         left, top, right, bottom = round(x), round(y), round(x + w), round(y + h)
         if right > width + 1 or bottom > height + 1 or right - left < 1 or bottom - top < 1:
             shown = f"{self.x:g},{self.y:g},{self.w:g},{self.h:g}"
-            raise BadQuery(f"crop {shown} lies outside the {width}x{height} image", field="crop")
+            raise BadQuery(f"{{field}} {shown} lies outside the {width}x{height} image", field="crop")
         return left, top, min(right, width), min(bottom, height)
 
 
@@ -237,7 +237,7 @@ def parse_query(query: str | Sequence[str], crop: str | Crop | None = None) -> Q
         crop = crop if isinstance(crop, Crop) else Crop.parse(crop)
         idx = next((i for i, t in enumerate(terms) if t.kind == "image"), None)
         if idx is None:
-            raise BadQuery("crop needs an image term in the query", field="crop")
+            raise BadQuery("{field} needs an image term in the query", field="crop")
         t = terms[idx]
         terms[idx] = Term(t.kind, t.value, t.weight, crop)
     return Query(terms)
