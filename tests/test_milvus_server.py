@@ -31,6 +31,7 @@ from visdex.models.base import l2_normalize  # noqa: E402
 from visdex.store import milvus  # noqa: E402
 from visdex.store.db import IndexDB  # noqa: E402
 from visdex.store.milvus import MilvusVectorStore, parse_milvus_url  # noqa: E402
+from visdex.store.milvus_where import lit as milvus_where_lit  # noqa: E402
 
 from clihelp import run_cli, spawn_cli  # noqa: E402
 from imagefactory import write_photo, write_shots  # noqa: E402
@@ -247,29 +248,41 @@ def _clip_retrieval_folder(path, vecs: np.ndarray, names: list[str]) -> None:
 
 
 def test_import_reaches_the_server(capsys, tmp_path, server, tiny_clip, monkeypatch, caplog):
-    """`visdex import` into the server with a bulk stage set: a 2.3 server has no import-jobs API (HTTP 404 on
-    /v2/vectordb/jobs/import), so the rows go by batched upserts -- each once, the vectors those exported;
-    a 2.4+ server runs one import job (what only the documented API and a fake of it test)."""
+    """`visdex import` into the server with a bulk stage set. A 2.3 server has no import-jobs API (HTTP 404 on
+    /v2/vectordb/jobs/import): the staged Parquet files go through its gRPC bulk insert, one task a file, and the
+    push waits until searches see the rows; 2.4+ runs one REST import job. Each row once, in its root's partition,
+    the vectors those exported; importing again adds nothing."""
     pytest.importorskip("pyarrow")
-    stage = tmp_path / "stage"
+    from visdex.store import milvus_bulk
+
+    stage = tmp_path / "stage"  # the server runs here on local storage: it reads absolute paths
     stage.mkdir()
     monkeypatch.setenv("VISDEX_MILVUS_BULK_STAGE", f"file://{stage}")
     monkeypatch.setenv("VISDEX_STORE", server)
     monkeypatch.setattr(milvus, "BULK_MIN", 20)
+    monkeypatch.setattr(milvus, "FILE_ROWS", 25)
+    monkeypatch.setattr(milvus_bulk, "POLL_S", 0.2)
     rng = np.random.default_rng(3)
     vecs = rng.normal(size=(60, 16)).astype(np.float32)
     names = [f"/data/shop/{i:03d}.jpg" for i in range(60)]
     _clip_retrieval_folder(tmp_path / "emb", vecs, names)
-    with caplog.at_level(logging.INFO, logger="visdex.store.milvus"):
+    with caplog.at_level(logging.INFO, logger="visdex.store"):
         code, out, err = run_cli(capsys, "import", tmp_path / "emb", "--model", tiny_clip, "--index", tmp_path / "ix")
     assert code == 0 and "60 new" in out, err
-    old_server = _version(server) < (2, 4)
-    assert ("bulk insert did not run" in caplog.text) == old_server
-    assert list(stage.iterdir()) == []  # staged files removed either way
+    assert "bulk insert did not run" not in caplog.text
+    assert "Milvus bulk insert: 60 vectors in 3 file(s)" in caplog.text
+    assert ("using gRPC bulk insert" in caplog.text) == (_version(server) < (2, 4))
+    assert list(stage.iterdir()) == []  # staged files removed
     with open_index(tmp_path / "ix") as ix:
         assert _rows_and_distinct(ix.store) == (60, 60) and ix.store.pending() == 0
         got = ix.store.get([ix.db.file_by_path(n).id for n in names])
         np.testing.assert_allclose(got, l2_normalize(vecs.astype(np.float16).astype(np.float32)), atol=1e-6)
+        with sqlite3.connect(ix.db.path) as c:
+            roots = dict(c.execute("SELECT root, COUNT(*) FROM files GROUP BY root").fetchall())
+        client = _client(server)
+        for root, n in roots.items():  # routed by the partition key: a root's filter finds all of its rows
+            hits = client.query(ix.store.collection, filter=f"root == {milvus_where_lit(root)}", output_fields=["id"])
+            assert len(hits) == n
     code, out, _ = run_cli(capsys, "import", tmp_path / "emb", "--model", tiny_clip, "--index", tmp_path / "ix")
     with open_index(tmp_path / "ix") as ix:
         assert code == 0 and _rows_and_distinct(ix.store) == (60, 60)  # twice: nothing added

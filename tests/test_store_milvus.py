@@ -375,6 +375,7 @@ def test_ivf_lists_follow_the_collection_size_and_grow_with_it(tmp_path, lite, m
     store.flush()  # 21x the rows it was sized for: re-built
     assert sent[1:] == [("IVF_SQ8", {"nlist": 128})] and store.info()["index_params"] == {"nlist": 128}
     assert store.fit_index() is False  # the right size now: left alone
+    assert store.info()["alias_of"] is None and store.collection in store.index.list_collections()  # lite: in place
     searched = []
     real_search = store.index.search
     monkeypatch.setattr(store.index, "search", lambda *a, **kw: searched.append(kw["search_params"]) or

@@ -63,6 +63,7 @@ ROOT_FIELD = "root"  # partition key: a file's root folder (or shard), "catalog"
 PARTITIONS = 64  # Milvus hashes partition-key values into this many partitions
 NULLABLE_SINCE = (2, 5)  # older servers ignore nullable=True and refuse rows with a None: no filter fields there
 UPSERT_ROUTES_SINCE = (2, 4)  # 2.3's upsert ignores the partition key (rows land where `root == ...` never looks)
+IMPORT_VISIBLE_S, BULK_POLL_S = 600.0, 1.0  # how long an import's rows may take to reach searches, polled so
 COPY_BATCH = 2048  # rows per request while a re-size copies a collection aside
 DROP_GRACE_S = 1.0  # after the alias moves, searches that resolved it before get this long on the old collection
 
@@ -580,7 +581,8 @@ class MilvusVectorStore(VectorStore):
             return 0
         if self.db.conn.execute(f"SELECT COUNT(*) FROM {OUTBOX} WHERE op = 'upsert'").fetchone()[0] < BULK_MIN:
             return 0
-        empty = self._count(client) == 0
+        before = self._count(client)
+        empty = before == 0
         staged: list[str] = []
         sent: list[tuple[int, bytes]] = []
         try:
@@ -603,6 +605,7 @@ class MilvusVectorStore(VectorStore):
             self.db.set_meta(META_IMPORT, json.dumps({"collection": self.collection, "files": staged}))
             job = self.bulk.start(self.collection, [self.bulk.relative(u) for u in staged])
             self.bulk.wait(job)
+            self._await_rows(client, before + len(sent))
         except BulkUnsupported as e:
             log.warning("Milvus bulk insert did not run (%s): batched upserts instead", e)
             self._await_import(client)  # a job that did start must end before its ids are upserted
@@ -614,6 +617,16 @@ class MilvusVectorStore(VectorStore):
             c.execute("DELETE FROM meta WHERE key = ?", (META_IMPORT,))
         log.info("Milvus bulk insert: %d vectors in %d file(s) into %s", len(sent), len(staged), self.collection)
         return len(sent)
+
+    def _await_rows(self, client, n: int) -> None:
+        """Wait until searches see ``n`` rows: a 2.3 server reports an import done before its segments are loaded
+        (~20 s later here), and reads promise every committed write."""
+        deadline = time.monotonic() + IMPORT_VISIBLE_S
+        while (have := self._count(client)) < n:
+            if time.monotonic() > deadline:
+                raise StoreError(f"Milvus imported into {self.collection}, but searches see {have} of {n} rows after "
+                                 f"{IMPORT_VISIBLE_S:.0f} s; run again to wait")  # fmt: skip
+            time.sleep(BULK_POLL_S)
 
     def _await_import(self, client) -> None:
         """Wait for an import job that this or a killed process started (an import never replaces a row: upserting

@@ -1,7 +1,10 @@
 """Bulk insert into a Milvus server: new vectors staged as Parquet files in the object store the server reads
 (its MinIO / S3 bucket), then one import job through Milvus' documented RESTful API (``POST
 /v2/vectordb/jobs/import/create``, polled with ``/describe``; Milvus 2.4 and later, the same call as pymilvus'
-``bulk_writer.bulk_import``). Millions of rows go in as whole segments instead of millions of upserts.
+``bulk_writer.bulk_import``). Millions of rows go in as whole segments instead of millions of upserts. A Milvus 2.3
+server has no such API (HTTP 404): there the same files go through its gRPC ``do_bulk_insert``, one task per file
+(pymilvus' ``utility``); staged in the bucket it reads, or for a server on local storage (``file://`` under its
+``localStorage.path``) given as absolute paths.
 
 Used by :meth:`visdex.store.milvus.MilvusVectorStore.push` when the server is a Milvus server (milvus-lite runs no
 import jobs), ``VISDEX_MILVUS_BULK_STAGE`` names where to stage (``s3://BUCKET/prefix``, an fsspec URL; the first
@@ -25,6 +28,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -51,6 +55,7 @@ class BulkImporter:
 
     def __init__(self, url: str, stage: str | None, *, token: str = "", db_name: str = ""):
         self.url, self.stage, self.token, self.db_name = url.rstrip("/"), (stage or "").rstrip("/"), token, db_name
+        self.api: str | None = None  # "rest" (2.4+ import jobs) or "grpc" (2.3's do_bulk_insert): found on first call
 
     # -- the REST calls -------------------------------------------------------------------
     def _headers(self) -> dict:
@@ -81,8 +86,29 @@ class BulkImporter:
             raise BulkUnsupported(f"Milvus refused import {endpoint}: {answer.get('message') or answer}")
         return answer.get("data") or {}
 
+    def _rest_or_grpc(self, call, grpc_call):
+        """``call()`` by the REST API; on a server without it (HTTP 404: Milvus 2.3) ``grpc_call()``, from then on."""
+        if self.api == "grpc":
+            return grpc_call()
+        try:
+            out = call()
+        except BulkUnsupported as e:
+            if "HTTP 404" not in str(e):
+                raise
+            self.api = "grpc"
+            log.info("%s: no REST import API, using gRPC bulk insert", self.url)
+            return grpc_call()
+        self.api = "rest"
+        return out
+
     def start(self, collection: str, files: Sequence[str]) -> str:
-        """Start one import job of ``files`` (bucket-relative paths, one Parquet file each); its job id."""
+        """Start one import job of ``files`` (bucket-relative paths, one Parquet file each); its job id (on 2.3: the
+        task ids, comma-separated)."""
+        files = list(files)
+        return self._rest_or_grpc(lambda: self._rest_start(collection, files),
+                                  lambda: self._grpc_start(collection, files))  # fmt: skip
+
+    def _rest_start(self, collection: str, files: Sequence[str]) -> str:
         body = {"collectionName": collection, "files": [[f] for f in files]}
         if self.db_name:
             body["dbName"] = self.db_name
@@ -92,6 +118,8 @@ class BulkImporter:
         return str(job)
 
     def state(self, job: str) -> dict:
+        if self.api == "grpc":
+            return self._grpc_state(job)
         return self._call("describe", {"jobId": job, **({"dbName": self.db_name} if self.db_name else {})})
 
     def wait(self, job: str, timeout: float = WAIT_S) -> dict:
@@ -110,18 +138,66 @@ class BulkImporter:
     def wait_idle(self, collection: str, timeout: float = WAIT_S) -> None:
         """Wait until no import job of ``collection`` is pending or running (one a killed process started)."""
         deadline = time.monotonic() + timeout
+        body = {"collectionName": collection, **({"dbName": self.db_name} if self.db_name else {})}
         while True:
-            body = {"collectionName": collection, **({"dbName": self.db_name} if self.db_name else {})}
-            jobs = self._call("list", body).get("records") or []
+            jobs = self._rest_or_grpc(lambda: self._call("list", body).get("records") or [],
+                                      lambda: self._grpc_list(collection))  # fmt: skip
             if not any(j.get("state") not in (DONE, FAILED) for j in jobs):
                 return
             if time.monotonic() > deadline:
                 raise StoreError(f"Milvus import jobs of {collection} still run after {timeout:.0f} s")
             time.sleep(POLL_S)
 
+    # -- Milvus 2.3: gRPC bulk insert, one task per file ------------------------------------------
+    def _grpc(self):
+        try:
+            from pymilvus import connections, utility
+        except ImportError as e:  # a pymilvus without the ORM API (3.1 drops it): no bulk insert on 2.3
+            raise BulkUnsupported(f"this pymilvus has no gRPC bulk insert: {e}") from e
+        alias = f"visdex-bulk-{id(self)}"
+        with warnings.catch_warnings():  # pymilvus 3.0 deprecates the ORM API it still serves 2.3 servers with
+            warnings.simplefilter("ignore")
+            if not connections.has_connection(alias):
+                connections.connect(alias, uri=self.url, token=self.token, db_name=self.db_name)
+        return utility, alias
+
+    def _grpc_start(self, collection: str, files: Sequence[str]) -> str:
+        utility, alias = self._grpc()
+        tasks = []
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                for f in files:  # a row-based file (Parquet, JSON) is one task
+                    tasks.append(str(utility.do_bulk_insert(collection, files=[f], using=alias)))
+            except Exception as e:  # pymilvus raises MilvusException: a server that refuses (no such call, bad file)
+                if not tasks:
+                    raise BulkUnsupported(f"Milvus refused bulk insert: {e}") from e
+                raise StoreError(f"Milvus bulk insert stopped after {len(tasks)} of {len(files)} files: {e}") from e
+        return ",".join(tasks)
+
+    def _grpc_state(self, job: str) -> dict:
+        utility, alias = self._grpc()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            states = [utility.get_bulk_insert_state(int(t), using=alias) for t in job.split(",")]
+        failed = [s for s in states if s.state_name == FAILED]
+        if failed:
+            return {"state": FAILED, "reason": failed[0].failed_reason}
+        return {"state": DONE if all(s.state_name == DONE for s in states) else "Importing"}
+
+    def _grpc_list(self, collection: str) -> list[dict]:
+        utility, alias = self._grpc()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            tasks = utility.list_bulk_insert_tasks(limit=0, collection_name=collection, using=alias)
+        return [{"state": t.state_name} for t in tasks]
+
     # -- staging --------------------------------------------------------------------------
     def relative(self, url: str) -> str:
-        """A staged file's path inside the bucket, as the import call wants it."""
+        """A staged file's path as the import call wants it: inside the bucket, or for a server on local storage
+        (a ``file://`` stage) the absolute path."""
+        if url.startswith("file://"):
+            return "/" + url[len("file://") :].lstrip("/")
         path = url.split("://", 1)[-1].lstrip("/")
         return path.split("/", 1)[1] if "/" in path else path
 
