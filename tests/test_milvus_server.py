@@ -205,6 +205,36 @@ def test_a_killed_resize_leaves_the_old_collection_in_use(tmp_path, server, monk
     assert store.count() == 400
 
 
+# -- migrate and rebuild: the alias and its collection go together ----------------------------------------------------
+def test_migrate_round_trip_and_rebuild_on_the_server(capsys, tmp_path, folder, server, tiny_clip):
+    ix = tmp_path / "ix"
+    assert run_cli(capsys, "index", folder, "--index", ix, "--model", tiny_clip, "-q")[0] == 0
+
+    def results() -> list:
+        code, out, err = run_cli(capsys, "search", "breakfast", "--index", ix, "-n", "5", "--json",
+                                 "--where", "width > 100")  # fmt: skip
+        assert code == 0, err
+        return [(r["path"], round(r["score"], 4)) for r in map(json.loads, out.splitlines())]
+
+    before = results()
+    code, out, err = run_cli(capsys, "migrate", "--index", ix, "--to", server, "-q")
+    assert code == 0 and "moved" in out, err
+    assert results() == before
+    client = _client(server)
+    with open_index(ix) as index:
+        name = index.store.collection
+        physical = client.describe_alias(name)["collection_name"]
+        index.rebuild(str(tiny_clip))  # the same model again: every vector re-embedded into a new collection
+        index.add([folder])
+        assert index.store.collection == name and client.describe_alias(name)["collection_name"] != physical
+        assert not client.has_collection(physical) and _rows_and_distinct(index.store)[1] == len(index)
+    assert results() == before
+    code, out, err = run_cli(capsys, "migrate", "--index", ix, "--to", "local", "-q")
+    assert code == 0, err
+    assert results() == before
+    assert not [c for c in client.list_collections() if c.startswith(name)]  # the alias's collection is dropped
+
+
 # -- kill -9 of an indexing run, then resume -----------------------------------------------------------------------
 def test_kill_9_mid_index_then_resume_writes_each_vector_once(tmp_path, server, tiny_clip):
     rng = np.random.default_rng(0)
@@ -233,6 +263,47 @@ def test_kill_9_mid_index_then_resume_writes_each_vector_once(tmp_path, server, 
     with open_index(ix) as index:
         assert index.store.pending() == 0
         assert _rows_and_distinct(index.store) == (48, 48) == (index.db.counts()["ok"], 48)
+
+
+KILLED_IMPORT = """
+import os, signal, sys
+import numpy as np
+from visdex.store import milvus
+from visdex.store.db import IndexDB
+from visdex.store.milvus_bulk import BulkImporter
+milvus.BULK_MIN = 20
+BulkImporter.wait = lambda self, job: os.kill(os.getpid(), signal.SIGKILL)  # killed while the job runs
+store = milvus.MilvusVectorStore(IndexDB(sys.argv[1]), 16, sys.argv[2],
+                                 bulk=BulkImporter(sys.argv[3], sys.argv[4]))
+with store.bulk_load(40):
+    store.upsert(np.arange(40), np.random.default_rng(0).normal(size=(40, 16)).astype(np.float32))
+"""
+
+
+def test_an_import_killed_mid_job_is_waited_for_and_written_once(tmp_path, server, monkeypatch):
+    """kill -9 while the server runs an import job: the next process waits for the job and for its rows to reach
+    searches (a 2.3 server loads them ~20 s after it calls the job done), then writes what is left: 40 rows once."""
+    import subprocess
+
+    from visdex.store.milvus_bulk import BulkImporter
+
+    from clihelp import SRC
+
+    stage = tmp_path / "stage"
+    stage.mkdir()
+    uri = parse_milvus_url(server).uri
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    run = subprocess.run([sys.executable, "-c", KILLED_IMPORT, tmp_path / "ix", server, uri, f"file://{stage}"],
+                         env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert run.returncode == -signal.SIGKILL, run.stderr
+    db = IndexDB(tmp_path / "ix")
+    assert db.get_meta(milvus.META_IMPORT) is not None
+    monkeypatch.setattr(milvus, "BULK_MIN", 20)  # this process would import the 40 rows too
+    store = MilvusVectorStore(db, 16, bulk=BulkImporter(uri, f"file://{stage}"))
+    assert store.pending() == 40
+    assert store.count() == 40 and _rows_and_distinct(store) == (40, 40)
+    time.sleep(25)  # long enough for a 2.3 server to load the job's segments: still once
+    assert store.count() == 40 and store.pending() == 0 and db.get_meta(milvus.META_IMPORT) is None
 
 
 # -- visdex import (clip-retrieval layout) -----------------------------------------------------------------------

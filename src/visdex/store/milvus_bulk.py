@@ -118,9 +118,8 @@ class BulkImporter:
         return str(job)
 
     def state(self, job: str) -> dict:
-        if self.api == "grpc":
-            return self._grpc_state(job)
-        return self._call("describe", {"jobId": job, **({"dbName": self.db_name} if self.db_name else {})})
+        body = {"jobId": job, **({"dbName": self.db_name} if self.db_name else {})}
+        return self._rest_or_grpc(lambda: self._call("describe", body), lambda: self._grpc_state(job))
 
     def wait(self, job: str, timeout: float = WAIT_S) -> dict:
         """Poll until the job completes; a failed job is :class:`BulkUnsupported` (it wrote nothing)."""
