@@ -5,7 +5,8 @@ IVF_SQ8 index (built aside, the alias moved) while another reader searches witho
     python benchmarks/milvus_server.py --store milvus://127.0.0.1:19530 --rows 20000
 
 Prints and writes JSON (benchmarks/results/milvus-server.json): import rows/s, the re-size's seconds, searches
-answered during it (and their slowest latency), searches that failed.
+answered during it (and their slowest latency), searches that failed; with ``--stage file:///dir`` also the rows/s of
+the same import by the server's bulk insert (until searches see the rows).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ def main() -> None:
     ap.add_argument("--store", required=True, help="milvus://host:port of a running server")
     ap.add_argument("--rows", type=int, default=20_000)
     ap.add_argument("--model", default="lite0-minilm", help="a catalog model (its dimension; nothing is loaded)")
+    ap.add_argument("--stage", help="also time a bulk import staged here (file:///dir for a server on this machine)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "milvus-server.json"))
     args = ap.parse_args()
 
@@ -55,6 +57,11 @@ def main() -> None:
         milvus.RESIZE_GROWTH = growth
         q = np.asarray(ix.store.get(ix.store.ids()[:4]))
         reader = milvus.MilvusVectorStore(ix.db, 384)
+        base = []
+        for _ in range(20):  # the same searches before the re-size, for comparison
+            t0 = time.perf_counter()
+            reader.search(q, 10)
+            base.append(time.perf_counter() - t0)
         lat, failed, done = [], [], threading.Event()
 
         def resize():
@@ -78,8 +85,18 @@ def main() -> None:
                "resize_s": round(next(s for k, s in lat if k == "resize"), 2), "searches_during": len(searches),
                "search_ms_p50": round(1000 * float(np.median(searches)), 1) if searches else None,
                "search_ms_max": round(1000 * max(searches), 1) if searches else None, "failed": len(failed),
+               "search_ms_p50_before": round(1000 * float(np.median(base)), 1),
                "index_after": ix.store.info()["index_params"], "load_avg": os.getloadavg()}  # fmt: skip
         ix.store.drop_collection()
+    if args.stage:  # the same rows into a new index by the server's bulk insert (2.3: gRPC, 2.4+: REST jobs)
+        os.environ["VISDEX_MILVUS_BULK_STAGE"] = args.stage
+        with open_index(work / "bulk-ix", model=args.model, ann="ivf-sq8") as ix:
+            t = time.perf_counter()
+            import_clip_retrieval(ix, work / "emb")
+            ix.store.flush()
+            out["bulk_import_rows_per_s"] = round(args.rows / (time.perf_counter() - t))
+            out["bulk_api"] = ix.store.bulk.api
+            ix.store.drop_collection()
     shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(out, indent=1))
     Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
