@@ -156,7 +156,9 @@ CPUINFO = "/proc/cpuinfo"
 @functools.cache
 def cpu_has_amx_bf16(cpuinfo: str | None = None) -> bool:
     """Whether this CPU multiplies bfloat16 matrices in hardware (Intel AMX, Sapphire Rapids and later): there
-    torch's oneDNN kernels run a vision tower 2.5-6x faster in bf16 than in fp32. Linux only (``/proc/cpuinfo``)."""
+    torch's oneDNN kernels run a vision tower 2.5-6x faster in bf16 than in fp32. AVX-512 BF16 alone (Zen 4/5,
+    Cooper Lake) does not count: emulated on an AMX Xeon, bf16 ran a ViT-B/32 at 0.6x fp32's speed
+    (``benchmarks/cpu_isa.py``). Linux only (``/proc/cpuinfo``)."""
     if cpuinfo is None and not sys.platform.startswith("linux"):
         return False
     try:
