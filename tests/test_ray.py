@@ -89,6 +89,17 @@ def test_ray_engine_indexes_like_the_local_pipeline(capsys, cluster, tmp_path, f
         assert [p for p, _ in ix.status().failures] == [str(folder / "broken.jpg")]
 
 
+def test_cpu_plan_is_one_single_threaded_actor_per_core(cluster):
+    """On CPUs each core gets its own model actor with one torch thread and half a CPU slot (decode tasks get the
+    other half); fewer actors (``workers``) get the spare cores as threads. Before: one actor, two threads."""
+    plan = RayEngine().plan(ray)
+    assert (plan.actors, plan.threads, plan.cpus, plan.gpus, plan.device) == (2, 1, 0.5, 0.0, "cpu")
+    one = RayEngine(workers=1, cpus_per_worker=1).plan(ray)
+    assert (one.actors, one.threads, one.cpus) == (1, 2, 1)
+    small = RayEngine().plan(ray, files=10)  # one decode block: one actor, with both cores
+    assert (small.actors, small.threads) == (1, 2)
+
+
 def _ray_lines(stderr: str) -> list[str]:
     """Lines of Ray's own logging (its loggers, raylet / GCS / core worker messages) in a CLI's stderr."""
     pattern = re.compile(r"\bray\b|raylet|gcs|core_worker|worker\.py|\[\d{4}-\d\d-\d\d |INFO |WARNING ", re.I)

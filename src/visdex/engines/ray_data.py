@@ -32,7 +32,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TextIO
+from typing import NamedTuple, TextIO
 
 import numpy as np
 
@@ -48,6 +48,20 @@ TEXT_FIELDS = ("error", "hash", "format", "taken_at", "camera")
 RETRIES = 3  # a decode task or an actor's call retried after its worker died (then the run stops)
 LOG_DIR = "ray-logs"  # under the cache dir (VISDEX_CACHE_DIR): the driver's Ray log lines, one file per run
 RAY_LOGGERS = ("ray", "ray.data", "ray.train", "ray.tune", "ray.serve")  # those Ray gives handlers of their own
+# CPU slots a CPU model actor reserves: half a core, so that one single-threaded actor per core leaves the other
+# half of the cluster's slots to decode tasks
+CPU_ACTOR_CPUS = 0.5
+
+
+class Plan(NamedTuple):
+    """How :class:`RayEngine` runs on the cluster as it is now."""
+
+    actors: int  # model actors
+    gpus: float  # GPUs per actor (0: a CPU actor)
+    cpus: float  # CPU slots per actor
+    device: str
+    batch_size: int
+    threads: int | None  # torch threads per CPU actor (None on a GPU)
 
 
 class RayEngineError(VisdexError):
@@ -109,8 +123,8 @@ class EmbedActor:
 
         if cpu_backend:  # the driver's choice (fp32 / bf16), not the node's environment: the same vectors as locally
             os.environ["VISDEX_CPU_BACKEND"] = cpu_backend
-        if threads and device == "cpu":  # Ray sets OMP_NUM_THREADS to the actor's num_cpus (1): the model gets
-            import torch  # the node's cores that decoding leaves, as the local pipeline's model thread does
+        if threads and device == "cpu":  # Ray sets OMP_NUM_THREADS from the actor's CPU slots: the plan's count wins
+            import torch  # (1 with an actor per core; more when ``workers`` leaves cores to model threads)
 
             torch.set_num_threads(threads)
         self.embedder = load_embedder(model, device=device)
@@ -137,7 +151,9 @@ class RayEngine:
     """Decode and embed on a Ray cluster. ``address``: None starts a local cluster in this process ("auto":
     the cluster this machine belongs to; "ray://host:10001": Ray Client). ``gpus_per_worker``: GPUs per model
     actor (0.5: two actors share a GPU; None: 1 when the cluster has GPUs, else CPU actors). ``workers``:
-    model actors (None: one per GPU slot; on CPUs, one per two CPUs). ``init``: more ``ray.init`` arguments.
+    model actors (None: one per GPU slot; on CPUs, one single-threaded actor per core). ``cpus_per_worker``:
+    CPU slots an actor reserves (None: 1 with a GPU, :data:`CPU_ACTOR_CPUS` on CPUs). ``init``: more
+    ``ray.init`` arguments.
 
     A subclass may replace :attr:`decode_fn` or :attr:`actor_cls` (the tests inject faults that way)."""
 
@@ -145,7 +161,7 @@ class RayEngine:
     actor_cls = EmbedActor
 
     def __init__(self, address: str | None = None, *, gpus_per_worker: float | None = None,
-                 workers: int | None = None, batch_size: int | None = None, cpus_per_worker: float = 1.0,
+                 workers: int | None = None, batch_size: int | None = None, cpus_per_worker: float | None = None,
                  init: dict | None = None):  # fmt: skip
         if gpus_per_worker is not None and gpus_per_worker < 0:
             raise VisdexError(f"{{field}} must be 0 or more, not {gpus_per_worker}", field="gpus_per_worker")
@@ -216,19 +232,26 @@ class RayEngine:
             self._started = False
         self._stderr.stop()
 
-    def plan(self, ray) -> tuple[int, float, str, int]:
-        """(actors, GPUs per actor, device, batch size) for the cluster as it is now. On CPUs, half the cluster's
-        cores go to model actors (each with ``cpus_per_worker`` slots) and half to decode tasks."""
+    def plan(self, ray, files: int | None = None) -> Plan:
+        """How to run ``files`` files on the cluster as it is now (no more actors than decode blocks: a small job
+        starts no model it cannot feed). On CPUs: one model actor per core, each with one torch thread
+        and half a CPU slot (the other half of the slots run decode tasks). Measured on 2 cores
+        (``benchmarks/scale_out.py``): two single-threaded actors embed 1.14-1.19x as fast as one actor with two
+        threads, whose threads wait for each other at every layer while decode tasks and Ray's own processes
+        hold one of the cores."""
         resources = ray.cluster_resources()
         gpus, cpus = float(resources.get("GPU", 0)), float(resources.get("CPU", 1))
         per = self.gpus_per_worker if self.gpus_per_worker is not None else (1.0 if gpus else 0.0)
         if per > 0:
             from ..gpu import GPU_BATCH
 
-            actors = self.workers or max(1, int(gpus / per))
-            return actors, per, "cuda", self.batch_size or GPU_BATCH
-        actors = self.workers or max(1, int(cpus // (2 * self.cpus_per_worker)))  # the other half decodes
-        return actors, 0.0, "cpu", self.batch_size or config.get("batch_size")
+            actors = _at_most(self.workers or max(1, int(gpus / per)), files)
+            slots = self.cpus_per_worker if self.cpus_per_worker is not None else 1.0
+            return Plan(actors, per, slots, "cuda", self.batch_size or GPU_BATCH, None)
+        actors = _at_most(self.workers or max(1, int(cpus)), files)
+        slots = self.cpus_per_worker if self.cpus_per_worker is not None else CPU_ACTOR_CPUS
+        threads = max(1, round(cpus / actors))  # fewer actors than cores (``workers``): the rest as model threads
+        return Plan(actors, 0.0, slots, "cpu", self.batch_size or config.get("batch_size"), threads)
 
     def embedded(self, todo: Sequence[FileInfo], embedder, *, batch_size: int | None = None
                  ) -> Iterator[tuple[list, np.ndarray | None]]:  # fmt: skip
@@ -236,10 +259,9 @@ class RayEngine:
         ray = self.connect()
         if batch_size:
             self.batch_size = batch_size
-        actors, gpus, device, size = self.plan(ray)
-        cpus = float(ray.cluster_resources().get("CPU", 1))
-        threads = max(1, round(cpus / actors)) if device == "cpu" else None  # model threads per CPU actor
-        log.info("ray: %d model actor(s) on %s, batches of %d, %d files", actors, device, size, len(todo))
+        plan = self.plan(ray, len(todo))
+        size = plan.batch_size
+        log.info("ray: %d model actor(s) on %s, batches of %d, %d files", plan.actors, plan.device, size, len(todo))
         warnings.filterwarnings("ignore", message=".*ray_remote_args.*is deprecated", module=r"visdex\..*")
         ds = ray.data.from_items([{"i": i, "path": info.path} for i, info in enumerate(todo)],
                                  override_num_blocks=max(1, min(-(-len(todo) // DECODE_BATCH), 4096)))  # fmt: skip
@@ -247,20 +269,34 @@ class RayEngine:
         ds = ds.map_batches(self.decode_fn, batch_size=DECODE_BATCH, batch_format="numpy", num_cpus=1,
                             max_retries=RETRIES, fn_kwargs=decode_args)  # fmt: skip
         ds = ds.map_batches(self.actor_cls, batch_size=size, batch_format="numpy",
-                            compute=ray.data.ActorPoolStrategy(size=actors), num_gpus=gpus,
-                            num_cpus=self.cpus_per_worker, max_restarts=RETRIES, max_task_retries=RETRIES,
-                            fn_constructor_kwargs={"model": embedder.name, "device": device, "threads": threads,
+                            compute=ray.data.ActorPoolStrategy(size=plan.actors), num_gpus=plan.gpus,
+                            num_cpus=plan.cpus, max_restarts=RETRIES, max_task_retries=RETRIES,
+                            fn_constructor_kwargs={"model": embedder.name, "device": plan.device,
+                                                   "threads": plan.threads,
                                                    "fingerprint": embedder.fingerprint().to_json(),
                                                    "cpu_backend": config.get("cpu_backend")})  # fmt: skip
         try:
             # re-sliced to model batches: each one is one transaction on the driver (and one step of the bar)
             for b in ds.iter_batches(batch_size=size, batch_format="numpy"):
                 yield _results(b, todo)
+            self._log_stats(ds)
         except ray.exceptions.RayError as e:
             cause = _visdex_cause(e)
             if cause is not None:
                 raise cause from e
             raise RayEngineError(f"the Ray job failed: {type(e).__name__}: {str(e).splitlines()[0]}") from e
+
+    def _log_stats(self, ds) -> None:
+        """Ray Data's per-stage timings (wall, CPU, rows, backpressure) into the log: where a run's time went."""
+        try:
+            stats = ds.stats()
+        except Exception as e:  # statistics are a diagnosis, never a reason to fail a finished run
+            stats = f"(no statistics: {type(e).__name__}: {e})"
+        logging.getLogger("ray.data").info("visdex: Ray Data's statistics for this run:\n%s", stats)
+
+
+def _at_most(actors: int, files: int | None) -> int:
+    return actors if files is None else max(1, min(actors, -(-files // DECODE_BATCH)))
 
 
 class _StderrToFile:
