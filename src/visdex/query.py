@@ -60,7 +60,9 @@ class Crop:
         except ValueError:
             raise BadQuery(f"{{field}} takes x,y,w,h (pixels, or fractions <= 1), not {text!r}", field="crop") from None
         if not all(math.isfinite(v) and abs(v) <= MAX_CROP for v in (x, y, w, h)):
-            raise BadQuery(f"{{field}} {text!r}: each of x,y,w,h must be a finite number up to {MAX_CROP:.0f}", field="crop")
+            raise BadQuery(
+                f"{{field}} {text!r}: each of x,y,w,h must be a finite number up to {MAX_CROP:.0f}", field="crop"
+            )
         if min(x, y) < 0 or w <= 0 or h <= 0:
             raise BadQuery(f"{{field}} {text!r}: x and y must be >= 0, width and height > 0", field="crop")
         return cls(x, y, w, h, relative=max(x, y, w, h) <= 1.0)
