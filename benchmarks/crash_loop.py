@@ -238,6 +238,7 @@ class RayCluster:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         self.address = f"127.0.0.1:{port}"
+        self.cleanup_s: list[float] = []  # after each killed driver: seconds until its actors had gone
         self.tag = f"ray-{uuid.uuid4().hex}"  # in the environment of every process of this cluster (not another's)
         # a local test cluster without a token (as tests/test_ray.py's), so the killed drivers can join it: they
         # inherit the setting from this process's environment
@@ -251,14 +252,17 @@ class RayCluster:
         found = re.search(r"--address='([^']+)'", out)
         self.address = found.group(1) if found else self.address
 
-    def orphans(self, wait: float = 15.0) -> int:
-        """Embedding workers of a killed driver's job still alive after ``wait`` seconds (killed if any)."""
-        deadline = time.monotonic() + wait
+    def orphans(self, wait: float = 60.0) -> int:
+        """Embedding workers of a killed driver's job still alive after ``wait`` seconds (killed if any). Ray ends
+        them once it sees the driver gone (its heartbeats: seconds on a loaded machine); ``cleanup_s`` keeps how
+        long each took."""
+        t0 = time.monotonic()
         while True:
             alive = [pid for pid in _tagged(self.tag) if _alive(pid) and _titled(pid, RAY_ACTOR)]
-            if not alive or time.monotonic() > deadline:
+            if not alive or time.monotonic() > t0 + wait:
                 break
             time.sleep(0.5)
+        self.cleanup_s.append(round(time.monotonic() - t0, 1))
         for pid in alive:
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
@@ -441,6 +445,8 @@ def crash_loop(work: Path, iterations: int, *, seed: int = 0, model: str = "tiny
         launcher.close()
         if cluster is not None:
             cluster.stop()
+    if cluster is not None:
+        res["ray_cleanup_s"] = cluster.cleanup_s
     res["seconds"] = round(time.perf_counter() - t_start, 1)
     return res
 
@@ -562,12 +568,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--fork", action="store_true", help="fork runs from one warm process (fast; not a fresh CLI)")
+    ap.add_argument("--phases", help="comma-separated phases to take in turn (default: a random one each time)")
     ap.add_argument("--ray", action="store_true", help="add the ray phase (a local Ray cluster; needs visdex[ray])")
     ap.add_argument("--out", type=Path, default=RESULTS / "crash_loop.json")
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="visdex-crash-") as tmp:
         res = crash_loop(Path(tmp), args.iterations, seed=args.seed, model=args.model, files=args.files,
-                         workers=args.workers, batch_size=args.batch_size, fork=args.fork, ray=args.ray)  # fmt: skip
+                         workers=args.workers, batch_size=args.batch_size, fork=args.fork, ray=args.ray,
+                         phases=args.phases.split(",") if args.phases else None)  # fmt: skip
     res["machine"] = {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()}
     res["command"] = "python benchmarks/crash_loop.py " + " ".join(argv if argv is not None else sys.argv[1:])
     args.out.parent.mkdir(parents=True, exist_ok=True)
