@@ -119,33 +119,35 @@ def parse_milvus_url(text: str) -> MilvusSpec:
     >>> parse_milvus_url("milvus://milvus.internal/shop?collection=products")
     MilvusSpec(uri='http://milvus.internal:19530', db_name='shop', collection='products')
     """
-    bad = (f"bad --store {text!r}: use local, milvus:./vectors.db (milvus-lite, a file), milvus://host:19530 "
+    bad = (f"bad {{field}} {text!r}: use local, milvus:./vectors.db (milvus-lite, a file), milvus://host:19530 "
            "or milvus+https://host:443 (a Milvus server; /dbname and ?collection=NAME are optional)")  # fmt: skip
     scheme, sep, rest = text.partition(":")
     if not sep or scheme.lower() not in ("milvus", "milvus+http", "milvus+https"):
-        raise BadQuery(bad)
+        raise BadQuery(bad, field="store")
     if not rest.startswith("//"):  # milvus:PATH, a milvus-lite file
         if scheme.lower() != "milvus" or not rest.strip():
-            raise BadQuery(bad)
+            raise BadQuery(bad, field="store")
         path, _, query = rest.partition("?")
         if not path.endswith(".db"):
-            raise BadQuery(f"bad --store {text!r}: a milvus-lite file name ends in .db (milvus:./vectors.db)")
+            raise BadQuery(
+                f"bad {{field}} {text!r}: a milvus-lite file name ends in .db (milvus:./vectors.db)", field="store"
+            )
         opts = parse_qs(query)
         return MilvusSpec(str(Path(path).expanduser().resolve()), collection=_collection_opt(opts, text))
     parts = urlsplit(text)
     if not parts.hostname:
-        raise BadQuery(bad)
+        raise BadQuery(bad, field="store")
     try:
         port = parts.port or (443 if scheme.lower() == "milvus+https" else DEFAULT_PORT)
     except ValueError:
-        raise BadQuery(bad) from None
+        raise BadQuery(bad, field="store") from None
     opts = parse_qs(parts.query)
     token = opts.get("token", [None])[0]
     if parts.username:
         token = unquote(parts.username) + (":" + unquote(parts.password) if parts.password else "")
     db_name = parts.path.strip("/")
     if "/" in db_name:
-        raise BadQuery(bad)
+        raise BadQuery(bad, field="store")
     http = "https" if scheme.lower() == "milvus+https" else "http"
     return MilvusSpec(f"{http}://{parts.hostname}:{port}", db_name, _collection_opt(opts, text), token)
 
@@ -153,7 +155,10 @@ def parse_milvus_url(text: str) -> MilvusSpec:
 def _collection_opt(opts: dict, text: str) -> str | None:
     name = opts.get("collection", [None])[0]
     if name is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,254}", name):
-        raise BadQuery(f"bad --store {text!r}: a collection name is letters, digits and _, not starting with a digit")
+        raise BadQuery(
+            f"bad {{field}} {text!r}: a collection name is letters, digits and _, not starting with a digit",
+            field="store",
+        )
     return name
 
 
@@ -912,7 +917,7 @@ def _milvus_index(ann: str) -> str:
     from .local import ANN_KINDS
 
     if ann not in ANN_KINDS and ann not in MILVUS_ANN:
-        raise BadQuery(f"unknown --ann {ann!r}: with Milvus one of {', '.join(MILVUS_ANN)}")
+        raise BadQuery(f"unknown {{field}} {ann!r}: with Milvus one of {', '.join(MILVUS_ANN)}", field="ann")
     if ann in ("ivf-sq8", "diskann", "ivfpq"):
         return {"ivf-sq8": "IVF_SQ8", "diskann": "DISKANN", "ivfpq": "IVF_PQ"}[ann]
     base, _, quant = ann.partition("-")
