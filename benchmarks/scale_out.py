@@ -77,6 +77,8 @@ def main() -> None:
     ap.add_argument("--work", default="/tmp/visdex-scale-out")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     ap.add_argument("--tag", default="", help="appended to the result's file name")
+    ap.add_argument("--one-actor", action="store_true",
+                    help="also run Ray the old way (one model actor, two torch threads) in each round")  # fmt: skip
     args = ap.parse_args()
     os.environ.setdefault("VISDEX_CPU_BACKEND", "torch")  # Ray's actors run torch: compare like with like
     os.environ.setdefault("VISDEX_QUERY_EXPORT", "off")
@@ -102,16 +104,20 @@ def main() -> None:
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     ray_start = time.perf_counter() - t0
     plan = RayEngine().plan(ray, args.images)
-    rows: dict[str, list[dict]] = {"local": [], "ray": []}
+    engines = {"local": lambda: None, "ray": RayEngine}
+    if args.one_actor:
+        engines["ray_one_actor"] = lambda: RayEngine(workers=1, cpus_per_worker=1)
+    rows: dict[str, list[dict]] = {side: [] for side in engines}
     for r in range(args.rounds):
-        order = ("local", "ray") if r % 2 == 0 else ("ray", "local")
+        order = tuple(engines) if r % 2 == 0 else tuple(reversed(engines))
         for side in order:
-            engine = RayEngine() if side == "ray" else None
-            rows[side].append(run(folder, model, work / f"ix-{side}", args.batch_size, engine=engine))
+            rows[side].append(run(folder, model, work / f"ix-{side}", args.batch_size, engine=engines[side]()))
         lo, ra = rows["local"][-1], rows["ray"][-1]
-        print(f"round {r + 1} ({' then '.join(order)}): local {lo['img_per_s']} img/s (load {lo['load_before']}), "
+        print(f"round {r + 1} ({', '.join(order)}): local {lo['img_per_s']} img/s (load {lo['load_before']}), "
               f"ray {ra['img_per_s']} img/s (load {ra['load_before']}): {ra['img_per_s'] / lo['img_per_s']:.2f}x",
               flush=True)  # fmt: skip
+        if args.one_actor:
+            print(f"  one actor: {rows['ray_one_actor'][-1]['img_per_s']} img/s", flush=True)
     ray.shutdown()
     best = {k: max(v, key=lambda x: x["img_per_s"]) for k, v in rows.items()}
     by_round = [round(r["img_per_s"] / lo["img_per_s"], 3) for lo, r in zip(rows["local"], rows["ray"], strict=True)]
@@ -125,6 +131,11 @@ def main() -> None:
         "ray_over_local_by_round": by_round, "ray_over_local_median": round(sorted(by_round)[len(by_round) // 2], 3),
         "rounds_meeting_goal": sum(x >= 0.8 for x in by_round), "goal": "ray_over_local >= 0.8 in every round",
     }  # fmt: skip
+    if args.one_actor:
+        result["ray_one_actor_over_local_by_round"] = [
+            round(r["img_per_s"] / lo["img_per_s"], 3)
+            for lo, r in zip(rows["local"], rows["ray_one_actor"], strict=True)
+        ]
     out = Path(args.out) / f"scale-out-{Path(args.model).name}{'-' + args.tag if args.tag else ''}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
