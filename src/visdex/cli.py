@@ -505,9 +505,10 @@ def _cli_name(field: str, argv: list[str]) -> str:
     params = list(cmd.params)
     at = _command_at(argv)
     while isinstance(cmd, TyperGroup) and at is not None:
-        cmd = cmd.get_command(ctx, argv[at])
-        if cmd is None:
+        sub = cmd.get_command(ctx, argv[at])
+        if sub is None:
             break
+        cmd = sub
         params = [*cmd.params, *params]  # the command's own parameters first
         at = next((i for i in range(at + 1, len(argv)) if not argv[i].startswith("-")), None)  # a group's command
     for p in params:
