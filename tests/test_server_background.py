@@ -3,6 +3,7 @@ the progress, or the result), a search made while they run answers, and a new in
 
 from __future__ import annotations
 
+import os
 import shutil
 import threading
 import time
@@ -183,3 +184,30 @@ def test_close_ends_a_running_job_and_the_worker_closes_its_own_index(gallery):
     assert thread is not None and not thread.is_alive()
     assert not errors, errors
     assert bg.status()["jobs"]["long"]["status"] != "ready"
+
+
+@pytest.mark.skipif(not hasattr(os, "setpriority"), reason="thread priorities are a Linux feature")
+@pytest.mark.parametrize("nice", [0, 7])
+def test_the_worker_runs_at_the_nice_value_asked_for(gallery, monkeypatch, nice):
+    """VISDEX_ANALYSES_NICE sets the worker thread's own priority; request threads keep the process's."""
+    from visdex.server.state import ServedIndex
+
+    own = os.getpriority(os.PRIO_PROCESS, 0)
+    monkeypatch.setenv("VISDEX_ANALYSES_NICE", str(nice))
+    served = ServedIndex(gallery[0])
+    try:
+        served.warm()
+        worker = served.analysis(("nice", nice), lambda ix, progress: os.getpriority(os.PRIO_PROCESS, 0), wait=30)
+        assert worker == max(own, nice)  # a thread can only be made nicer than its process without privileges
+        assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == own
+    finally:
+        served.close()
+
+
+def test_a_bad_nice_value_is_a_setting_error(gallery, monkeypatch):
+    from visdex.errors import BadSetting
+    from visdex.server.state import ServedIndex
+
+    monkeypatch.setenv("VISDEX_ANALYSES_NICE", "25")
+    with pytest.raises(BadSetting, match="VISDEX_ANALYSES_NICE='25': must be at most 19"):
+        ServedIndex(gallery[0])

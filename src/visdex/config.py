@@ -28,7 +28,7 @@ class Setting:
         return f"VISDEX_{self.name.upper()}"
 
 
-def _integer(minimum: int) -> Callable[[str], int]:
+def _integer(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
     def parse(raw: str) -> int:
         try:
             value = int(raw.strip())
@@ -36,6 +36,8 @@ def _integer(minimum: int) -> Callable[[str], int]:
             raise ValueError("not a whole number") from None  # get() names the variable
         if value < minimum:
             raise ValueError(f"must be at least {minimum}")
+        if maximum is not None and value > maximum:
+            raise ValueError(f"must be at most {maximum}")
         return value
 
     return parse
@@ -95,6 +97,14 @@ SETTINGS: tuple[Setting, ...] = (
         "Host names `visdex serve` answers to besides loopback and --host, comma-separated "
         "(DNS-rebinding guard); * for any.",
         lambda v: tuple(h.strip() for h in v.split(",") if h.strip()),
+    ),
+    Setting(
+        "analyses_nice",
+        5,
+        "CPU priority (Linux nice, 0-19) of `visdex serve`'s background thread that computes duplicates, clusters "
+        "and the map: higher leaves more CPU to searches, and to every other program on the machine.",
+        _integer(0, 19),
+        "a whole number from 0 to 19",
     ),
     Setting("gpu_decode", "auto", "JPEG decoding when indexing on a GPU: auto (measure, pick the faster), gpu, cpu."),
     Setting(

@@ -8,9 +8,10 @@ old results and computes the web UI's defaults again, so the first map of a big 
 anyone opens it.
 
 Why a thread and not a process: the results (numpy arrays, groups) would need pickling back and a spawned
-process pays a second import of the whole stack; the worker's thread runs at the lowest CPU priority
-(``nice 19`` on Linux) and sleeps a millisecond between steps that report progress, so searches get the
-cores and the GIL first.
+process pays a second import of the whole stack; the worker's thread runs at a lower CPU priority
+(``VISDEX_ANALYSES_NICE``, default nice 5 on Linux: 19 starved it whenever another program ran, see
+docs/http.md) and sleeps a millisecond between steps that report progress, so searches get the cores and
+the GIL first.
 
 >>> bg = Background(open_ix, defaults={("map", "auto", 0): project}); bg.start()  # doctest: +SKIP
 >>> bg.get(("map", "auto", 0), project, wait=1.0)                                  # doctest: +SKIP
@@ -26,6 +27,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+from .. import config
 
 if TYPE_CHECKING:
     from ..api import Index
@@ -119,13 +122,13 @@ class Background:
     ``open_index``: opens the worker's own read connection. ``defaults``: key -> job, computed after
     :meth:`start` and after every change of the index."""
 
-    def __init__(self, open_index: Callable[[], Index], defaults: dict[Key, Job] | None = None, nice: int = 19,
-                 generation: Callable[[], int] | None = None):  # fmt: skip
+    def __init__(self, open_index: Callable[[], Index], defaults: dict[Key, Job] | None = None,
+                 nice: int | None = None, generation: Callable[[], int] | None = None):  # fmt: skip
         self._open_index = open_index
         self._current = generation  # the index's generation read on another connection: requests see changes at once
         self._reload = False  # the worker's store must reload its vectors before the next job
         self.defaults = dict(defaults or {})
-        self.nice = nice
+        self.nice = config.default("analyses_nice") if nice is None else nice  # the thread's nice on Linux
         self._cond = threading.Condition()
         self._entries: dict[Key, _Entry] = {}
         self._wanted: list[Key] = []  # asked for by a request: before the defaults
@@ -283,7 +286,8 @@ class Background:
 
 
 def _lower_priority(nice: int) -> None:
-    """This thread at the lowest CPU priority (Linux: a thread has its own nice value), so searches go first."""
+    """This thread at a lower CPU priority (Linux: a thread has its own nice value; never raised above the
+    process's own), so searches go first."""
     try:
         tid = threading.get_native_id()
         os.setpriority(os.PRIO_PROCESS, tid, max(os.getpriority(os.PRIO_PROCESS, tid), nice))

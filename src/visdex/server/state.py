@@ -45,6 +45,7 @@ from typing import Any, TypeVar
 import numpy as np
 from PIL import Image
 
+from .. import config
 from ..api import Index, open_index
 from ..store.db import IndexDB
 from .background import Background, Pending, default_jobs
@@ -202,6 +203,7 @@ class ServedIndex:
 
     def __init__(self, path: str | os.PathLike, *, model: str | None = None, device: str | None = None,
                  model_threads: int | None = 1):  # fmt: skip
+        nice = config.get("analyses_nice")  # a bad value fails before anything is opened
         self.path = Path(path).expanduser()
         self.device = device
         # torch threads for the image passes of uploads. One: a server runs requests side by side, and two
@@ -214,7 +216,10 @@ class ServedIndex:
         self._generation = self.ix.db.generation
         self._fingerprint = self.ix.db.get_meta("fingerprint")
         self.background = Background(
-            lambda: open_index(self.path, create=False), default_jobs(), generation=lambda: self.files(_generation)
+            lambda: open_index(self.path, create=False),
+            default_jobs(),
+            nice=nice,
+            generation=lambda: self.files(_generation),
         )
         self._warm = False
         self._files_lock = threading.Lock()
