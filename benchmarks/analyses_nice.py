@@ -38,7 +38,7 @@ SPIN = "import time\nend = time.monotonic() + {s}\nwhile time.monotonic() < end:
 
 def phase(ix: Path, nice: int, busy: int, limit: float) -> dict:
     import httpx
-    from ui_scale import _latency
+    from ui_scale import search_latency
 
     from visdex.server import create_app
 
@@ -56,7 +56,7 @@ def phase(ix: Path, nice: int, busy: int, limit: float) -> dict:
                 done = bool(jobs) and all(j["status"] in ("ready", "failed") for j in jobs.values())
                 return done or time.perf_counter() - t0 > limit
 
-            search = _latency(server.url, ready, at_least=10)
+            search = search_latency(server.url, ready, at_least=10)
             took = time.perf_counter() - t0
             jobs = httpx.get(server.url + "/api/analyses", timeout=120).json()["jobs"]
     finally:

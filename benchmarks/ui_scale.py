@@ -157,7 +157,7 @@ def measure_browser(url: str, screens: int, viewport: dict) -> dict:
 PAUSE_S = 0.2  # between one client's searches: a person refining a query, not a load test
 
 
-def _latency(url: str, until, at_least: int = 20, at_most: int = 100_000) -> dict:
+def search_latency(url: str, until, at_least: int = 20, at_most: int = 100_000) -> dict:
     """One client searching (a new text each time: no cached vector) until ``until()`` and ``at_least`` are met."""
     import httpx
 
@@ -189,10 +189,10 @@ def measure_analyses(url: str, ix_dir: Path) -> dict:
         return bool(jobs) and all(j["status"] in ("ready", "failed") for j in jobs.values())
 
     t0 = time.perf_counter()
-    out = {"background": _latency(url, ready)}
+    out = {"background": search_latency(url, ready)}
     out["background_ready_s"] = round(time.perf_counter() - t0, 1)
     out["background_jobs"] = httpx.get(url + "/api/analyses", timeout=60).json()["jobs"]
-    out["idle"] = _latency(url, lambda: True, at_least=50)
+    out["idle"] = search_latency(url, lambda: True, at_least=50)
     done = threading.Event()
 
     def before() -> None:  # what a request thread did before: compute at once, normal priority, no pauses
@@ -205,7 +205,7 @@ def measure_analyses(url: str, ix_dir: Path) -> dict:
         done.set()
 
     threading.Thread(target=before, daemon=True).start()
-    out["foreground"] = _latency(url, done.is_set)
+    out["foreground"] = search_latency(url, done.is_set)
     return out
 
 

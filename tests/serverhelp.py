@@ -60,6 +60,19 @@ def local_client(app, **kw):
     return TestClient(app, base_url="http://127.0.0.1", **kw)
 
 
+def until_ready(client, url: str, params: dict | None = None, timeout: float = 60.0):
+    """Poll an analysis route as the web UI does: 202 + progress until the result (or an error) comes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        r = client.get(url, params={**(params or {}), "wait": 0})
+        if r.status_code != 202:
+            return r
+        body = r.json()
+        assert body["status"] == "computing" and 0 <= body["progress"] <= 1, body
+        assert time.monotonic() < deadline, f"{url} still computing after {timeout} s"
+        time.sleep(0.05)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

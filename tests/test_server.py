@@ -21,7 +21,7 @@ from visdex.server import create_app
 
 from clihelp import run_cli
 from imagefactory import write_bad_files
-from serverhelp import LiveServer, index_gallery, local_client
+from serverhelp import LiveServer, index_gallery, local_client, until_ready
 
 TOKEN = "s3cret-token"
 
@@ -452,16 +452,6 @@ def test_serve_warns_without_token_on_a_public_address(capsys, tmp_path, monkeyp
 ANALYSES = ("/api/map?method=pca", "/api/duplicates", "/api/clusters?k=2")
 
 
-def _when_ready(base: str, url: str, within: float = 600.0) -> int:
-    """The status of ``url`` once it is no longer 202 (polled with ``wait``), or 202 after ``within`` seconds."""
-    deadline = time.monotonic() + within
-    with httpx.Client(base_url=base, timeout=60) as http:
-        while True:
-            r = http.get(url, params={"wait": 20})
-            if r.status_code != 202 or time.monotonic() > deadline:
-                return r.status_code
-
-
 def test_load_16_concurrent_clients_zero_errors(gallery, ids):
     """At least 200 mixed requests from 16 threads against a real uvicorn on 127.0.0.1; bounded, no retries.
     Searches, file lookups and analyses each use their own connection: this is where they meet. An analysis
@@ -510,7 +500,8 @@ def test_load_16_concurrent_clients_zero_errors(gallery, ids):
         for t in threads:
             t.join(timeout=120)
         elapsed = time.perf_counter() - t0
-        ready = {url: _when_ready(server.url, url) for url in ANALYSES}
+        with httpx.Client(base_url=server.url, timeout=60) as http:
+            ready = {url: until_ready(http, url, timeout=600).status_code for url in ANALYSES}
     assert not any(t.is_alive() for t in threads)
     assert not failures, failures[:5]
     assert len(statuses) == 240 and set(statuses) <= {200, 202}

@@ -14,7 +14,7 @@ import pytest
 from visdex import open_index
 from visdex.server import create_app
 
-from serverhelp import index_gallery, local_client
+from serverhelp import index_gallery, local_client, until_ready
 
 
 @pytest.fixture(scope="module")
@@ -26,19 +26,6 @@ def gallery(tmp_path_factory, tiny_clip) -> tuple[Path, dict[str, Path]]:
 def client(gallery):
     with local_client(create_app(gallery[0])) as c:
         yield c
-
-
-def _until_ready(client, url: str, params: dict, timeout: float = 60.0):
-    """Poll as the web UI does: 202 + progress until the result comes."""
-    deadline = time.monotonic() + timeout
-    while True:
-        r = client.get(url, params={**params, "wait": 0})
-        if r.status_code != 202:
-            return r
-        body = r.json()
-        assert body["status"] == "computing" and 0 <= body["progress"] <= 1, body
-        assert time.monotonic() < deadline, f"{url} still computing after {timeout} s"
-        time.sleep(0.05)
 
 
 def _hold_worker(client) -> threading.Event:
@@ -87,30 +74,30 @@ def test_a_request_answers_at_once_while_computing_and_a_search_is_not_held(clie
         assert status["map pca 7"]["status"] == "queued"
     finally:
         release.set()
-    m = _until_ready(client, "/api/map", {"method": "pca", "seed": 7})
+    m = until_ready(client, "/api/map", {"method": "pca", "seed": 7})
     assert m.status_code == 200 and m.json()["count"] == len(gallery[1]) and m.json()["method"] == "pca"
-    c = _until_ready(client, "/api/clusters", {"k": 2})
+    c = until_ready(client, "/api/clusters", {"k": 2})
     assert c.json()["count"] == 2
 
 
 def test_errors_come_back_with_their_status(client):
-    r = _until_ready(client, "/api/clusters", {"k": 10_000})  # more clusters than images: the library says so
+    r = until_ready(client, "/api/clusters", {"k": 10_000})  # more clusters than images: the library says so
     assert r.status_code == 422 and r.json()["field"] == "k"
 
 
 def test_a_new_index_state_recomputes(client, gallery, tiny_clip):
     index_dir, photos = gallery
     params = {"method": "pca", "seed": 3}
-    before = _until_ready(client, "/api/map", params).json()
+    before = until_ready(client, "/api/map", params).json()
     assert before["count"] == len(photos)
     extra = index_dir.parent / "more"
     extra.mkdir()
     shutil.copy(photos["astronaut"], extra / "astronaut-again.jpg")
     with open_index(index_dir, model=str(tiny_clip)) as ix:  # another writer, as `visdex index` would be
         ix.add([extra], workers=1)
-    after = _until_ready(client, "/api/map", params).json()
+    after = until_ready(client, "/api/map", params).json()
     assert after["count"] == len(photos) + 1
-    dupes = _until_ready(client, "/api/duplicates", {"exact_only": True}).json()
+    dupes = until_ready(client, "/api/duplicates", {"exact_only": True}).json()
     assert any(m["path"].endswith("astronaut-again.jpg") for g in dupes["groups"] for m in g["members"])
 
 
